@@ -1,0 +1,45 @@
+"""Email address and domain syntax, shared by the SMTP checks and the API validation."""
+
+from __future__ import annotations
+
+import re
+
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+(?!\d+$)(?:[A-Za-z]{{2,63}}|xn--[A-Za-z0-9-]{{1,59}})$")
+# RFC 5321 4.1.2 dot-atom local part; quoted local parts are rare in submission and refused.
+_LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SUBLABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,32}(?<!-)$")
+
+
+def has_control_chars(value: str) -> bool:
+    """CR, LF, NUL or any other control character: never allowed in an address or name."""
+    return bool(_CONTROL.search(value))
+
+
+def is_valid_domain(name: str) -> bool:
+    return len(name) <= 253 and bool(_DOMAIN_RE.match(name))
+
+
+def is_valid_email(address: str) -> bool:
+    # RFC 5321 4.5.3.1: local part up to 64 octets, path up to 256.
+    if len(address) > 254 or has_control_chars(address):
+        return False
+    local, at, domain = address.rpartition("@")
+    if not at or not local or len(local) > 64:
+        return False
+    return bool(_LOCAL_RE.match(local)) and is_valid_domain(domain)
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def is_same_or_subdomain(child: str, parent: str) -> bool:
+    child, parent = child.lower().rstrip("."), parent.lower().rstrip(".")
+    return child == parent or child.endswith("." + parent)
+
+
+def is_valid_sublabel(value: str) -> bool:
+    """Subdomain / track prefix overrides: letters, digits, hyphens; 1-32; no edge hyphens."""
+    return bool(_SUBLABEL.match(value))

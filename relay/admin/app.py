@@ -1,0 +1,89 @@
+"""The aiohttp application: /api.php, the v1 routes, /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from relay.admin import commands  # noqa: F401  (registers every command)
+from relay.admin.dispatcher import (
+    COMMANDS,
+    SERVICES,
+    handle_api_php,
+    json_response,
+    v1_handler,
+)
+from relay.services import Services
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    problems = []
+    try:
+        await services.db.ping()
+    except Exception:
+        problems.append("database")
+    if services.redis is not None:
+        try:
+            await services.redis.ping()
+        except Exception:
+            problems.append("redis")
+    if problems:
+        return json_response({"status": "unavailable", "failing": problems}, status=503)
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(REGISTRY)
+    resp = web.Response(body=body)
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    resp.charset = "utf-8"
+    return resp
+
+
+def create_app(services: Services) -> web.Application:
+    # Room for the HTTP send API's attachments (base64 grows content by a third).
+    max_size = int(services.settings.smtp.max_message_size * 1.4) + 65536
+    app = web.Application(client_max_size=max_size)
+    app[SERVICES] = services
+    app.router.add_route("GET", "/api.php", handle_api_php)
+    app.router.add_route("POST", "/api.php", handle_api_php)
+    seen: set[tuple[str, str]] = set()
+    for spec in {id(s): s for s in COMMANDS.values()}.values():
+        for method, path in spec.routes:
+            if (method, path) in seen:
+                raise RuntimeError(f"route registered twice: {method} {path}")
+            seen.add((method, path))
+            app.router.add_route(method, path, v1_handler(spec, method))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class AdminServer:
+    def __init__(self, services: Services, host: str, port: int) -> None:
+        self.app = create_app(services)
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:
+            server = site._server
+            assert server is not None
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await self._runner.cleanup()

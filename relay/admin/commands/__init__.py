@@ -1,0 +1,9 @@
+"""Importing this package registers every command with the dispatcher."""
+
+from relay.admin.commands import (  # noqa: F401
+    deliveryservers,
+    domains,
+    smtp,
+    suppressions,
+    users,
+)

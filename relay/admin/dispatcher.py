@@ -1,0 +1,234 @@
+"""The command dispatcher behind ``/api.php`` and the v1 routes.
+
+Adding a command is adding one decorated function::
+
+    @command("emailgateway.getdomain", auth="user")
+    async def get_domain(call: Call) -> dict:
+        ...
+        return ok(Domain=...)
+
+The dispatcher reads parameters (JSON body, form body, query string; names case-insensitive),
+authenticates as the command's ``auth`` demands, applies the rate limit where the documents
+set one, runs the command, and turns an ``ApiError`` into the documented error body. Any other
+exception becomes a generic 500 body: no stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from relay.admin import auth
+from relay.admin.errors import UNKNOWN_COMMAND, ApiError, auth_failed, not_enough_privileges
+from relay.admin.params import Params
+from relay.services import Services
+
+SERVICES = web.AppKey("services", Services)
+
+log = structlog.get_logger("relay.admin")
+
+INTERNAL_ERROR = 99996
+
+Result = dict[str, Any] | web.StreamResponse
+
+
+@dataclass
+class Call:
+    services: Services
+    params: Params
+    principal: auth.Principal
+    request: web.Request
+    command: str
+
+    @property
+    def user_id(self) -> int:
+        """The acting user (commands with auth "user" always have one)."""
+        assert self.principal.user_id is not None
+        return self.principal.user_id
+
+
+Handler = Callable[[Call], Awaitable[Result]]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    func: Handler
+    # "admin" | "user" | "user_or_admin" | "sender_key" | "admin_or_anonymous" | "none"
+    auth: str
+    # Error body shape: "legacy" (Success/ErrorCode) or "v1" (Errors list).
+    style: str = "legacy"
+    rate_limited: bool = False
+    # v1 REST routes served by this command: (method, path).
+    routes: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+COMMANDS: dict[str, CommandSpec] = {}
+
+
+def command(
+    name: str,
+    *,
+    auth: str,
+    style: str = "legacy",
+    rate_limited: bool = False,
+    routes: tuple[tuple[str, str], ...] = (),
+    aliases: tuple[str, ...] = (),
+) -> Callable[[Handler], Handler]:
+    def register(func: Handler) -> Handler:
+        spec = CommandSpec(name.lower(), func, auth, style, rate_limited, routes)
+        for key in (name, *aliases):
+            if key.lower() in COMMANDS:
+                raise RuntimeError(f"command registered twice: {key}")
+            COMMANDS[key.lower()] = spec
+        return func
+
+    return register
+
+
+def ok(**fields: Any) -> dict[str, Any]:
+    """The usual legacy success body: Success, ErrorCode 0, then the command's fields."""
+    return {"Success": True, "ErrorCode": 0, **fields}
+
+
+def dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(body, status=status, dumps=dumps, headers=headers)
+
+
+async def read_params(request: web.Request, *, json_only: bool = False) -> Params:
+    """Query string first, then the body (JSON or form) on top."""
+    params = Params()
+    if not json_only:
+        params.update(dict(request.query))
+    if request.can_read_body:
+        ctype = request.content_type
+        if ctype == "application/json" or json_only:
+            try:
+                data = await request.json(loads=json.loads)
+            except (ValueError, UnicodeDecodeError):
+                data = None
+            if isinstance(data, dict):
+                params.update(data)
+        elif ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            form = await request.post()
+            params.update({k: v for k, v in form.items() if isinstance(v, str)})
+        else:
+            # Clients like `curl -d '{...}'` send JSON as form-urlencoded or with no type.
+            text = await request.text()
+            try:
+                data = json.loads(text) if text.strip().startswith("{") else None
+            except ValueError:
+                data = None
+            if isinstance(data, dict):
+                params.update(data)
+    return params
+
+
+async def authenticate(
+    spec: CommandSpec, services: Services, request: web.Request, params: Params
+) -> auth.Principal:
+    mode = spec.auth
+    if mode == "none":
+        return auth.ANONYMOUS
+    admin = auth.admin_from(services, request, params)
+    if mode in ("admin", "admin_or_anonymous"):
+        if admin is not None:
+            return admin
+        if mode == "admin_or_anonymous":
+            return auth.ANONYMOUS
+        if await auth.user_from(services, params) is not None:
+            raise not_enough_privileges()
+        raise auth_failed(spec.style)
+    if mode == "sender_key":
+        token = auth.bearer_token(request) or params.str("SenderAPIKey")
+        principal = await auth.sender_key_from(services, token)
+        if principal is None:
+            raise ApiError(13, "Invalid SenderAPIKey", status=401, style="v1")
+        return principal
+    if mode == "user_or_admin" and admin is not None:
+        return admin
+    user = await auth.user_from(services, params)
+    if user is None:
+        raise auth_failed(spec.style)
+    return user
+
+
+def _rate_key(spec: CommandSpec, principal: auth.Principal, request: web.Request) -> str:
+    if principal.api_key_id is not None:
+        return f"api:key:{principal.api_key_id}"
+    if principal.user_id is not None:
+        return f"api:user:{principal.user_id}"
+    return f"api:{principal.kind}:{request.remote}"
+
+
+async def run(
+    services: Services, request: web.Request, params: Params, spec: CommandSpec
+) -> web.StreamResponse:
+    try:
+        principal = await authenticate(spec, services, request, params)
+        if spec.rate_limited:
+            settings = services.settings.admin
+            decision = await services.limiter.hit(
+                _rate_key(spec, principal, request),
+                settings.rate_limit_requests,
+                settings.rate_limit_window,
+            )
+            if not decision.allowed:
+                msg = (
+                    f"Too many requests. Wait for {decision.retry_after} seconds for another "
+                    f"{settings.rate_limit_requests} attempts."
+                )
+                return json_response(
+                    {"Errors": [{"Code": 429, "Message": msg}]},
+                    status=429,
+                    headers={"Retry-After": str(decision.retry_after)},
+                )
+        result = await spec.func(Call(services, params, principal, request, spec.name))
+    except ApiError as err:
+        return json_response(err.body(spec.style), status=err.status)
+    except Exception:
+        log.exception("command failed", command=spec.name)
+        if spec.style == "v1":
+            body: dict[str, Any] = {
+                "Errors": [{"Code": INTERNAL_ERROR, "Message": "Internal error"}]
+            }
+        else:
+            body = {"Success": False, "ErrorCode": INTERNAL_ERROR, "ErrorText": "Internal error"}
+        return json_response(body, status=500)
+    if isinstance(result, web.StreamResponse):
+        return result
+    return json_response(result)
+
+
+async def handle_api_php(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    params = await read_params(request)
+    name = (params.str("Command") or "").lower()
+    spec = COMMANDS.get(name)
+    if spec is None:
+        return json_response(
+            {"Success": False, "ErrorCode": UNKNOWN_COMMAND, "ErrorText": "Invalid command"}
+        )
+    return await run(services, request, params, spec)
+
+
+def v1_handler(
+    spec: CommandSpec, method: str
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        # The documents: PATCH takes its parameters from a JSON body only.
+        params = await read_params(request, json_only=(method == "PATCH"))
+        return await run(request.app[SERVICES], request, params, spec)
+
+    return handle

@@ -1,0 +1,63 @@
+"""``relay serve | migrate | check-config`` (CONTRACT.md: Running it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from relay import config
+
+
+def _load(path: str | None) -> config.Settings:
+    try:
+        return config.load(path)
+    except config.ConfigError as exc:
+        print("configuration error:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _migrate(settings: config.Settings) -> str:
+    from relay.store.db import Database
+    from relay.store.migrate import current_revision, upgrade
+
+    db = Database(settings.database_url)
+    try:
+        await upgrade(db)
+        return await current_revision(db) or ""
+    finally:
+        await db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay", description="SMTP relay and MTA integration")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, text in (
+        ("serve", "run SMTP listeners, delivery workers and the admin app"),
+        ("migrate", "create or upgrade the database schema"),
+        ("check-config", "validate the configuration and exit 0, or print problems and exit 2"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("-c", "--config", help="TOML file (default: $RELAY_CONFIG)")
+    args = parser.parse_args(argv)
+    settings = _load(args.config)
+    if args.cmd == "check-config":
+        print(f"configuration ok ({settings.source or 'defaults and environment'})")
+        return 0
+    if args.cmd == "migrate":
+        try:
+            revision = asyncio.run(_migrate(settings))
+        except Exception as exc:
+            print(f"migration failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print(f"schema at revision {revision}")
+        return 0
+    from relay.server import run
+
+    return run(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

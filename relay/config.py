@@ -1,0 +1,365 @@
+"""One settings object: TOML file, then environment overrides, validated once at start.
+
+Every setting lives in a section dataclass below and is documented in
+config/relay.example.toml. Any setting can be overridden by an environment variable named
+``RELAY_<SECTION>_<KEY>`` (upper case); the stable short names of CONTRACT.md
+(RELAY_DATABASE_URL, RELAY_SMTP_LISTEN, ...) are mapped explicitly in ``ENV_ALIASES``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, one per line, so an operator fixes them in one pass."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class ServerSettings:
+    hostname: str = ""
+    data_dir: str = "./var"
+    shutdown_timeout: float = 30.0
+    node_id: str = ""
+
+
+@dataclass
+class DatabaseSettings:
+    url: str = ""
+    pool_size: int = 10
+    echo: bool = False
+
+
+@dataclass
+class RedisSettings:
+    url: str = ""
+
+
+@dataclass
+class SmtpSettings:
+    listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2525"])
+    smtps_listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2465"])
+    tls_cert: str = ""
+    tls_key: str = ""
+    plaintext_auth_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_line_length: int = 998
+    max_auth_failures: int = 3
+    max_connections: int = 2000
+    max_connections_per_ip: int = 100
+    command_timeout: float = 300.0
+    advertised_ports: list[int] = field(default_factory=lambda: [25, 587, 2525])
+    advertised_host: str = ""
+
+
+@dataclass
+class DkimSettings:
+    key_bits: int = 2048
+    selector: str = ""
+    sign_threads: int = 2
+
+
+@dataclass
+class DeliverySettings:
+    enabled: bool = True
+    concurrency: int = 50
+    batch_size: int = 200
+    lease_seconds: float = 300.0
+    poll_interval: float = 2.0
+    retry_base: float = 60.0
+    retry_max_interval: float = 3600.0
+    retry_jitter: float = 0.2
+    max_age: float = 5 * 24 * 3600.0
+    connections_per_server: int = 10
+    idle_timeout: float = 30.0
+    messages_per_connection: int = 1000
+    stop_timeout: float = 30.0
+
+
+@dataclass
+class AdminSettings:
+    listen: str = "127.0.0.1:8025"
+    api_key: str = ""
+    session_ttl: float = 24 * 3600.0
+    rate_limit_requests: int = 100
+    rate_limit_window: float = 60.0
+
+
+@dataclass
+class DnsSettings:
+    nameservers: list[str] = field(default_factory=list)
+    timeout: float = 5.0
+    cache_ttl: float = 60.0
+    spf_include: str = ""
+    return_path_target: str = ""
+    tracking_target: str = ""
+    default_subdomain: str = "mail"
+    default_track_prefix: str = "track"
+    default_track_merge: str = "-"
+
+
+@dataclass
+class LogSettings:
+    format: str = ""
+    level: str = "info"
+
+
+@dataclass
+class SecuritySettings:
+    key_encryption_key: str = ""
+
+
+@dataclass
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+
+    # Derived once by load(); not settings themselves.
+    source: str = ""
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{(self.data_path / 'relay.sqlite3').resolve()}"
+
+    @property
+    def is_embedded_default(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def hostname(self) -> str:
+        return self.server.hostname or socket.getfqdn()
+
+
+# CONTRACT.md's stable variables, mapped to (section, key).
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "RELAY_DATA_DIR": ("server", "data_dir"),
+    "RELAY_DATABASE_URL": ("database", "url"),
+    "RELAY_REDIS_URL": ("redis", "url"),
+    "RELAY_SMTP_LISTEN": ("smtp", "listen"),
+    "RELAY_SMTPS_LISTEN": ("smtp", "smtps_listen"),
+    "RELAY_ADMIN_LISTEN": ("admin", "listen"),
+    "RELAY_ADMIN_API_KEY": ("admin", "api_key"),
+    "RELAY_DNS_NAMESERVERS": ("dns", "nameservers"),
+    "RELAY_TLS_CERT": ("smtp", "tls_cert"),
+    "RELAY_TLS_KEY": ("smtp", "tls_key"),
+    "RELAY_HOSTNAME": ("server", "hostname"),
+    "RELAY_LOG_FORMAT": ("log", "format"),
+    "RELAY_KEY_ENCRYPTION_KEY": ("security", "key_encryption_key"),
+}
+
+_SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
+
+
+def _convert(raw: Any, typ: Any, where: str, problems: list[str]) -> Any:
+    """Coerce a TOML or environment value to the declared field type."""
+    origin = get_origin(typ)
+    try:
+        if origin is list:
+            (inner,) = get_args(typ)
+            if isinstance(raw, str):
+                items: list[Any] = [p.strip() for p in raw.split(",") if p.strip()]
+            elif isinstance(raw, list):
+                items = raw
+            else:
+                raise ValueError("expected a list")
+            return [_convert(i, inner, where, problems) for i in items]
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true or false")
+        if typ is int:
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
+            return int(raw)
+        if typ is float:
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            return float(raw)
+        if typ is str:
+            if not isinstance(raw, str | int | float):
+                raise ValueError("expected a string")
+            return str(raw)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{where}: {exc} (got {raw!r})")
+        return None
+    return raw
+
+
+def _apply(
+    section_obj: Any, section: str, values: dict[str, Any], origin: str, problems: list[str]
+) -> None:
+    hints = get_type_hints(type(section_obj))
+    for key, raw in values.items():
+        if key not in hints:
+            problems.append(f"{origin}: unknown setting [{section}] {key}")
+            continue
+        value = _convert(raw, hints[key], f"{origin} [{section}] {key}", problems)
+        if value is not None:
+            setattr(section_obj, key, value)
+
+
+def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), apply environment overrides, validate. Raises ConfigError."""
+    env = dict(os.environ if env is None else env)
+    problems: list[str] = []
+    settings = Settings()
+    path = path or env.get("RELAY_CONFIG") or None
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"configuration file not found: {path}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+        for section, values in data.items():
+            if section not in _SECTIONS or not isinstance(values, dict):
+                problems.append(f"{path}: unknown section [{section}]")
+                continue
+            _apply(getattr(settings, section), section, values, str(path), problems)
+        settings.source = str(path)
+
+    for name, (section, key) in ENV_ALIASES.items():
+        if name in env:
+            _apply(getattr(settings, section), section, {key: env[name]}, name, problems)
+    for name, raw in env.items():
+        if not name.startswith("RELAY_") or name in ENV_ALIASES or name == "RELAY_CONFIG":
+            continue
+        rest = name[len("RELAY_") :].lower()
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                if key in get_type_hints(type(getattr(settings, section))):
+                    _apply(getattr(settings, section), section, {key: raw}, name, problems)
+                break
+
+    problems.extend(validate(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """'host:port', '[v6]:port' or a bare host when default_port is given."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"missing port in {value!r}")
+        return host, default_port
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {value!r}")
+    return host, port
+
+
+def validate(s: Settings) -> list[str]:
+    problems: list[str] = []
+    for name, items in (("smtp.listen", s.smtp.listen), ("smtp.smtps_listen", s.smtp.smtps_listen)):
+        for item in items:
+            try:
+                parse_hostport(item)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+    try:
+        parse_hostport(s.admin.listen)
+    except ValueError as exc:
+        problems.append(f"admin.listen: {exc}")
+    for net in s.smtp.plaintext_auth_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"smtp.plaintext_auth_networks: not a network: {net!r}")
+    for ns in s.dns.nameservers:
+        try:
+            host, _ = parse_hostport(ns, 53)
+            ipaddress.ip_address(host)
+        except ValueError:
+            problems.append(f"dns.nameservers: expected ip or ip:port, got {ns!r}")
+    url = s.database_url
+    if not (url.startswith("sqlite+aiosqlite:///") or url.startswith("postgresql+asyncpg://")):
+        problems.append(
+            "database.url: expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB"
+        )
+    if s.redis.url and urlsplit(s.redis.url).scheme not in ("redis", "rediss", "unix"):
+        problems.append("redis.url: expected redis://HOST:PORT/N")
+    if bool(s.smtp.tls_cert) != bool(s.smtp.tls_key):
+        problems.append("smtp.tls_cert and smtp.tls_key must be given together")
+    for name in ("tls_cert", "tls_key"):
+        value = getattr(s.smtp, name)
+        if value and not Path(value).is_file():
+            problems.append(f"smtp.{name}: file not found: {value}")
+    positive = {
+        "smtp.max_message_size": s.smtp.max_message_size,
+        "smtp.max_recipients": s.smtp.max_recipients,
+        "smtp.max_auth_failures": s.smtp.max_auth_failures,
+        "smtp.max_connections": s.smtp.max_connections,
+        "smtp.max_connections_per_ip": s.smtp.max_connections_per_ip,
+        "delivery.concurrency": s.delivery.concurrency,
+        "delivery.batch_size": s.delivery.batch_size,
+        "delivery.connections_per_server": s.delivery.connections_per_server,
+        "dkim.sign_threads": s.dkim.sign_threads,
+        "admin.rate_limit_requests": s.admin.rate_limit_requests,
+        "database.pool_size": s.database.pool_size,
+    }
+    for name, value in positive.items():
+        if value is not None and value < 1:
+            problems.append(f"{name}: must be at least 1")
+    if s.smtp.max_line_length < 0:
+        problems.append("smtp.max_line_length: must be 0 (no limit) or more")
+    if s.dkim.key_bits not in (1024, 2048, 3072, 4096):
+        problems.append("dkim.key_bits: one of 1024, 2048, 3072, 4096")
+    if s.log.format not in ("", "json", "console"):
+        problems.append("log.format: json or console")
+    if s.log.level.lower() not in ("debug", "info", "warning", "error"):
+        problems.append("log.level: debug, info, warning or error")
+    if s.security.key_encryption_key:
+        from relay.secrets import decode_kek
+
+        try:
+            decode_kek(s.security.key_encryption_key)
+        except ValueError as exc:
+            problems.append(f"security.key_encryption_key: {exc}")
+    if s.delivery.retry_base <= 0 or s.delivery.retry_max_interval < s.delivery.retry_base:
+        problems.append("delivery.retry_base > 0 and retry_max_interval >= retry_base")
+    if not 0 <= s.delivery.retry_jitter < 1:
+        problems.append("delivery.retry_jitter: between 0 and 1")
+    return problems

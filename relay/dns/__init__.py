@@ -1,0 +1,1 @@
+"""DNS: the record sets customers publish, and live verification of them."""

@@ -1,0 +1,47 @@
+"""Prometheus metrics, defined once; names documented in docs/operations.md."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SMTP_CONNECTIONS = Gauge("relay_smtp_connections", "Open SMTP connections")
+SMTP_SESSIONS = Counter("relay_smtp_sessions_total", "SMTP connections accepted", ["listener"])
+SMTP_AUTH = Counter("relay_smtp_auth_total", "AUTH attempts", ["result"])
+SMTP_REPLIES = Counter(
+    "relay_smtp_rejections_total",
+    "Rejected SMTP commands by stage and reply code",
+    ["stage", "code"],
+)
+MESSAGES_ACCEPTED = Counter("relay_messages_accepted_total", "Messages queued (250 sent)")
+RECIPIENTS_ACCEPTED = Counter("relay_recipients_accepted_total", "Recipients queued")
+MESSAGE_BYTES = Histogram(
+    "relay_message_size_bytes",
+    "Size of accepted messages",
+    buckets=(1e3, 4e3, 16e3, 64e3, 256e3, 1e6, 4e6, 16e6, 64e6),
+)
+QUEUE_COMMIT_SECONDS = Histogram(
+    "relay_queue_commit_seconds",
+    "Group-commit transaction duration",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+QUEUE_COMMIT_BATCH = Histogram(
+    "relay_queue_commit_batch_messages",
+    "Messages per group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+DKIM_SIGN_SECONDS = Histogram(
+    "relay_dkim_sign_seconds",
+    "DKIM signing time per message",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+DELIVERY_RESULTS = Counter(
+    "relay_delivery_results_total", "Per-recipient delivery outcomes", ["result"]
+)
+DELIVERY_SECONDS = Histogram(
+    "relay_delivery_seconds",
+    "Time to hand one message to a delivery server",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DELIVERY_IN_FLIGHT = Gauge("relay_delivery_in_flight", "Messages being delivered now")
+QUEUE_DEPTH = Gauge("relay_queue_pending_recipients", "Recipients queued or deferred")
+API_REQUESTS = Counter("relay_api_requests_total", "Admin API requests", ["command", "status"])

@@ -1,0 +1,1 @@
+"""The durable queue: ingest (group commit of accepted messages) and delivery state."""

@@ -1,0 +1,173 @@
+"""Lifecycle of one node: start in order, stop in order.
+
+Start: storage (migrated on the embedded default; checked at head otherwise), caches and bus,
+the queue writer, SMTP listeners, delivery workers, the admin app; then READY=1 to systemd.
+Stop (SIGTERM/SIGINT): stop accepting connections, let SMTP sessions finish within the bound,
+commit what is queued, let in-flight deliveries finish within the bound and release the rest of
+their leases, stop the admin app, close storage. A second signal skips the waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from relay import log as relay_log
+from relay.admin.app import AdminServer
+from relay.config import ConfigError, Settings, parse_hostport
+from relay.queue.ingest import QueueWriter
+from relay.secrets import new_admin_api_key
+from relay.services import Services
+from relay.store import migrate
+
+log = structlog.get_logger("relay.server")
+
+
+def sd_notify(state: str) -> None:
+    """systemd Type=notify readiness (sd_notify(3)); a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())
+
+
+def ensure_admin_key(settings: Settings) -> None:
+    """Use RELAY_ADMIN_API_KEY, else the stored key, else generate one and print it once."""
+    Path(settings.server.data_dir).mkdir(parents=True, exist_ok=True)
+    if settings.admin.api_key:
+        return
+    path = Path(settings.server.data_dir) / "admin_api_key"
+    if path.exists():
+        settings.admin.api_key = path.read_text().strip()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = new_admin_api_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    settings.admin.api_key = key
+    print(f"Generated admin API key (shown once; stored in {path}):\n{key}", flush=True)
+
+
+class Relay:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services: Services | None = None
+        self.writer: QueueWriter | None = None
+        self.smtp: Any = None
+        self.delivery: Any = None
+        self.admin: AdminServer | None = None
+        self._stopping = False
+        # Set by a second signal: stop waiting for sessions and deliveries to finish.
+        self.hurry = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        ensure_admin_key(s)
+        services = self.services = await Services.create(s)
+        if s.is_embedded_default:
+            await migrate.upgrade(services.db)
+        else:
+            current = await migrate.current_revision(services.db)
+            if current != migrate.head_revision():
+                raise ConfigError(
+                    [
+                        f"database schema is at {current or 'nothing'}, this version needs "
+                        f"{migrate.head_revision()}: run `relay migrate` first"
+                    ]
+                )
+        await services.start()
+        self.writer = QueueWriter(services)
+        await self.writer.start()
+
+        from relay.smtp.listener import SmtpServer
+
+        self.smtp = SmtpServer(services, self.writer)
+        await self.smtp.start()
+        if s.delivery.enabled:
+            from mta.worker import DeliveryService
+
+            self.delivery = DeliveryService(services)
+            await self.delivery.start()
+        host, port = parse_hostport(s.admin.listen)
+        self.admin = AdminServer(services, host, port)
+        await self.admin.start()
+        log.info(
+            "relay started",
+            smtp=[f"{h}:{p}" for h, p in self.smtp.bound("smtp")],
+            smtps=[f"{h}:{p}" for h, p in self.smtp.bound("smtps")],
+            admin=f"{host}:{self.admin.port}",
+            database=services.db.dialect,
+            redis=bool(services.redis),
+        )
+        sd_notify("READY=1")
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        sd_notify("STOPPING=1")
+        timeout = self.settings.server.shutdown_timeout
+        log.info("relay stopping", timeout=timeout)
+        if self.smtp is not None:
+            await self.smtp.stop(timeout, self.hurry)
+        if self.writer is not None:
+            await self.writer.stop()
+        if self.delivery is not None:
+            await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.services is not None:
+            await self.services.close()
+        log.info("relay stopped")
+
+
+async def serve(settings: Settings) -> None:
+    relay = Relay(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await relay.start()
+        await stop.wait()
+    finally:
+        # A second signal during the drain cuts it short.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, relay.hurry.set)
+        await relay.stop()
+
+
+def loop_factory() -> Any:
+    """uvloop when installed (a dependency on Linux): ~25% more SMTP throughput here."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return None
+    return uvloop.new_event_loop
+
+
+def run(settings: Settings) -> int:
+    relay_log.configure(settings.log.format, settings.log.level)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(settings))
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

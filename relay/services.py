@@ -1,0 +1,77 @@
+"""The shared infrastructure of one node: storage, caches, bus, rate limits, secrets.
+
+Built once by ``relay.server`` and handed to the SMTP listeners, the admin app and the delivery
+workers. Tests build one the same way (``Services.create``) against real SQLite/PostgreSQL and,
+when asked, real Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.cache import LocalBus, RedisBus
+from relay.config import Settings
+from relay.directory import Directory
+from relay.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from relay.secrets import SecretBox
+from relay.store.db import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    bus: LocalBus
+    directory: Directory
+    box: SecretBox
+    limiter: RateLimiter
+    redis: Any = None
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Called after the queue commits new recipients (wakes local delivery workers).
+    on_enqueued: list[Any] = field(default_factory=list)
+
+    @classmethod
+    async def create(cls, settings: Settings) -> Services:
+        db = Database(
+            settings.database_url,
+            pool_size=settings.database.pool_size,
+            echo=settings.database.echo,
+        )
+        redis = None
+        bus: LocalBus
+        limiter: RateLimiter
+        if settings.redis.url:
+            import redis.asyncio as aioredis
+
+            redis = aioredis.from_url(settings.redis.url, decode_responses=True)
+            bus = RedisBus(redis)
+            limiter = RedisRateLimiter(redis)
+        else:
+            bus = LocalBus()
+            limiter = MemoryRateLimiter()
+        box = SecretBox(settings.security.key_encryption_key)
+        directory = Directory(db, bus, box)
+        node_id = (
+            settings.server.node_id
+            or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
+        return cls(settings, db, bus, directory, box, limiter, redis, node_id)
+
+    async def start(self) -> None:
+        await self.bus.start()
+
+    def notify_enqueued(self) -> None:
+        for cb in self.on_enqueued:
+            cb()
+
+    async def close(self) -> None:
+        await self.bus.close()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
+        await self.db.close()

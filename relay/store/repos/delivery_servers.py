@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Row, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay.store import schema as t
+from relay.store.db import utcnow
+
+
+async def create(conn: AsyncConnection, **values: Any) -> int:
+    ts = utcnow()
+    ds = t.delivery_servers
+    result = await conn.execute(
+        insert(ds)
+        .values(created_at=ts, updated_at=ts, verification_results={}, **values)
+        .returning(ds.c.id)
+    )
+    return int(result.scalar_one())
+
+
+async def get(conn: AsyncConnection, server_id: int) -> Row | None:
+    ds = t.delivery_servers
+    return (await conn.execute(select(ds).where(ds.c.id == server_id))).first()
+
+
+async def list_all(conn: AsyncConnection) -> list[Row]:
+    ds = t.delivery_servers
+    return list((await conn.execute(select(ds).order_by(ds.c.id))).all())
+
+
+async def assignments(conn: AsyncConnection) -> list[Row]:
+    a, g = t.delivery_server_assignments, t.user_groups
+    q = (
+        select(a.c.server_id, a.c.group_id, a.c.channel, g.c.name.label("group_name"))
+        .join(g, g.c.id == a.c.group_id)
+        .order_by(a.c.server_id, a.c.group_id, a.c.channel)
+    )
+    return list((await conn.execute(q)).all())
+
+
+async def assign(conn: AsyncConnection, server_id: int, group_id: int, channels: list[str]) -> None:
+    a = t.delivery_server_assignments
+    existing = set(
+        (
+            await conn.execute(
+                select(a.c.channel).where(a.c.server_id == server_id, a.c.group_id == group_id)
+            )
+        ).scalars()
+    )
+    new = [c for c in channels if c not in existing]
+    if new:
+        await conn.execute(
+            insert(a), [{"server_id": server_id, "group_id": group_id, "channel": c} for c in new]
+        )

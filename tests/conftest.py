@@ -1,0 +1,196 @@
+"""Shared fixtures: real databases, real Redis, real servers on loopback.
+
+PostgreSQL and Redis tests are required in CI (CI=true: a missing service fails them) and
+skipped elsewhere with a message saying how to enable them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from relay import config
+from relay.services import Services
+from relay.store import migrate
+from relay.store.db import Database
+
+PG_ADMIN_URL = os.environ.get(
+    "RELAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ADMIN_KEY = "adm_test_" + uuid.uuid4().hex
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _unavailable(what: str, how: str) -> None:
+    message = f"{what} not reachable; {how}"
+    if IN_CI:
+        pytest.fail(f"{message} (required in CI)")
+    pytest.skip(message)
+
+
+def _pg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _pg_exec(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(_pg_dsn(PG_ADMIN_URL), timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+_pg_template: dict[str, Any] = {}
+
+
+async def _pg_template_name() -> str:
+    """A migrated template database, made once per test session."""
+    if "name" in _pg_template:
+        if _pg_template["name"] is None:
+            raise OSError(_pg_template["error"])
+        return str(_pg_template["name"])
+    name = f"relay_tpl_{os.getpid()}"
+    try:
+        await _pg_exec(f'DROP DATABASE IF EXISTS "{name}"')
+        await _pg_exec(f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        _pg_template.update(name=None, error=str(exc))
+        raise OSError(str(exc)) from exc
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    db = Database(f"{base}/{name}")
+    await migrate.upgrade(db)
+    await db.close()
+    _pg_template["name"] = name
+    return name
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    try:
+        template = await _pg_template_name()
+    except OSError as exc:
+        _unavailable(
+            f"PostgreSQL at {PG_ADMIN_URL} ({exc})",
+            "start it (see README) or set RELAY_TEST_PG_URL",
+        )
+    name = f"relay_t_{uuid.uuid4().hex[:12]}"
+    await _pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        await _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await asyncio.wait_for(client.ping(), 3)
+        await client.flushdb()
+    except Exception as exc:
+        await client.aclose()
+        _unavailable(
+            f"Redis at {REDIS_URL} ({type(exc).__name__})",
+            "start it (see README) or set RELAY_TEST_REDIS_URL",
+        )
+    yield REDIS_URL
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs the test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'relay.sqlite3'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def make_settings(tmp_path: Path, db_url: str | None = None, **env: str) -> config.Settings:
+    base = {
+        "RELAY_DATA_DIR": str(tmp_path / "var"),
+        "RELAY_ADMIN_API_KEY": ADMIN_KEY,
+        "RELAY_SMTP_LISTEN": f"127.0.0.1:{free_port()}",
+        "RELAY_SMTPS_LISTEN": f"127.0.0.1:{free_port()}",
+        "RELAY_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+        "RELAY_HOSTNAME": "relay.test",
+        "RELAY_LOG_FORMAT": "console",
+    }
+    if db_url:
+        base["RELAY_DATABASE_URL"] = db_url
+    base.update(env)
+    return config.load(None, env=base)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> config.Settings:
+    return make_settings(tmp_path, db_url)
+
+
+@pytest.fixture
+async def services(settings: config.Settings) -> AsyncIterator[Services]:
+    svc = await Services.create(settings)
+    await migrate.upgrade(svc.db)
+    await svc.start()
+    yield svc
+    await svc.close()
+
+
+class Api:
+    """A client of the admin app over real HTTP."""
+
+    def __init__(self, base: str, session: aiohttp.ClientSession) -> None:
+        self.base = base
+        self.session = session
+
+    async def call(self, command: str, *, admin: bool = False, **params: Any) -> dict[str, Any]:
+        body = {"Command": command, **params}
+        if admin:
+            body["AdminAPIKey"] = ADMIN_KEY
+        async with self.session.post(f"{self.base}/api.php", json=body) as resp:
+            data: dict[str, Any] = await resp.json(content_type=None)
+            data["_status"] = resp.status
+            return data
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.session.request(method, f"{self.base}{path}", **kwargs) as resp:
+            text = await resp.text()
+            try:
+                import json
+
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, text
+
+
+@pytest.fixture
+async def api(services: Services) -> AsyncIterator[Api]:
+    """The admin app served on a free loopback port, and a client for it."""
+    from relay.admin.app import AdminServer
+
+    server = AdminServer(services, "127.0.0.1", 0)
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        yield Api(f"http://127.0.0.1:{server.port}", session)
+    await server.stop()
