@@ -194,3 +194,31 @@ async def api(services: Services) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         yield Api(f"http://127.0.0.1:{server.port}", session)
     await server.stop()
+
+
+# -- downstream SMTP sinks (tests/sink.py) ---------------------------------------------------
+
+
+@pytest.fixture
+async def make_sink(tmp_path: Path) -> AsyncIterator[Any]:
+    """Factory: ``await make_sink(tls="starttls", auth=("u", "pw"))``; all stopped at the end."""
+    from tests.sink import Sink
+
+    sinks: list[Sink] = []
+
+    async def factory(**kwargs: Any) -> Sink:
+        kwargs.setdefault("cert_dir", tmp_path / f"sink-tls-{len(sinks)}")
+        sink = Sink(**kwargs)
+        await sink.start()
+        sinks.append(sink)
+        return sink
+
+    yield factory
+    for sink in sinks:
+        await sink.stop()
+
+
+@pytest.fixture
+async def sink(make_sink: Any) -> Any:
+    """One plain downstream SMTP server on a free loopback port."""
+    return await make_sink()
