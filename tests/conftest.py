@@ -194,3 +194,17 @@ async def api(services: Services) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         yield Api(f"http://127.0.0.1:{server.port}", session)
     await server.stop()
+
+
+@pytest.fixture
+async def dns_stub() -> AsyncIterator[Any]:
+    """A real DNS server on loopback (UDP and TCP); see tests/dnsstub.py.
+
+    Point the relay at it with ``make_settings(..., RELAY_DNS_NAMESERVERS=dns_stub.nameserver)``.
+    """
+    from tests.dnsstub import DnsStub
+
+    stub = DnsStub()
+    await stub.start()
+    yield stub
+    await stub.stop()
