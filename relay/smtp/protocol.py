@@ -40,6 +40,19 @@ _DATA_END = b"\r\n.\r\n"
 _READ_CHUNK = 256 * 1024
 
 
+class RelaySession(Session):
+    """aiosmtpd's smtp_AUTH sets the deprecated ``login_data``, which logs a warning on every
+    successful AUTH; keep the value without the noise."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
+
+
 class RelayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
@@ -121,6 +134,9 @@ class RelaySMTP(SMTP):
                 self.transport.close()
             return
         await super()._handle_client()
+
+    def _create_session(self) -> RelaySession:
+        return RelaySession(self.loop)
 
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
@@ -254,4 +270,4 @@ def plaintext_networks(networks: list[str]) -> Any:
     return allowed
 
 
-__all__ = ["ConnectionLimits", "RelayEnvelope", "RelaySMTP", "Session", "plaintext_networks"]
+__all__ = ["ConnectionLimits", "RelayEnvelope", "RelaySMTP", "RelaySession", "plaintext_networks"]
