@@ -664,9 +664,10 @@ async def test_a_dying_side_task_stops_the_worker_loudly(
 
 
 @contextlib.asynccontextmanager
-async def node(tmp_path: Path, pg_url: str, name: str, **env: str) -> AsyncIterator[Services]:
+async def node(tmp_path: Path, db_url: str, name: str, **env: str) -> AsyncIterator[Services]:
+    """Another relay node (its own Services: pools, caches, bus) on the same database."""
     settings = make_settings(
-        tmp_path / name, pg_url, **{**FAST, "RELAY_SERVER_NODE_ID": name, **env}
+        tmp_path / name, db_url, **{**FAST, "RELAY_SERVER_NODE_ID": name, **env}
     )
     svc = await Services.create(settings)
     await migrate.upgrade(svc.db)
@@ -675,6 +676,55 @@ async def node(tmp_path: Path, pg_url: str, name: str, **env: str) -> AsyncItera
         yield svc
     finally:
         await svc.close()
+
+
+async def setup_through_admin(services: Services, sink_port: int) -> Account:
+    """An account and a delivery server for group 1, made through node ``services``' admin app."""
+    import aiohttp
+
+    from relay.admin.app import AdminServer
+
+    admin = AdminServer(services, "127.0.0.1", 0)
+    await admin.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(f"http://127.0.0.1:{admin.port}", session)
+            account = await make_account(api)
+            await make_server(api, sink_port)
+    finally:
+        await admin.stop()
+    return account
+
+
+@pytest.mark.redis
+async def test_a_bounce_invalidates_every_nodes_suppression_cache(
+    tmp_path: Path, db_url: str, redis_url: str, make_sink: Any
+) -> None:
+    sink = await make_sink()
+    sink.rcpt_replies["gone@example.net"] = "550 5.1.1 no such user"
+    async with (
+        node(tmp_path, db_url, "bouncer", RELAY_REDIS_URL=redis_url) as a,
+        node(tmp_path, db_url, "smtp-only", RELAY_REDIS_URL=redis_url) as b,
+    ):
+        account = await setup_through_admin(a, sink.port)
+        # Node B's SMTP side has cached "not suppressed".
+        assert await b.directory.suppression(account.user_id, "gone@example.net") is None
+        service = DeliveryService(a)
+        await service.start()
+        w = QueueWriter(a)
+        await w.start()
+        try:
+            msg = await submit(w, account, ["gone@example.net"])
+            await wait_states(a, msg.id, {"gone@example.net": "bounced"})
+
+            async def b_knows() -> bool:
+                reason = await b.directory.suppression(account.user_id, "gone@example.net")
+                return reason == "account suppression list"
+
+            await wait_until(b_knows, what="node B's cache invalidated over Redis")
+        finally:
+            await w.stop()
+            await service.stop(5, None)
 
 
 @pytest.mark.postgres
@@ -727,24 +777,12 @@ async def test_concurrent_claims_never_overlap(tmp_path: Path, pg_url: str) -> N
 async def test_two_nodes_deliver_each_recipient_once(
     tmp_path: Path, pg_url: str, make_sink: Any
 ) -> None:
-    from relay.admin.app import AdminServer
-
     sink = await make_sink()
     async with (
         node(tmp_path, pg_url, "node-a") as a,
         node(tmp_path, pg_url, "node-b", RELAY_DELIVERY_CONCURRENCY="4") as b,
     ):
-        import aiohttp
-
-        admin = AdminServer(a, "127.0.0.1", 0)
-        await admin.start()
-        try:
-            async with aiohttp.ClientSession() as session:
-                api = Api(f"http://127.0.0.1:{admin.port}", session)
-                account = await make_account(api)
-                await make_server(api, sink.port)
-        finally:
-            await admin.stop()
+        account = await setup_through_admin(a, sink.port)
         a.settings.delivery.concurrency = 4
         svc_a, svc_b = DeliveryService(a), DeliveryService(b)
         await svc_a.start()
@@ -782,24 +820,12 @@ async def test_notify_wakes_another_nodes_worker(
     tmp_path: Path, pg_url: str, make_sink: Any
 ) -> None:
     """Node B polls only once a minute: only LISTEN/NOTIFY can make it deliver quickly."""
-    from relay.admin.app import AdminServer
-
     sink = await make_sink()
     async with (
         node(tmp_path, pg_url, "ingest-node") as a,
         node(tmp_path, pg_url, "delivery-node", RELAY_DELIVERY_POLL_INTERVAL="60") as b,
     ):
-        import aiohttp
-
-        admin = AdminServer(a, "127.0.0.1", 0)
-        await admin.start()
-        try:
-            async with aiohttp.ClientSession() as session:
-                api = Api(f"http://127.0.0.1:{admin.port}", session)
-                account = await make_account(api)
-                await make_server(api, sink.port)
-        finally:
-            await admin.stop()
+        account = await setup_through_admin(a, sink.port)
         svc_b = DeliveryService(b)
         await svc_b.start()
         w = QueueWriter(a)
