@@ -222,3 +222,20 @@ async def make_sink(tmp_path: Path) -> AsyncIterator[Any]:
 async def sink(make_sink: Any) -> Any:
     """One plain downstream SMTP server on a free loopback port."""
     return await make_sink()
+
+
+# -- DNS server stub (tests/dnsstub.py) ------------------------------------------------------
+
+
+@pytest.fixture
+async def dns_stub() -> AsyncIterator[Any]:
+    """A real DNS server on loopback (UDP and TCP); see tests/dnsstub.py.
+
+    Point the relay at it with ``make_settings(..., RELAY_DNS_NAMESERVERS=dns_stub.nameserver)``.
+    """
+    from tests.dnsstub import DnsStub
+
+    stub = DnsStub()
+    await stub.start()
+    yield stub
+    await stub.stop()

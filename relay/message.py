@@ -1,0 +1,149 @@
+"""Message content: line endings, header parsing, the From rule, headers the relay adds.
+
+Everything here works on bytes in the form the SMTP DATA phase produced (dot-unstuffed).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_ANY_EOL = re.compile(rb"\r\n|\r|\n")
+_HEADER_NAME = re.compile(rb"([\x21-\x7e]+?):")
+_UNFOLD = re.compile(r"\r\n(?=[ \t])")
+
+
+class MalformedMessage(Exception):
+    """The content cannot be a valid RFC 5322 message."""
+
+
+def normalize_line_endings(data: bytes) -> bytes:
+    """Bare CR or LF become CRLF (CONTRACT: before signing; aiosmtplib would do it after and
+    break the signature). The common case, already clean, is three C-speed counts."""
+    crlf = data.count(b"\r\n")
+    if crlf == data.count(b"\n") == data.count(b"\r"):
+        return data
+    return _ANY_EOL.sub(b"\r\n", data)
+
+
+def has_line_longer_than(data: bytes, limit: int) -> bool:
+    """RFC 5322 2.1.1: at most 998 characters per line, excluding CRLF. (Lines are CRLF-only
+    by now; split+len runs in C, where a regex would retry from every position.)"""
+    if limit <= 0 or len(data) <= limit:
+        return False
+    return max(map(len, data.split(b"\r\n"))) > limit
+
+
+Headers = list[list[bytes]]  # [name, value-with-folding-and-CRLF], as dkimpy parses them
+
+
+@dataclass
+class ParsedMessage:
+    headers: Headers
+    body: bytes
+
+    def values(self, name: bytes) -> list[bytes]:
+        lname = name.lower()
+        return [v for n, v in self.headers if n.lower() == lname]
+
+    def first_text(self, name: bytes) -> str:
+        vals = self.values(name)
+        return unfold(vals[0]) if vals else ""
+
+    def to_bytes(self, prepend: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+        parts = [n + b":" + v for n, v in prepend]
+        parts.extend(n + b":" + v for n, v in self.headers)
+        return b"".join(parts) + b"\r\n" + self.body
+
+
+def parse(data: bytes) -> ParsedMessage:
+    """Headers and body, exactly as dkimpy's ``rfc822_parse`` gives them for CRLF-only input,
+    without splitting and re-joining the body line by line."""
+    end = 0 if data.startswith(b"\r\n") else data.find(b"\r\n\r\n")
+    if end < 0:
+        head, body = data, b""
+    elif end == 0:
+        return ParsedMessage([], data[2:])
+    else:
+        head, body = data[: end + 2], data[end + 4 :]
+    headers: Headers = []
+    for line in head.split(b"\r\n"):
+        if not line:
+            continue  # the split's empty tail
+        if line[0] in (0x09, 0x20):
+            if not headers:
+                raise MalformedMessage("continuation line before any header")
+            headers[-1][1] += line + b"\r\n"
+            continue
+        m = _HEADER_NAME.match(line)
+        if m is not None:
+            headers.append([m.group(1), line[m.end() :] + b"\r\n"])
+        elif not line.startswith(b"From "):
+            raise MalformedMessage("invalid header line")
+    return ParsedMessage(headers, body)
+
+
+def unfold(value: bytes) -> str:
+    text = value.decode("utf-8", "surrogateescape")
+    if "\r\n" in text[:-2]:
+        text = _UNFOLD.sub("", text)
+    return text.strip()
+
+
+# A single mailbox in its common forms: addr, <addr>, Name <addr>, "Name" <addr>.
+_SIMPLE_MAILBOX = re.compile(
+    r'^\s*(?:(?:"[^"\\\r\n]*"|[^<>",;:@\\\r\n]*)\s*<([^<>\s",;:@\\]+@[^<>\s",;:@\\]+)>'
+    r'|([^<>\s",;:@\\()]+@[^<>\s",;:@\\()]+))\s*$'
+)
+
+
+def from_addresses(msg: ParsedMessage) -> list[str]:
+    """Mailboxes of the From header(s); raises MalformedMessage if they can't be parsed."""
+    out: list[str] = []
+    for raw in msg.values(b"from"):
+        text = unfold(raw)
+        simple = _SIMPLE_MAILBOX.match(text)
+        if simple is not None:
+            out.append(simple.group(1) or simple.group(2))
+            continue
+        pairs = email.utils.getaddresses([text])
+        if not pairs or any("@" not in addr for _, addr in pairs):
+            raise MalformedMessage("unparseable From header")
+        out.extend(addr for _, addr in pairs)
+    return out
+
+
+def header(name: str, value: str) -> tuple[bytes, bytes]:
+    return name.encode(), b" " + value.encode("utf-8", "surrogateescape") + b"\r\n"
+
+
+def received_header(
+    *,
+    helo: str,
+    client_ip: str,
+    hostname: str,
+    queue_id: str,
+    tls: str | None,
+    authenticated: bool,
+    now: float | None = None,
+) -> tuple[bytes, bytes]:
+    """RFC 5321 4.4 trace header; protocol per RFC 3848 (ESMTPSA = TLS + AUTH)."""
+    proto = "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+    tls_part = f" ({tls})" if tls else ""
+    date = email.utils.formatdate(now or time.time(), localtime=False, usegmt=False)
+    value = (
+        f"from {helo} ([{client_ip}])\r\n\tby {hostname} (relay) with {proto}{tls_part}"
+        f"\r\n\tid {queue_id}; {date}"
+    )
+    return header("Received", value)
+
+
+def message_id_header(queue_id: str, hostname: str) -> tuple[bytes, bytes]:
+    return header("Message-ID", f"<{queue_id}@{hostname}>")
+
+
+def date_header(now: float | None = None) -> tuple[bytes, bytes]:
+    return header("Date", email.utils.formatdate(now or time.time(), localtime=False))
