@@ -91,7 +91,7 @@ class DeliveryService:
         self._wake.set()
 
     # relay/server.py's interface: a bound in seconds, and an event that cuts the wait short.
-    async def stop(self, timeout: float, hurry: asyncio.Event | None = None) -> None:  # noqa: ASYNC109
+    async def stop(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
         if self._stop_task is None:
             self._stop_task = asyncio.create_task(self._stop(timeout, hurry), name="delivery-stop")
         await asyncio.shield(self._stop_task)
