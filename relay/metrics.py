@@ -45,3 +45,13 @@ DELIVERY_SECONDS = Histogram(
 DELIVERY_IN_FLIGHT = Gauge("relay_delivery_in_flight", "Messages being delivered now")
 QUEUE_DEPTH = Gauge("relay_queue_pending_recipients", "Recipients queued or deferred")
 API_REQUESTS = Counter("relay_api_requests_total", "Admin API requests", ["command", "status"])
+RELAY_DOMAIN_CHECKS = Counter(
+    "relay_relay_domain_checks_total",
+    "inbound-relay-domain-check answers",
+    ["result"],  # allowed | denied | auth_failed
+)
+DNS_LOOKUPS = Counter(
+    "relay_dns_lookups_total",
+    "DNS lookups made for domain verification (cache misses)",
+    ["type", "status"],  # status: ok | nxdomain | nodata | error
+)
