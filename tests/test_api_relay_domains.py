@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +23,7 @@ from relay.store import schema as t
 from tests.conftest import Api
 
 CHECK = "/api/v1/inbound-relay-domain-check"
+FETCH_SCRIPT = Path(__file__).parent.parent / "config" / "powermta" / "fetch-domain-lists.sh"
 AUTH_FAILED = {"Errors": [{"Code": 1, "Message": "Authentication failed. Invalid admin API key."}]}
 
 
@@ -309,3 +313,49 @@ async def test_sender_domains_rate_limit(api: Api, services: Services) -> None:
         assert status == 200
     status, body = await api.request("POST", "/api/v1/sender.domains", headers=bearer(admin))
     assert status == 429 and body["Errors"][0]["Code"] == 429
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+async def test_powermta_fetch_script(api: Api, services: Services, tmp_path: Path) -> None:
+    """config/powermta/fetch-domain-lists.sh against the real app; `pmta` is a stand-in that
+    records its calls (PowerMTA itself is the outside world)."""
+    admin = services.settings.admin.api_key
+    key = await make_domains(api, admin, ["example.com"], ["pending.example.org"])
+    calls = tmp_path / "pmta-calls"
+    fake_pmta = tmp_path / "pmta"
+    fake_pmta.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake_pmta.chmod(0o755)
+    env = {
+        **os.environ,
+        "RELAY_URL": api.base,
+        "RELAY_ADMIN_API_KEY": admin,
+        "PMTA_DIR": str(tmp_path),
+        "PMTA": str(fake_pmta),
+    }
+
+    async def run() -> None:
+        proc = await asyncio.create_subprocess_exec("sh", str(FETCH_SCRIPT), env=env)
+        assert await proc.wait() == 0
+
+    await run()
+    relay = (tmp_path / "relay-domains.conf").read_text().splitlines()
+    assert relay[0].startswith("#") and relay[1:] == [
+        "relay-domain example.com",
+        "relay-domain mail.example.com",
+    ]
+    bounce = (tmp_path / "relay-bounce-domains.conf").read_text().splitlines()
+    assert bounce[1:] == ["domain mail.example.com"]
+    assert calls.read_text().splitlines() == ["reload"]
+    await run()  # nothing changed: no reload
+    assert calls.read_text().splitlines() == ["reload"]
+    listing = await api.call("emailgateway.getdomains", APIKey=key)
+    pending = next(d for d in listing["Domains"] if d["Status"] == "Approval Pending")
+    await api.call(
+        "emailgateway.setdomainstatus",
+        AdminAPIKey=admin,
+        DomainID=pending["DomainID"],
+        Status="Enabled",
+    )
+    await run()
+    assert calls.read_text().splitlines() == ["reload", "reload"]
+    assert "relay-domain pending.example.org" in (tmp_path / "relay-domains.conf").read_text()
