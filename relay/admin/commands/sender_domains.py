@@ -116,7 +116,7 @@ async def list_sender_domains(call: Call) -> dict[str, Any]:
     """The caller's sender domains (deleted ones excluded); ``SenderDomains: []`` when none.
 
     Errors:
-    (none: this endpoint has no business-logic error codes)
+    (none — this endpoint has no business-logic error codes)
     """
     async with call.services.db.read() as conn:
         rows = await repo.list_live(conn, call.user_id)
