@@ -359,3 +359,16 @@ async def test_powermta_fetch_script(api: Api, services: Services, tmp_path: Pat
     await run()
     assert calls.read_text().splitlines() == ["reload", "reload"]
     assert "relay-domain pending.example.org" in (tmp_path / "relay-domains.conf").read_text()
+
+
+async def test_relay_domains_reload_when_the_bus_reconnects(api: Api, services: Services) -> None:
+    """After a lost subscription the node may have missed changes: it reloads the set."""
+    admin = services.settings.admin.api_key
+    await make_domains(api, admin, [], ["example.com"])
+    async with services.db.write() as conn:
+        await conn.execute(update(t.gateway_domains).values(status="Enabled"))
+    services.bus._reset_all()  # what RedisBus does after resubscribing
+    status, body = await api.request(
+        "GET", CHECK, params={"domain": "example.com"}, headers=bearer(admin)
+    )
+    assert (status, body) == (200, {"Success": True, "RelayDomain": "example.com"})

@@ -144,8 +144,9 @@ async def fail_pending_recipients(
     conn: AsyncConnection, domain_id: int, *, pending: tuple[str, ...], failed: str, reason: str
 ) -> list[Row]:
     """Every pending recipient of the domain's messages becomes ``failed``, in one statement;
-    returns (message_id, rcpt) of each. A recipient leased by a delivery worker is included:
-    the worker's own update is conditional on the state it claimed."""
+    returns (message_id, rcpt) of each. A recipient leased by a delivery worker at this moment
+    is included too (its lease is dropped): if that attempt still completes, the worker's
+    recorded outcome is the truth about that recipient."""
     r, m = t.recipients, t.messages
     ts = time.time()
     result = await conn.execute(
