@@ -98,6 +98,7 @@ class AdminSettings:
     session_ttl: float = 24 * 3600.0
     rate_limit_requests: int = 100
     rate_limit_window: float = 60.0
+    relay_domains_refresh: float = 60.0
 
 
 @dataclass
@@ -360,6 +361,10 @@ def validate(s: Settings) -> list[str]:
             decode_kek(s.security.key_encryption_key)
         except ValueError as exc:
             problems.append(f"security.key_encryption_key: {exc}")
+    if s.admin.relay_domains_refresh <= 0:
+        problems.append("admin.relay_domains_refresh: must be more than 0")
+    if s.dns.timeout <= 0 or s.dns.cache_ttl < 0:
+        problems.append("dns.timeout > 0 and dns.cache_ttl >= 0")
     if s.delivery.retry_base <= 0 or s.delivery.retry_max_interval < s.delivery.retry_base:
         problems.append("delivery.retry_base > 0 and retry_max_interval >= retry_base")
     if s.delivery.tls_ca_file and not Path(s.delivery.tls_ca_file).is_file():

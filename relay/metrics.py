@@ -63,3 +63,13 @@ DELIVERY_SUPPRESSIONS = Counter(
 DELIVERY_WORKER_UP = Gauge(
     "relay_delivery_worker_up", "1 while this node's delivery worker runs; 0 after it stopped"
 )
+RELAY_DOMAIN_CHECKS = Counter(
+    "relay_relay_domain_checks_total",
+    "inbound-relay-domain-check answers",
+    ["result"],  # allowed | denied | auth_failed
+)
+DNS_LOOKUPS = Counter(
+    "relay_dns_lookups_total",
+    "DNS lookups made for domain verification (cache misses)",
+    ["type", "status"],  # status: ok | nxdomain | nodata | error
+)

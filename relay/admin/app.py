@@ -7,7 +7,7 @@ import contextlib
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from relay.admin import commands  # noqa: F401  (registers every command)
+from relay.admin import commands, resources  # noqa: F401  (commands: registers every command)
 from relay.admin.dispatcher import (
     COMMANDS,
     SERVICES,
@@ -52,6 +52,7 @@ def create_app(services: Services) -> web.Application:
     max_size = int(services.settings.smtp.max_message_size * 1.4) + 65536
     app = web.Application(client_max_size=max_size)
     app[SERVICES] = services
+    resources.install(app, services)
     app.router.add_route("GET", "/api.php", handle_api_php)
     app.router.add_route("POST", "/api.php", handle_api_php)
     seen: set[tuple[str, str]] = set()

@@ -3,6 +3,8 @@
 from relay.admin.commands import (  # noqa: F401
     deliveryservers,
     domains,
+    relay_domains,
+    sender_domains,
     smtp,
     suppressions,
     users,
