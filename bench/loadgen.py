@@ -214,27 +214,36 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+async def open_sessions(cfg: Config, result: Result) -> tuple[list[Session], list[str]]:
+    """Connect, EHLO and AUTH every session; the errors of those that failed (then none stay)."""
+    sessions = [Session(cfg, cfg.first_session + i, result) for i in range(cfg.sessions)]
+    opened = await asyncio.gather(*(s.open() for s in sessions), return_exceptions=True)
+    errors = [f"{type(e).__name__}: {e}" for e in opened if isinstance(e, BaseException)]
+    if errors:
+        for s in sessions:
+            s.close()
+    return sessions, errors
+
+
+async def run_sessions(sessions: list[Session], cfg: Config, result: Result) -> None:
+    cpu0 = time.process_time()
+    result.start = time.monotonic()
+    await asyncio.gather(*(s.run(result.start + cfg.duration) for s in sessions))
+    result.end = time.monotonic()
+    result.cpu = time.process_time() - cpu0
+
+
 async def main_async() -> None:
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     cfg = Config(**json.loads(await stdin.readline()))
     result = Result()
-    sessions = [Session(cfg, cfg.first_session + i, result) for i in range(cfg.sessions)]
-    opened = await asyncio.gather(*(s.open() for s in sessions), return_exceptions=True)
-    errors = [f"{type(e).__name__}: {e}" for e in opened if isinstance(e, BaseException)]
+    sessions, errors = await open_sessions(cfg, result)
     emit({"ready": len(sessions) - len(errors), "errors": errors[:5]})
-    if errors:
-        for s in sessions:
-            s.close()
+    if errors or (await stdin.readline()).strip() != b"go":
         return
-    if (await stdin.readline()).strip() != b"go":
-        return
-    cpu0 = time.process_time()
-    result.start = time.monotonic()
-    await asyncio.gather(*(s.run(result.start + cfg.duration) for s in sessions))
-    result.end = time.monotonic()
-    result.cpu = time.process_time() - cpu0
+    await run_sessions(sessions, cfg, result)
     emit(result.public())
 
 

@@ -161,7 +161,10 @@ class RelayInstance:
         rc = await proc.wait()
         await terminate(proc, 1)
         if rc != 0:
-            raise RuntimeError(f"relay {command} exited with {rc}:\n{tail(self.log_path)}")
+            raise RuntimeError(
+                f"relay {command} exited with {rc} ({tail(self.log_path, 1)}):\n"
+                f"{tail(self.log_path)}"
+            )
 
     async def _wait_ready(self, timeout: float) -> None:
         assert self.proc is not None
@@ -171,8 +174,8 @@ class RelayInstance:
             while True:
                 if self.proc.returncode is not None:
                     raise RuntimeError(
-                        f"relay serve exited with {self.proc.returncode} at startup:\n"
-                        f"{tail(self.log_path)}"
+                        f"relay serve exited with {self.proc.returncode} at startup "
+                        f"({tail(self.log_path, 1)}):\n{tail(self.log_path)}"
                     )
                 try:
                     async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:

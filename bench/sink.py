@@ -98,9 +98,9 @@ def accept_any(
     return AuthResult(success=True)
 
 
-async def serve(port: int) -> None:
+async def start_server(handler: CountingHandler, port: int = 0) -> asyncio.Server:
+    """The sink's listener on 127.0.0.1 (port 0: any free port), in the running loop."""
     loop = asyncio.get_running_loop()
-    handler = CountingHandler()
 
     def factory() -> SMTP:
         return SMTP(
@@ -113,7 +113,13 @@ async def serve(port: int) -> None:
             loop=loop,
         )
 
-    server = await loop.create_server(factory, "127.0.0.1", port, backlog=1024)
+    return await loop.create_server(factory, "127.0.0.1", port, backlog=1024)
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    handler = CountingHandler()
+    server = await start_server(handler, port)
     bound = server.sockets[0].getsockname()[1]
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
