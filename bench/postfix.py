@@ -188,6 +188,13 @@ class PostfixInstance:
         except (OSError, ValueError, IndexError):
             return None
 
+    def died(self) -> str:
+        """Why the instance is gone, or "" while its master process runs."""
+        pid = self.master_pid()
+        if self.started and (pid is None or not _alive(pid)):
+            return f"postfix master is gone ({self.log_tail(1)})"
+        return ""
+
     def stop(self) -> None:
         """postfix stop (it waits for master to exit); abort and SIGKILL if it lingers."""
         if not self.started:

@@ -65,6 +65,7 @@ class Target:
     error: str = ""  # why it failed to start (a failure)
     is_relay: bool = False
     queued: Callable[[], dict[str, int]] | None = None  # leftover queue, for the report
+    died: Callable[[], str] | None = None  # "" while the target's processes are alive
 
 
 @dataclass
@@ -90,7 +91,7 @@ class RunResult:
     reconnects: int = 0
     loadgen_cpu: list[float] = field(default_factory=list)  # % of one core, per process
     sink_cpu: float = 0.0
-    target_cpu: float | None = None
+    target_cpu: float | None = None  # the relay's or Postfix's processes, % of one core
     machine_busy: float = 0.0  # % of all cores over the load window
     leftover_queue: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -122,15 +123,39 @@ def machine_cpu() -> tuple[float, float]:
     return total - idle, total
 
 
-def process_cpu(pid: int | None) -> float | None:
-    """CPU seconds (user + system, all threads) of a process, None if unknown."""
+def _stat(pid: int | str) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (field 3 onwards)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def tree_cpu(pid: int | None) -> float | None:
+    """CPU seconds of a process, its threads and its descendants (live and reaped).
+
+    Postfix is a tree of processes (master, smtpd, cleanup, qmgr, smtp...): live ones are read
+    directly, exited ones are in their parent's cutime/cstime once reaped, so the sum stays
+    consistent between two readings. None if the process is gone.
+    """
     if pid is None:
         return None
-    try:
-        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            f = _stat(entry)
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(f[1]), []).append(int(entry))  # f[1]: ppid
+        ticks[int(entry)] = sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+    if pid not in ticks:
         return None
-    return (int(fields_[11]) + int(fields_[12])) / CLK_TCK
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += ticks.get(p, 0)
+        todo.extend(children.get(p, []))
+    return total / CLK_TCK
 
 
 def pct(part: float, whole: float) -> float:
@@ -187,16 +212,17 @@ async def run_once(bench: Bench, target: Target, rep: int, sink: Child, log_dir:
 
         busy0, total0 = machine_cpu()
         sink0 = await sink.ask("stats")
-        target0 = process_cpu(endpoint.pid)
+        target0 = tree_cpu(endpoint.pid)
         for child in loadgens:
             await child.send("go")
         loads = [await child.read(args.duration + 120) for child in loadgens]
         busy1, total1 = machine_cpu()
         sink1 = await sink.ask("stats")
-        target1 = process_cpu(endpoint.pid)
+        target1 = tree_cpu(endpoint.pid)
     finally:
         for child in loadgens:
-            await child.stop()
+            # Done ones have exited already; an interrupted one is not worth waiting for.
+            await child.stop(timeout=1)
 
     start = min(load["start"] for load in loads)
     end = max(load["end"] for load in loads)
@@ -293,7 +319,6 @@ async def start_targets(
     if "relay" in args.targets:
         for database in args.database:
             label = f"relay ({'SQLite' if database == 'sqlite' else 'PostgreSQL'})"
-            target = Target(f"relay-{database}", label, is_relay=True)
             instance = RelayInstance(
                 tmp / f"relay-{database}",
                 sink_port,
@@ -302,15 +327,14 @@ async def start_targets(
                 sessions=args.sessions,
                 extra_env=dict(args.relay_env),
             )
+            target = Target(f"relay-{database}", label, is_relay=True, died=instance.died)
             stack.push_async_callback(instance.stop)
             print(f"starting {label} ...", flush=True)
             try:
                 target.endpoint = await instance.start()
-            except (RuntimeError, OSError, ValueError, ChildError) as exc:
-                target.error = str(exc)
-                print(f"  {label} failed to start: {exc}", file=sys.stderr, flush=True)
-            except Exception as exc:  # asyncpg errors and the like: report, go on with the rest
-                target.error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # asyncpg's and the like too: report, go on with the rest
+                known = isinstance(exc, RuntimeError | ChildError)
+                target.error = str(exc) if known else f"{type(exc).__name__}: {exc}"
                 print(f"  {label} failed to start: {target.error}", file=sys.stderr, flush=True)
             bench.targets.append(target)
 
@@ -341,7 +365,8 @@ async def start_postfix(sink_port: int, tmp: Path, stack: contextlib.AsyncExitSt
     except (RuntimeError, OSError, KeyError) as exc:  # KeyError: no "postfix" user
         print(f"  {label} failed to start: {exc}", file=sys.stderr, flush=True)
         return Target("postfix", label, error=str(exc))
-    return Target("postfix", label, Endpoint(instance.port, SENDER_DOMAIN), queued=instance.queued)
+    endpoint = Endpoint(instance.port, SENDER_DOMAIN, pid=instance.master_pid())
+    return Target("postfix", label, endpoint, queued=instance.queued, died=instance.died)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -423,7 +448,7 @@ def run_line(result: RunResult, repeat: int) -> str:
         f"loadgen {'+'.join(f'{c:.0f}%' for c in result.loadgen_cpu)}, sink {result.sink_cpu:.0f}%"
     )
     if result.target_cpu is not None:
-        cpu += f", relay {result.target_cpu:.0f}%"
+        cpu += f", {result.target.split('-')[0]} {result.target_cpu:.0f}%"
     cpu += f", machine {result.machine_busy:.0f}%"
     status = "ok" if result.ok else "FAILED: " + "; ".join(result.problems)
     return (
@@ -435,6 +460,10 @@ def run_line(result: RunResult, repeat: int) -> str:
 def write_json(bench: Bench) -> Path:
     bench.args.results_dir.mkdir(parents=True, exist_ok=True)
     path = bench.args.results_dir / f"relay-bench-{bench.started}.json"
+    n = 1
+    while path.exists():  # two runs in the same second keep both files
+        n += 1
+        path = bench.args.results_dir / f"relay-bench-{bench.started}-{n}.json"
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(bench.args).items()}
     settings["relay_env"] = sorted(k for k, _ in bench.args.relay_env)  # names only
     data = {
@@ -485,10 +514,18 @@ async def run_bench(bench: Bench) -> None:
             for target in bench.targets:
                 where = f"127.0.0.1:{target.endpoint.port}" if target.endpoint else ""
                 print(f"target {target.label}: {where or not_run(target)}", flush=True)
-            runnable = [t for t in bench.targets if t.endpoint is not None]
             for rep in range(1, args.repeat + 1):
-                for target in runnable:
-                    result = await run_once(bench, target, rep, sink, tmp)
+                for target in [t for t in bench.targets if t.endpoint and not t.error]:
+                    try:
+                        result = await run_once(bench, target, rep, sink, tmp)
+                    except ChildError as exc:  # a helper died or hung: this run is void
+                        if sink.proc.returncode is not None:
+                            raise
+                        result = RunResult(target.key, target.label, rep, "", problems=[str(exc)])
+                    if target.died is not None and (why := target.died()):
+                        # No point in running a dead target again; the table says why.
+                        target.error = why
+                        result.problems.append(why)
                     bench.runs.append(result)
                     print(run_line(result, args.repeat), flush=True)
     finally:

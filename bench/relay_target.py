@@ -56,7 +56,7 @@ class Endpoint:
     sender_domain: str
     username: str = ""
     password: str = ""
-    pid: int | None = None  # the process whose CPU time is reported, when there is one
+    pid: int | None = None  # the process (tree) whose CPU time is reported, if any
 
 
 class RelayInstance:
@@ -244,6 +244,12 @@ class RelayInstance:
                 UserGroupID=1,
             )
         return str(smtp["SMTPUsername"]), str(smtp["SMTPPassword"])
+
+    def died(self) -> str:
+        """Why the relay is gone, or "" while it runs."""
+        if self.proc is None or self.proc.returncode is None:
+            return ""
+        return f"relay serve exited with {self.proc.returncode} ({tail(self.log_path, 1)})"
 
     async def stop(self) -> None:
         """SIGTERM (the relay drains and exits), then drop the PostgreSQL database."""
