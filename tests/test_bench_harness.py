@@ -229,3 +229,26 @@ def test_defaults_are_the_documented_load() -> None:
     args = parse_args([])
     assert (args.sessions, args.recipients, args.size, args.repeat) == (20, 1, 2048, 3)
     assert args.targets == ["bare", "postfix", "relay"] and args.database == ["sqlite"]
+
+
+def test_the_driver_runs_the_bare_target_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sink and load in their own processes, the table, the JSON; a short run, counts only."""
+    import json
+
+    from bench.relay_bench import main
+
+    status = main(
+        ["--targets", "bare", "--duration", "0.5", "--repeat", "2", "--results-dir", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    (path,) = tmp_path.glob("relay-bench-*.json")
+    data = json.loads(path.read_text())
+    assert [r["rep"] for r in data["runs"]] == [1, 2]
+    for r in data["runs"]:
+        assert r["ok"] and r["problems"] == []
+        assert r["accepted"] > 0 and r["delivered"] == r["deliveries"] == r["accepted"]
+    assert data["medians"]["bare"]["runs"] == 2
+    assert "bare aiosmtpd sink" in out and "2/2" in out
