@@ -37,7 +37,24 @@ _ENHANCED_FOR = {
     "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
 }  # fmt: skip
 _DATA_END = b"\r\n.\r\n"
+# The common path argument: <dot-atom@domain> and optional parameters.
+_SIMPLE_PATH = re.compile(
+    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>\s*(.*)", re.DOTALL
+)
 _READ_CHUNK = 256 * 1024
+
+
+class RelaySession(Session):
+    """aiosmtpd's smtp_AUTH sets the deprecated ``login_data``, which logs a warning on every
+    successful AUTH; keep the value without the noise."""
+
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
+
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
 
 
 class RelayEnvelope(Envelope):
@@ -122,6 +139,9 @@ class RelaySMTP(SMTP):
             return
         await super()._handle_client()
 
+    def _create_session(self) -> RelaySession:
+        return RelaySession(self.loop)
+
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
 
@@ -175,6 +195,14 @@ class RelaySMTP(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._plain_reply = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd parses every path with the email package's header parser and builds a
+        typing.Protocol class on each call; a plain <local@domain> needs neither."""
+        m = _SIMPLE_PATH.match(arg) if arg else None
+        if m is not None and not self.local_part_limit:
+            return m.group(1), m.group(2)
+        return super()._getaddr(arg)
 
     # -- DATA ---------------------------------------------------------------------------------
 
@@ -254,4 +282,4 @@ def plaintext_networks(networks: list[str]) -> Any:
     return allowed
 
 
-__all__ = ["ConnectionLimits", "RelayEnvelope", "RelaySMTP", "Session", "plaintext_networks"]
+__all__ = ["ConnectionLimits", "RelayEnvelope", "RelaySMTP", "RelaySession", "plaintext_networks"]
