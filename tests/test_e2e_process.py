@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,18 @@ class Node:
             return data
 
 
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    """Every Node a test starts; killed at teardown however the test ended."""
+    started: list[Node] = []
+    yield started
+    for node in started:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(timeout=30)
+        node.notify.close()
+
+
 def send_over_starttls(port: int, username: str, password: str) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -100,9 +113,10 @@ def send_over_starttls(port: int, username: str, password: str) -> None:
         )
 
 
-def test_embedded_default_first_start_restart_and_stop(tmp_path: Path) -> None:
+def test_embedded_default_first_start_restart_and_stop(tmp_path: Path, nodes: list[Node]) -> None:
     data = tmp_path / "var"
-    node = Node(tmp_path, data, RELAY_DELIVERY_ENABLED="false")
+    node = Node(tmp_path, data)
+    nodes.append(node)
     node.wait_for("READY=1")
     key_file = data / "admin_api_key"
     admin_key = key_file.read_text().strip()
@@ -133,7 +147,8 @@ def test_embedded_default_first_start_restart_and_stop(tmp_path: Path) -> None:
         assert secret not in err, "a secret reached the log"
     assert '"event": "auth failed"' in err and username in err
 
-    again = Node(tmp_path, data, RELAY_DELIVERY_ENABLED="false")
+    again = Node(tmp_path, data)
+    nodes.append(again)
     again.wait_for("READY=1")
     # State survived the restart: the same keys work and the domain is still Enabled.
     got = again.call(
