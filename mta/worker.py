@@ -58,8 +58,9 @@ class DeliveryService:
         self.router = Router(services.directory)
         self.recorder = OutcomeRecorder(self.store)
         self.pool: ConnectionPool | None = None
-        # Set when a side task died: why the worker stopped.
+        # Set when a side task died: why the worker stopped (and `failed` is set).
         self.error: BaseException | None = None
+        self.failed = asyncio.Event()
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -124,6 +125,7 @@ class DeliveryService:
         await asyncio.gather(*self._side, return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
+        await self.store.close()
         metrics.DELIVERY_WORKER_UP.set(0)
         metrics.DELIVERY_IN_FLIGHT.set(0)
         log.info("delivery worker stopped", cancelled=cancelled, leases_released=released)
@@ -160,6 +162,7 @@ class DeliveryService:
         else:
             error = task.exception() or RuntimeError(f"{task.get_name()} returned")
         self.error = error
+        self.failed.set()
         log.critical(
             "delivery worker side task died; stopping delivery on this node",
             task=task.get_name(),

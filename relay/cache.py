@@ -69,6 +69,8 @@ class TTLCache(Generic[K, V]):
 MISSING = _MISSING
 
 Callback = Callable[[str], None]
+# (topic, key, origin): origin names where the message came from (None = this process).
+AnyCallback = Callable[[str, str, "str | None"], None]
 
 
 class LocalBus:
@@ -76,28 +78,38 @@ class LocalBus:
 
     def __init__(self) -> None:
         self._subs: dict[str, list[Callback]] = {}
+        self._all: list[AnyCallback] = []
         self._reset: list[Callable[[], None]] = []
 
     def subscribe(self, topic: str, callback: Callback) -> None:
         self._subs.setdefault(topic, []).append(callback)
 
+    def subscribe_all(self, callback: AnyCallback) -> None:
+        """Every message of every topic, with its origin (used to forward to child processes)."""
+        self._all.append(callback)
+
     def on_reset(self, callback: Callable[[], None]) -> None:
         """Called when this node may have missed invalidations and must drop everything."""
         self._reset.append(callback)
 
-    def _deliver(self, topic: str, key: str) -> None:
+    def _deliver(self, topic: str, key: str, origin: str | None = None) -> None:
         for cb in self._subs.get(topic, ()):
             try:
                 cb(key)
             except Exception:
                 log.exception("invalidation callback failed", topic=topic)
+        for any_cb in self._all:
+            try:
+                any_cb(topic, key, origin)
+            except Exception:
+                log.exception("invalidation forwarder failed", topic=topic)
 
     def _reset_all(self) -> None:
         for cb in self._reset:
             cb()
 
-    async def publish(self, topic: str, key: str | int) -> None:
-        self._deliver(topic, str(key))
+    async def publish(self, topic: str, key: str | int, origin: str | None = None) -> None:
+        self._deliver(topic, str(key), origin)
 
     async def start(self) -> None:
         return None
@@ -116,8 +128,8 @@ class RedisBus(LocalBus):
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
-    async def publish(self, topic: str, key: str | int) -> None:
-        self._deliver(topic, str(key))
+    async def publish(self, topic: str, key: str | int, origin: str | None = None) -> None:
+        self._deliver(topic, str(key), origin)
         payload = json.dumps({"o": self._origin, "t": topic, "k": str(key)})
         try:
             await self._redis.publish(self.CHANNEL, payload)
@@ -145,7 +157,7 @@ class RedisBus(LocalBus):
                         continue
                     data = json.loads(msg["data"])
                     if data.get("o") != self._origin:
-                        self._deliver(data["t"], data["k"])
+                        self._deliver(data["t"], data["k"], "redis")
             except asyncio.CancelledError:
                 raise
             except Exception:

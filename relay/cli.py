@@ -41,8 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("-c", "--config", help="TOML file (default: $RELAY_CONFIG)")
+    # Started by `relay serve` for delivery.processes > 0; not for direct use.
+    child = sub.add_parser("delivery-worker")
+    child.add_argument("-c", "--config")
+    child.add_argument("--ipc-fd", type=int, required=True)
     args = parser.parse_args(argv)
     settings = _load(args.config)
+    if args.cmd == "delivery-worker":
+        from relay.procs import run_delivery_child
+        from relay.server import run_async
+
+        return run_async(settings, run_delivery_child(settings, args.ipc_fd))
     if args.cmd == "check-config":
         print(f"configuration ok ({settings.source or 'defaults and environment'})")
         return 0

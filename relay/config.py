@@ -75,6 +75,7 @@ class DkimSettings:
 @dataclass
 class DeliverySettings:
     enabled: bool = True
+    processes: int = 1
     concurrency: int = 50
     batch_size: int = 200
     lease_seconds: float = 300.0
@@ -365,6 +366,8 @@ def validate(s: Settings) -> list[str]:
         problems.append("admin.relay_domains_refresh: must be more than 0")
     if s.dns.timeout <= 0 or s.dns.cache_ttl < 0:
         problems.append("dns.timeout > 0 and dns.cache_ttl >= 0")
+    if not 0 <= s.delivery.processes <= 64:
+        problems.append("delivery.processes: 0 (in the main process) to 64")
     if s.delivery.retry_base <= 0 or s.delivery.retry_max_interval < s.delivery.retry_base:
         problems.append("delivery.retry_base > 0 and retry_max_interval >= retry_base")
     if s.delivery.tls_ca_file and not Path(s.delivery.tls_ca_file).is_file():

@@ -68,15 +68,20 @@ class Relay:
         self.writer: QueueWriter | None = None
         self.smtp: Any = None
         self.delivery: Any = None
+        self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
         self._stopping = False
+        # Set when delivery in this process died: the node stops (exit 1) rather than accept
+        # mail nobody delivers; systemd restarts it.
+        self.failed = asyncio.Event()
         # Set by a second signal: stop waiting for sessions and deliveries to finish.
         self.hurry = asyncio.Event()
 
     async def start(self) -> None:
         s = self.settings
         ensure_admin_key(s)
-        services = self.services = await Services.create(s)
+        children = s.delivery.processes if s.delivery.enabled else 0
+        services = self.services = await Services.create(s, multi_process=children > 0)
         if s.is_embedded_default:
             await migrate.upgrade(services.db)
         else:
@@ -96,11 +101,19 @@ class Relay:
 
         self.smtp = SmtpServer(services, self.writer)
         await self.smtp.start()
-        if s.delivery.enabled:
+        if s.delivery.enabled and children:
+            from relay.procs import DeliveryProcesses
+
+            self.delivery = DeliveryProcesses(services, children)
+            await self.delivery.start()
+        elif s.delivery.enabled:
             from mta.worker import DeliveryService
 
             self.delivery = DeliveryService(services)
             await self.delivery.start()
+            failed = self.delivery.failed
+            self._watcher = asyncio.create_task(failed.wait(), name="delivery-watch")
+            self._watcher.add_done_callback(lambda _t: self.failed.set())
         host, port = parse_hostport(s.admin.listen)
         self.admin = AdminServer(services, host, port)
         await self.admin.start()
@@ -118,6 +131,8 @@ class Relay:
         if self._stopping:
             return
         self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         sd_notify("STOPPING=1")
         timeout = self.settings.server.shutdown_timeout
         log.info("relay stopping", timeout=timeout)
@@ -134,7 +149,8 @@ class Relay:
         log.info("relay stopped")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or until delivery in this process dies (exit 1)."""
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -142,7 +158,14 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await relay.start()
-        await stop.wait()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(relay.failed.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
+        if relay.failed.is_set():
+            log.critical("delivery stopped working; shutting the node down for a restart")
+            return 1
+        return 0
     finally:
         # A second signal during the drain cuts it short.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -159,15 +182,22 @@ def loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
+def run_async(settings: Settings, main: Any) -> int:
+    """Run a coroutine the way `serve` runs: logging configured, uvloop when available."""
+    relay_log.configure(settings.log.format, settings.log.level)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        result = runner.run(main)
+    return int(result or 0)
+
+
 def run(settings: Settings) -> int:
     relay_log.configure(settings.log.format, settings.log.level)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(settings))
+            return runner.run(serve(settings))
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
-    return 0

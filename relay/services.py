@@ -36,23 +36,27 @@ class Services:
     on_enqueued: list[Any] = field(default_factory=list)
 
     @classmethod
-    async def create(cls, settings: Settings) -> Services:
+    async def create(
+        cls, settings: Settings, *, bus: LocalBus | None = None, multi_process: bool = False
+    ) -> Services:
+        """``bus``: a child process's link to its parent. ``multi_process``: other processes
+        of this node write the same SQLite file (see Database's process lock)."""
         db = Database(
             settings.database_url,
             pool_size=settings.database.pool_size,
             echo=settings.database.echo,
+            process_lock=multi_process,
         )
         redis = None
-        bus: LocalBus
         limiter: RateLimiter
         if settings.redis.url:
             import redis.asyncio as aioredis
 
             redis = aioredis.from_url(settings.redis.url, decode_responses=True)
-            bus = RedisBus(redis)
+            bus = bus or RedisBus(redis)
             limiter = RedisRateLimiter(redis)
         else:
-            bus = LocalBus()
+            bus = bus or LocalBus()
             limiter = MemoryRateLimiter()
         box = SecretBox(settings.security.key_encryption_key)
         directory = Directory(db, bus, box)

@@ -136,6 +136,9 @@ def make_settings(tmp_path: Path, db_url: str | None = None, **env: str) -> conf
         "RELAY_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
         "RELAY_HOSTNAME": "relay.test",
         "RELAY_LOG_FORMAT": "console",
+        # In-process delivery: tests look at the worker's objects (the process tree has its
+        # own tests in test_e2e_process.py).
+        "RELAY_DELIVERY_PROCESSES": "0",
     }
     if db_url:
         base["RELAY_DATABASE_URL"] = db_url

@@ -202,3 +202,123 @@ def test_postgres_refuses_to_serve_an_old_schema(tmp_path: Path, pg_url: str) ->
         timeout=60,
     )
     assert proc.returncode == 2 and "relay migrate" in proc.stderr, proc.stderr[-2000:]
+
+
+def child_pids(parent: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+async def test_process_tree_delivers_and_keeps_caches_in_sync(
+    tmp_path: Path, nodes: list[Node], make_sink: Any
+) -> None:
+    """Delivery runs in a child process: it is woken by commits, learns route changes made in
+    the parent, its hard-bounce suppressions reach the parent's SMTP checks at once, and a
+    child that dies is replaced."""
+    import asyncio
+
+    from tests.sink import wait_until
+
+    sink = await make_sink()
+    sink.rcpt_replies["gone@example.net"] = "550 5.1.1 no such user"
+    node = Node(
+        tmp_path,
+        tmp_path / "var",
+        RELAY_DELIVERY_RETRY_BASE="0.5",
+        RELAY_DELIVERY_RETRY_MAX_INTERVAL="1",
+        RELAY_DELIVERY_POLL_INTERVAL="30",
+    )
+    nodes.append(node)
+    await asyncio.to_thread(node.wait_for, "READY=1")
+    assert len(child_pids(node.proc.pid)) == 1
+    key = (tmp_path / "var" / "admin_api_key").read_text().strip()
+
+    def call(command: str, **params: Any) -> dict[str, Any]:
+        return node.call(command, **params)
+
+    user = await asyncio.to_thread(
+        call, "user.create", AdminAPIKey=key, EmailAddress="t@example.com"
+    )
+    dom = await asyncio.to_thread(
+        call, "emailgateway.adddomain", APIKey=user["APIKey"], DomainName="example.com"
+    )
+    await asyncio.to_thread(
+        call,
+        "emailgateway.setdomainstatus",
+        AdminAPIKey=key,
+        DomainID=dom["NewSenderDomainID"],
+        Status="Enabled",
+    )
+    cred = (
+        await asyncio.to_thread(
+            call, "emailgateway.addsmtp", APIKey=user["APIKey"], DomainID=dom["NewSenderDomainID"]
+        )
+    )["SMTP"]
+
+    def send(rcpt: str) -> None:
+        with smtplib.SMTP("127.0.0.1", node.smtp, timeout=30) as c:
+            c.login(cred["SMTPUsername"], cred["SMTPPassword"])
+            c.sendmail(
+                "app@example.com",
+                [rcpt],
+                f"From: app@example.com\r\nTo: {rcpt}\r\nSubject: tree\r\n\r\nhi\r\n".encode(),
+            )
+
+    # No route yet: the child defers (and caches "no servers" for group 1).
+    await asyncio.to_thread(send, "first@example.net")
+    await asyncio.sleep(1)
+    assert sink.messages == []
+    # The route is added in the parent; the child hears of it and retries within its backoff.
+    server = await asyncio.to_thread(
+        call,
+        "deliveryserver.create",
+        AdminAPIKey=key,
+        DeliveryServerName="sink",
+        SendMethodSMTPHost="127.0.0.1",
+        SendMethodSMTPPort=sink.port,
+        SendMethodSMTPSecure="false",
+        SendMethodSMTPTimeout=10,
+        SendMethodSMTPAuth=False,
+        DomainSettings_LinkTracking="t.x.com",
+        DomainSettings_OpenTracking="o.x.com",
+        DomainSettings_MFrom="b.x.com",
+    )
+    await asyncio.to_thread(
+        call,
+        "deliveryserver.assign",
+        AdminAPIKey=key,
+        DeliveryServerID=server["DeliveryServerID"],
+        UserGroupID=1,
+    )
+    await sink.wait_for(lambda s: s.delivered_to("first@example.net") == 1)
+    # Commits wake the child (poll_interval is 30 s here).
+    for i in range(10):
+        await asyncio.to_thread(send, f"r{i}@example.net")
+    await sink.wait_for(lambda s: all(s.delivered_to(f"r{i}@example.net") == 1 for i in range(10)))
+
+    # A hard bounce in the child suppresses the address; the parent's RCPT check knows at once.
+    await asyncio.to_thread(send, "gone@example.net")
+
+    def suppressed() -> bool:
+        try:
+            send("gone@example.net")
+        except smtplib.SMTPRecipientsRefused as exc:
+            return exc.recipients["gone@example.net"][0] == 550
+        return False
+
+    await wait_until(lambda: asyncio.to_thread(suppressed), timeout=30, what="suppression")
+
+    # A child killed hard is replaced, and mail flows again.
+    (child,) = child_pids(node.proc.pid)
+    os.kill(child, signal.SIGKILL)
+    await wait_until(
+        lambda: child_pids(node.proc.pid) not in ([], [child]),
+        timeout=60,
+        what="a new delivery process",
+    )
+    await asyncio.to_thread(send, "after@example.net")
+    await sink.wait_for(lambda s: s.delivered_to("after@example.net") == 1, timeout=60)
+
+    code, _, err = await asyncio.to_thread(node.stop)
+    assert code == 0, err[-3000:]
+    assert child_pids(node.proc.pid) == []

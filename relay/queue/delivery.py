@@ -15,6 +15,8 @@ planners can match it to the partial index ``ix_recipients_due``.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -31,7 +33,7 @@ from relay.queue.model import (
     QueuedMessage,
 )
 from relay.store import schema as t
-from relay.store.db import Database
+from relay.store.db import Database, SqliteRunner, sqlite_datetime, utcnow
 from relay.store.repos import suppressions
 
 r = t.recipients
@@ -39,17 +41,90 @@ m = t.messages
 
 PENDING = text("recipients.state IN ('queued', 'deferred')")
 
+# -- SQLite: the same statements as raw SQL, run as one SqliteRunner call each ----------------
+# (see relay/store/db.py: an aiosqlite transaction holds SQLite's only write lock across ~15
+# event-loop iterations, and the SMTP group commit would queue behind it).
+
+SQLITE_CLAIM = """
+UPDATE recipients SET lease_owner = ?, lease_until = ?
+WHERE id IN (
+    SELECT id FROM recipients
+    WHERE recipients.state IN ('queued', 'deferred') AND next_attempt_at <= ?
+      AND (lease_until IS NULL OR lease_until < ?)
+    ORDER BY next_attempt_at, id LIMIT ?)
+RETURNING id, message_id, rcpt, rcpt_domain, attempts, created_at
+"""
+SQLITE_LOAD = """
+SELECT id, user_id, domain_id, mail_from, header_from, subject, body, created_at
+FROM messages WHERE id IN ({marks})
+"""
+SQLITE_OUTCOME = """
+UPDATE recipients SET state = ?, attempts = ?, next_attempt_at = ?, last_code = ?,
+    last_response = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?
+WHERE id = ? AND recipients.state IN ('queued', 'deferred')
+"""
+SQLITE_SUPPRESS = """
+INSERT INTO suppressions (user_id, email, reason, source, created_at) VALUES (?, ?, ?, 'bounce', ?)
+ON CONFLICT (user_id, email) DO UPDATE SET reason = excluded.reason, source = excluded.source
+"""
+SQLITE_EVENT = """
+INSERT INTO events (created_at, user_id, domain_id, message_id, recipient, event, smtp_code,
+    smtp_response, data)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SQLITE_DROP_BODIES = """
+UPDATE messages SET body = NULL
+WHERE id IN ({marks}) AND body IS NOT NULL AND NOT EXISTS (
+    SELECT 1 FROM recipients
+    WHERE recipients.message_id = messages.id AND recipients.state IN ('queued', 'deferred'))
+"""
+
+
+def _sqlite_claim(
+    conn: sqlite3.Connection, owner: str, until: float, now: float, limit: int
+) -> list[tuple[Any, ...]]:
+    return conn.execute(SQLITE_CLAIM, (owner, until, now, now, limit)).fetchall()
+
+
+def _sqlite_load(conn: sqlite3.Connection, ids: list[str]) -> list[tuple[Any, ...]]:
+    marks = ",".join("?" * len(ids))
+    return conn.execute(SQLITE_LOAD.format(marks=marks), ids).fetchall()
+
+
+def _sqlite_outcomes(
+    conn: sqlite3.Connection,
+    updates: list[tuple[Any, ...]],
+    suppress: list[tuple[Any, ...]],
+    event_rows: list[tuple[Any, ...]],
+    finished: list[str],
+) -> None:
+    conn.executemany(SQLITE_OUTCOME, updates)
+    if suppress:
+        conn.executemany(SQLITE_SUPPRESS, suppress)
+    conn.executemany(SQLITE_EVENT, event_rows)
+    if finished:
+        marks = ",".join("?" * len(finished))
+        conn.execute(SQLITE_DROP_BODIES.format(marks=marks), finished)
+
 
 class DeliveryStore:
     def __init__(self, db: Database, bus: LocalBus | None = None) -> None:
         self.db = db
         self.bus = bus
+        self._sqlite = SqliteRunner(db, "delivery-store") if db.is_sqlite else None
+
+    async def close(self) -> None:
+        if self._sqlite is not None:
+            await self._sqlite.close()
 
     async def claim(
         self, owner: str, limit: int, lease_seconds: float, now: float | None = None
     ) -> list[ClaimedRecipient]:
         """Lease up to ``limit`` due recipients to ``owner``, oldest due first."""
         now = time.time() if now is None else now
+        if self._sqlite is not None:
+            rows = await self._sqlite.write(_sqlite_claim, owner, now + lease_seconds, now, limit)
+            return sorted((ClaimedRecipient(*row) for row in rows), key=lambda c: c.id)
         due = (
             select(r.c.id)
             .where(
@@ -72,8 +147,8 @@ class DeliveryStore:
             )
         )
         async with self.db.write() as conn:
-            rows = (await conn.execute(stmt)).all()
-        claimed = [ClaimedRecipient(*row) for row in rows]
+            result = (await conn.execute(stmt)).all()
+        claimed = [ClaimedRecipient(*row) for row in result]
         claimed.sort(key=lambda c: c.id)
         return claimed
 
@@ -84,6 +159,9 @@ class DeliveryStore:
             by_message.setdefault(c.message_id, []).append(c)
         if not by_message:
             return []
+        if self._sqlite is not None:
+            rows: list[Any] = await self._sqlite.read(_sqlite_load, list(by_message))
+            return self._queued(rows, by_message)
         stmt = select(
             m.c.id,
             m.c.user_id,
@@ -95,21 +173,27 @@ class DeliveryStore:
             m.c.created_at,
         ).where(m.c.id.in_(list(by_message)))
         async with self.db.read() as conn:
-            rows = (await conn.execute(stmt)).all()
+            rows = list((await conn.execute(stmt)).all())
+        return self._queued(rows, by_message)
+
+    @staticmethod
+    def _queued(
+        rows: list[Any], by_message: dict[str, list[ClaimedRecipient]]
+    ) -> list[QueuedMessage]:
         out = []
-        for row in rows:
+        for mid, user_id, domain_id, mail_from, header_from, subject, body, created_at in rows:
             out.append(
                 QueuedMessage(
-                    id=row.id,
-                    user_id=row.user_id,
-                    domain_id=row.domain_id,
-                    mail_from=row.mail_from,
-                    header_from=row.header_from,
-                    subject=row.subject,
+                    id=mid,
+                    user_id=user_id,
+                    domain_id=domain_id,
+                    mail_from=mail_from,
+                    header_from=header_from,
+                    subject=subject,
                     # NULL only once every recipient is final; a claimed one never is.
-                    body=bytes(row.body) if row.body is not None else b"",
-                    created_at=row.created_at,
-                    recipients=by_message[row.id],
+                    body=bytes(body) if body is not None else b"",
+                    created_at=created_at,
+                    recipients=by_message[mid],
                 )
             )
         out.sort(key=lambda q: (q.created_at, q.id))
@@ -149,6 +233,60 @@ class DeliveryStore:
                 hard[(o.user_id, o.rcpt.lower())] = o
             if o.state in FINAL_STATES:
                 finished.add(o.message_id)
+        if self._sqlite is not None:
+            await self._record_sqlite(updates, event_rows, hard, finished, now)
+        else:
+            await self._record_sql(updates, event_rows, hard, finished, now)
+        if self.bus is not None:
+            for user_id, email in hard:
+                await self.bus.publish(Topics.SUPPRESSION, f"{user_id}:{email}")
+
+    async def _record_sqlite(
+        self,
+        updates: list[dict[str, Any]],
+        event_rows: list[dict[str, Any]],
+        hard: dict[tuple[int, str], DeliveryOutcome],
+        finished: set[str],
+        now: float,
+    ) -> None:
+        assert self._sqlite is not None
+        created = sqlite_datetime(utcnow())
+        suppress = []
+        for (user_id, email), o in hard.items():
+            suppress.append((user_id, email, (o.response or "hard bounce")[:255], created))
+            event_rows.append(_event(o, events.SUPPRESSED, o.created_at or now))
+        await self._sqlite.write(
+            _sqlite_outcomes,
+            [
+                (u["st"], u["att"], u["nxt"], u["code"], u["resp"], u["upd"], u["rid"])
+                for u in updates
+            ],
+            suppress,
+            [
+                (
+                    e["created_at"],
+                    e["user_id"],
+                    e["domain_id"],
+                    e["message_id"],
+                    e["recipient"],
+                    e["event"],
+                    e["smtp_code"],
+                    e["smtp_response"],
+                    json.dumps(e["data"]) if e["data"] is not None else None,
+                )
+                for e in event_rows
+            ],
+            sorted(finished),
+        )
+
+    async def _record_sql(
+        self,
+        updates: list[dict[str, Any]],
+        event_rows: list[dict[str, Any]],
+        hard: dict[tuple[int, str], DeliveryOutcome],
+        finished: set[str],
+        now: float,
+    ) -> None:
         async with self.db.write() as conn:
             await conn.execute(
                 update(r)
@@ -181,9 +319,6 @@ class DeliveryStore:
                     )
                     .values(body=None)
                 )
-        if self.bus is not None:
-            for user_id, email in hard:
-                await self.bus.publish(Topics.SUPPRESSION, f"{user_id}:{email}")
 
     async def release(self, owner: str, ids: Iterable[int] | None = None) -> int:
         """Give back ``owner``'s leases (all, or only ``ids``) so anyone may claim them now."""

@@ -14,17 +14,15 @@ import contextlib
 import json
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
-from sqlalchemy.engine import make_url
 
 from relay import events, metrics
 from relay.queue import sql
 from relay.queue.model import NewEvent, NewMessage
 from relay.services import Services
-from relay.store.db import Database, StorageUnavailable, asyncpg_dsn, sqlite_connect
+from relay.store.db import Database, SqliteRunner, StorageUnavailable, asyncpg_dsn
 
 log = structlog.get_logger("relay.queue")
 
@@ -168,48 +166,24 @@ def _columns(rows: Rows, width: int) -> list[list[Any]]:
 
 
 class _SqliteIngest:
-    """One dedicated thread and sqlite3 connection: a batch is one executor call, and the
-    fsync at COMMIT runs without the GIL while the event loop serves sessions."""
+    """The group commit as one SqliteRunner transaction (one executor call per batch)."""
 
     def __init__(self, db: Database) -> None:
-        self._path = make_url(db.url).database or ""
-        self._lock = db.write_lock
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
-        self._conn: sqlite3.Connection | None = None
+        self._runner = SqliteRunner(db, "queue-writer")
 
-    def _write_sync(self, messages: Rows, recipients: Rows, evs: Rows) -> None:
-        if self._conn is None:
-            self._conn = sqlite_connect(self._path)
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if messages:
-                conn.executemany(sql.SQLITE_INSERT_MESSAGE, messages)
-                conn.executemany(
-                    sql.SQLITE_INSERT_RECIPIENT, [(*r, r[3], r[3]) for r in recipients]
-                )
-            if evs:
-                conn.executemany(sql.SQLITE_INSERT_EVENT, evs)
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, messages: Rows, recipients: Rows, evs: Rows) -> None:
+        if messages:
+            conn.executemany(sql.SQLITE_INSERT_MESSAGE, messages)
+            conn.executemany(sql.SQLITE_INSERT_RECIPIENT, [(*r, r[3], r[3]) for r in recipients])
+        if evs:
+            conn.executemany(sql.SQLITE_INSERT_EVENT, evs)
 
     async def write(self, messages: Rows, recipients: Rows, evs: Rows) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._lock is not None
-        async with self._lock:
-            await loop.run_in_executor(self._pool, self._write_sync, messages, recipients, evs)
-
-    def _close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        await self._runner.write(self._insert, messages, recipients, evs)
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._close_sync)
-        self._pool.shutdown(wait=True)
+        await self._runner.close()
 
 
 class _PostgresIngest:

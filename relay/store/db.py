@@ -9,21 +9,32 @@ PostgreSQL (asyncpg) is production: plain transactions, row locks, SKIP LOCKED c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import fcntl
+import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+T = TypeVar("T")
+
 
 class StorageUnavailable(Exception):
     """The database cannot be reached or refused the write. SMTP answers 451 4.3.0."""
+
+
+def sqlite_datetime(value: dt.datetime) -> str:
+    """A DateTime as SQLAlchemy stores it in SQLite, for rows written by raw SQL."""
+    return value.isoformat(sep=" ", timespec="microseconds")
 
 
 def utcnow() -> dt.datetime:
@@ -40,7 +51,9 @@ def fmt_dt(value: dt.datetime | None) -> str | None:
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, echo: bool = False, process_lock: bool = False
+    ) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()  # "sqlite" | "postgresql"
@@ -54,8 +67,14 @@ class Database:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        # With several processes on one SQLite file, writers also queue on an flock(2) of a
+        # side file: the kernel wakes the next writer at once, where SQLite's busy handler
+        # would poll with sleeps of 1 to 100 ms.
+        self.process_lock: ProcessLock | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+            if process_lock and parsed.database:
+                self.process_lock = ProcessLock(parsed.database + "-writer.lock")
 
     @property
     def write_lock(self) -> asyncio.Lock | None:
@@ -67,13 +86,19 @@ class Database:
         """A read-write transaction, committed on normal exit."""
         if self._write_lock is not None:
             async with self._write_lock, self.engine.connect() as conn:
-                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                if self.process_lock is not None:
+                    await self.process_lock.acquire()
                 try:
-                    yield conn
-                except BaseException:
-                    await conn.exec_driver_sql("ROLLBACK")
-                    raise
-                await conn.exec_driver_sql("COMMIT")
+                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    try:
+                        yield conn
+                    except BaseException:
+                        await conn.exec_driver_sql("ROLLBACK")
+                        raise
+                    await conn.exec_driver_sql("COMMIT")
+                finally:
+                    if self.process_lock is not None:
+                        self.process_lock.release()
         else:
             async with self.engine.begin() as conn:
                 yield conn
@@ -90,6 +115,97 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.process_lock is not None:
+            self.process_lock.close()
+
+
+class ProcessLock:
+    """An exclusive flock(2) on a side file, shared by every writer process of one SQLite file.
+    Taken after this process's asyncio write lock, released before it: always that order."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def acquire_blocking(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    async def acquire(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(self.acquire_blocking)
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class SqliteRunner:
+    """A dedicated thread and sqlite3 connection for the hot writers (group commit, delivery
+    claims and outcomes). A transaction is one executor call: under load every ``await`` costs
+    a full event-loop iteration, and holding SQLite's single write lock across many of them
+    (as an aiosqlite transaction does) makes every other writer wait. The fsync at COMMIT runs
+    without the GIL.
+
+    ``write`` takes this process's asyncio write lock (shared with ``Database.write``), then,
+    in the thread, the cross-process lock when there is one: always in that order.
+    """
+
+    def __init__(self, db: Database, name: str) -> None:
+        self._path = make_url(db.url).database or ""
+        self._lock = db.write_lock
+        self._process_lock = db.process_lock
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite_connect(self._path)
+        return self._conn
+
+    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn = self._connection()
+        if self._process_lock is not None:
+            self._process_lock.acquire_blocking()  # in the runner's thread: blocking is fine
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, *args)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+        finally:
+            if self._process_lock is not None:
+                self._process_lock.release()
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in one write transaction."""
+        assert self._lock is not None
+        async with self._lock:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._transaction, fn, args
+            )
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` outside any transaction (WAL readers never wait)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: fn(self._connection(), *args)
+        )
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
+        self._pool.shutdown(wait=True)
 
 
 SQLITE_PRAGMAS = (
