@@ -1,9 +1,12 @@
 """Importing this package registers every command with the dispatcher."""
 
 from relay.admin.commands import (  # noqa: F401
+    apikeys,
     deliveryservers,
     domains,
     smtp,
     suppressions,
+    usergroups,
     users,
+    webhooks,
 )

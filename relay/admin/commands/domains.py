@@ -82,6 +82,23 @@ def domain_id_param(call: Call, missing_code: int, not_found_code: int) -> int:
 
 @command("emailgateway.adddomain", auth="user")
 async def add_domain(call: Call) -> dict[str, Any]:
+    """Add a sender domain (status Approval Pending) with a new DKIM key; the response carries
+    the DNS records to publish.
+
+    Parameters:
+        DomainName (String, required): the domain, e.g. example.com.
+        Subdomain (String): return-path subdomain override (letters, digits, hyphens; 32 max).
+        TrackPrefix (String): tracking prefix override (letters, digits, hyphens; 32 max).
+        TrackMerge (String): tracking merge character, "-" or ".".
+        TrackPrefixDisabled (Integer): 1 to use no separate tracking host.
+
+    Errors:
+        1: Missing required parameter (DomainName)
+        2: Invalid domain name format
+        3: Maximum sender domains limit reached for user
+        4: Invalid subdomain or track prefix value
+        5: Domain already exists in this account
+    """
     name = (call.params.str("DomainName") or "").lower().rstrip(".")
     if not name:
         raise ApiError([1], "Missing required parameter (DomainName)")
@@ -126,6 +143,15 @@ async def add_domain(call: Call) -> dict[str, Any]:
 
 @command("emailgateway.getdomain", auth="user")
 async def get_domain(call: Call) -> dict[str, Any]:
+    """One sender domain of the caller, with its DNS records.
+
+    Parameters:
+        DomainID (Integer, required): the sender domain.
+
+    Errors:
+        1: Missing required parameter (DomainID)
+        2: Domain not found or access denied
+    """
     domain_id = domain_id_param(call, 1, 2)
     async with call.services.db.read() as conn:
         row = await repo.get(conn, domain_id, user_id=call.user_id)
@@ -137,6 +163,17 @@ async def get_domain(call: Call) -> dict[str, Any]:
 
 @command("emailgateway.setdomainstatus", auth="admin")
 async def set_domain_status(call: Call) -> dict[str, Any]:
+    """Set a sender domain's status (admin). Only Enabled domains may send.
+
+    Parameters:
+        DomainID (Integer, required): the sender domain.
+        Status (String, required): Enabled, Disabled or Approval Pending.
+
+    Errors:
+        1: Missing required parameter (DomainID)
+        2: Domain not found
+        3: Invalid Status (Enabled, Disabled or Approval Pending)
+    """
     domain_id = domain_id_param(call, 1, 2)
     status = call.params.str("Status") or ""
     match = {s.lower(): s for s in STATUSES}.get(status.lower())
