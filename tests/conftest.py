@@ -194,3 +194,48 @@ async def api(services: Services) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         yield Api(f"http://127.0.0.1:{server.port}", session)
     await server.stop()
+
+
+# -- downstream SMTP sinks (tests/sink.py) ---------------------------------------------------
+
+
+@pytest.fixture
+async def make_sink(tmp_path: Path) -> AsyncIterator[Any]:
+    """Factory: ``await make_sink(tls="starttls", auth=("u", "pw"))``; all stopped at the end."""
+    from tests.sink import Sink
+
+    sinks: list[Sink] = []
+
+    async def factory(**kwargs: Any) -> Sink:
+        kwargs.setdefault("cert_dir", tmp_path / f"sink-tls-{len(sinks)}")
+        sink = Sink(**kwargs)
+        await sink.start()
+        sinks.append(sink)
+        return sink
+
+    yield factory
+    for sink in sinks:
+        await sink.stop()
+
+
+@pytest.fixture
+async def sink(make_sink: Any) -> Any:
+    """One plain downstream SMTP server on a free loopback port."""
+    return await make_sink()
+
+
+# -- DNS server stub (tests/dnsstub.py) ------------------------------------------------------
+
+
+@pytest.fixture
+async def dns_stub() -> AsyncIterator[Any]:
+    """A real DNS server on loopback (UDP and TCP); see tests/dnsstub.py.
+
+    Point the relay at it with ``make_settings(..., RELAY_DNS_NAMESERVERS=dns_stub.nameserver)``.
+    """
+    from tests.dnsstub import DnsStub
+
+    stub = DnsStub()
+    await stub.start()
+    yield stub
+    await stub.stop()

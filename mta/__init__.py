@@ -1,0 +1,1 @@
+"""Delivery and MTA integration: queue workers, routing, SMTP client pool, retry policy."""

@@ -1,0 +1,1 @@
+"""The SMTP submission side: listeners, protocol policy, handler hooks, AUTH."""

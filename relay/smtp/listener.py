@@ -1,0 +1,108 @@
+"""The SMTP listeners: STARTTLS ports and implicit-TLS ports (RFC 8314), and their drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from pathlib import Path
+from typing import cast
+
+import structlog
+
+from relay.config import parse_hostport
+from relay.dkim import DkimSigner
+from relay.queue.ingest import QueueWriter
+from relay.services import Services
+from relay.smtp.handler import RelayHandler
+from relay.smtp.protocol import ConnectionLimits, RelaySMTP, plaintext_networks
+from relay.submit import Submitter
+from relay.tls import ensure_self_signed, server_context
+
+log = structlog.get_logger("relay.smtp")
+
+
+class SmtpServer:
+    def __init__(self, services: Services, writer: QueueWriter) -> None:
+        s = services.settings
+        self.services = services
+        self.signer = DkimSigner(s.dkim.sign_threads)
+        self.submitter = Submitter(services, writer, self.signer)
+        self.handler = RelayHandler(services, self.submitter)
+        self.limits = ConnectionLimits(s.smtp.max_connections, s.smtp.max_connections_per_ip)
+        self.plaintext_ok = plaintext_networks(s.smtp.plaintext_auth_networks)
+        self.max_message_size = s.smtp.max_message_size
+        self.sessions: set[RelaySMTP] = set()
+        self.draining = False
+        self._servers: list[tuple[str, asyncio.Server]] = []
+
+    def _factory(self, ctx: ssl.SSLContext, implicit: bool) -> RelaySMTP:
+        s = self.services.settings
+        return RelaySMTP(
+            self.handler,
+            listener=self,
+            implicit_tls=implicit,
+            hostname=s.hostname,
+            ident="relay ESMTP",
+            data_size_limit=None,  # SIZE is ours: advertised in EHLO, enforced with 552 5.3.4
+            tls_context=None if implicit else ctx,
+            timeout=s.smtp.command_timeout,
+            auth_required=True,
+            auth_require_tls=True,  # relaxed per connection in RelaySMTP.connection_made
+        )
+
+    async def start(self) -> None:
+        s = self.services.settings
+        if s.smtp.tls_cert:
+            cert, key = Path(s.smtp.tls_cert), Path(s.smtp.tls_key)
+        else:
+            cert, key = await asyncio.to_thread(ensure_self_signed, s.data_path, s.hostname)
+        ctx = server_context(cert, key)
+        loop = asyncio.get_running_loop()
+        for kind, addrs in (("smtp", s.smtp.listen), ("smtps", s.smtp.smtps_listen)):
+            implicit = kind == "smtps"
+            for addr in addrs:
+                host, port = parse_hostport(addr)
+                server = await loop.create_server(
+                    lambda implicit=implicit: self._factory(ctx, implicit),
+                    host or None,
+                    port,
+                    ssl=ctx if implicit else None,
+                    reuse_address=True,
+                    backlog=1024,
+                )
+                self._servers.append((kind, server))
+
+    def bound(self, kind: str) -> list[tuple[str, int]]:
+        out = []
+        for k, server in self._servers:
+            if k == kind:
+                for sock in server.sockets:
+                    name = sock.getsockname()
+                    out.append((str(name[0]), int(name[1])))
+        return out
+
+    async def stop(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
+        """Stop accepting; idle sessions get 421 now, busy ones after their transaction; after
+        ``timeout`` (or when ``hurry`` is set) the rest are cut."""
+        self.draining = True
+        for _, server in self._servers:
+            server.close()
+        for session in list(self.sessions):
+            session.shutdown()
+        hurry = hurry or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sessions and not hurry.is_set() and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), 0.05)
+        if self.sessions:
+            log.warning("cutting SMTP sessions at shutdown", sessions=len(self.sessions))
+            for session in list(self.sessions):
+                transport = cast(asyncio.WriteTransport | None, session.transport)
+                if transport is not None:
+                    transport.abort()
+        for _, server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1)
+        await asyncio.to_thread(self.signer.close)

@@ -1,0 +1,549 @@
+"""SMTP submission end to end: real relay on loopback, real clients, SQLite and PostgreSQL.
+
+Every reply of CONTRACT.md's table is provoked here for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from pathlib import Path
+from shutil import which
+from typing import Any
+
+import aiosmtplib
+import pytest
+from sqlalchemy import select, text, update
+
+from relay.directory import Topics
+from relay.store import schema as t
+from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
+from tests.smtpclient import RawSMTP
+
+
+@pytest.fixture
+async def running(tmp_path: Path, db_url: str) -> AsyncIterator[RunningRelay]:
+    r, session = await start_relay(tmp_path, db_url)
+    yield r
+    await stop_relay(r, session)
+
+
+@pytest.fixture
+async def account(running: RunningRelay) -> Account:
+    return await running.new_account()
+
+
+def msg(
+    frm: str = "app@example.com",
+    to: str = "rcpt@example.net",
+    body: str = "Hello.\r\n",
+    extra: str = "",
+) -> bytes:
+    return (f"From: App <{frm}>\r\nTo: {to}\r\nSubject: test\r\n{extra}\r\n{body}").encode()
+
+
+async def session(running: RunningRelay, acct: Account) -> RawSMTP:
+    c, greeting = await RawSMTP.connect(running.smtp_port)
+    assert greeting.startswith("220 ")
+    assert (await c.cmd("EHLO client.test")).startswith("250")
+    assert (await c.login(acct.username, acct.password)).startswith("235 2.7.0")
+    return c
+
+
+async def transaction(c: RawSMTP, frm: str, rcpts: list[str], data: bytes) -> list[str]:
+    out = [await c.cmd(f"MAIL FROM:<{frm}>")]
+    out += [await c.cmd(f"RCPT TO:<{r}>") for r in rcpts]
+    if not any(r.startswith("250") for r in out[1:]):
+        return out
+    out.append(await c.cmd("DATA"))
+    await c.send(data + b".\r\n")
+    out.append(await c.reply())
+    return out
+
+
+async def rows(running: RunningRelay, table: Any) -> list[Any]:
+    assert running.relay.services is not None
+    async with running.relay.services.db.read() as conn:
+        return list((await conn.execute(select(table))).all())
+
+
+async def set_user(running: RunningRelay, user_id: int, **values: Any) -> None:
+    services = running.relay.services
+    assert services is not None
+    async with services.db.write() as conn:
+        await conn.execute(update(t.users).where(t.users.c.id == user_id).values(**values))
+    await services.bus.publish(Topics.USER, user_id)
+
+
+# --- accepted mail -------------------------------------------------------------------------
+
+
+async def test_accepts_with_smtplib_and_queues_durably(
+    running: RunningRelay, account: Account
+) -> None:
+    def send() -> tuple[dict[str, Any], tuple[int, bytes]]:
+        with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=10) as c:
+            c.ehlo("client.test")
+            c.login(account.username, account.password)
+            refused = c.sendmail("app@example.com", ["a@example.net", "b@example.org"], msg())
+            return refused, c.noop()
+
+    refused, _ = await asyncio.to_thread(send)
+    assert refused == {}
+    messages = await rows(running, t.messages)
+    assert len(messages) == 1
+    m = messages[0]
+    assert m.mail_from == "app@example.com" and m.source == "smtp" and m.subject == "test"
+    body = m.body
+    assert body.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com;")
+    assert (
+        b"\r\nReceived: from client.test ([127.0.0.1])\r\n\tby relay.test (relay) with ESMTPA"
+        in body
+    )
+    assert f"Message-ID: <{m.id}@relay.test>".encode() in body
+    assert b"\r\nDate: " in body
+    recipients = await rows(running, t.recipients)
+    assert sorted(r.rcpt for r in recipients) == ["a@example.net", "b@example.org"]
+    assert {r.state for r in recipients} == {"queued"}
+    events = await rows(running, t.events)
+    assert sorted((e.event, e.recipient) for e in events) == [
+        ("accepted", "a@example.net"),
+        ("accepted", "b@example.org"),
+    ]
+
+
+async def test_queued_reply_names_the_message(running: RunningRelay, account: Account) -> None:
+    c = await session(running, account)
+    out = await transaction(c, "app@example.com", ["r@example.net"], msg())
+    assert out[-1].startswith("250 2.0.0 Ok: queued as ")
+    queue_id = out[-1].rsplit(" ", 1)[1]
+    assert [m.id for m in await rows(running, t.messages)] == [queue_id]
+    await c.close()
+
+
+async def test_aiosmtplib_over_starttls_and_implicit_tls(
+    running: RunningRelay, account: Account
+) -> None:
+    m = EmailMessage()
+    m["From"] = "app@example.com"
+    m["To"] = "to@example.net"
+    m["Subject"] = "tls"
+    m.set_content("over TLS")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    await aiosmtplib.send(
+        m,
+        hostname="127.0.0.1",
+        port=running.smtp_port,
+        start_tls=True,
+        tls_context=ctx,
+        username=account.username,
+        password=account.password,
+    )
+    await aiosmtplib.send(
+        m,
+        hostname="127.0.0.1",
+        port=running.smtps_port,
+        use_tls=True,
+        tls_context=ctx,
+        username=account.username,
+        password=account.password,
+    )
+    bodies = [r.body for r in await rows(running, t.messages)]
+    assert len(bodies) == 2
+    assert all(b"with ESMTPSA (TLSv1." in b for b in bodies)
+
+
+@pytest.mark.skipif(which("swaks") is None, reason="swaks not installed (apt-get install swaks)")
+async def test_swaks(running: RunningRelay, account: Account) -> None:
+    cmd = [
+        "swaks",
+        "--server",
+        f"127.0.0.1:{running.smtp_port}",
+        "--tls",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        account.username,
+        "--auth-password",
+        account.password,
+        "--from",
+        "app@example.com",
+        "--to",
+        "swaks@example.net",
+        "--h-From",
+        "<app@example.com>",
+        "--timeout",
+        "15",
+    ]
+    proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "<~  250 2.0.0 Ok: queued as" in proc.stdout
+    assert [r.rcpt for r in await rows(running, t.recipients)] == ["swaks@example.net"]
+
+
+# --- AUTH ------------------------------------------------------------------------------------
+
+
+async def test_auth_failures(running: RunningRelay, account: Account) -> None:
+    c, _ = await RawSMTP.connect(running.smtp_port)
+    await c.cmd("EHLO client.test")
+    assert (await c.cmd("MAIL FROM:<app@example.com>")).startswith("530 5.7.0")
+    assert (await c.login(account.username, "wrong")).startswith("535 5.7.8")
+    assert (await c.login("nobody", account.password)).startswith("535 5.7.8")
+    # AUTH LOGIN, interactive, with a wrong password: the third failure closes the connection.
+    assert (await c.cmd("AUTH LOGIN")).startswith("334 ")
+    assert (await c.cmd("bm9ib2R5")).startswith("334 ")
+    assert (await c.cmd("d3Jvbmc=")).startswith("421 4.7.0")
+    assert await c.closed()
+
+
+async def test_auth_login_success(running: RunningRelay, account: Account) -> None:
+    import base64
+
+    c, _ = await RawSMTP.connect(running.smtp_port)
+    await c.cmd("EHLO client.test")
+    assert (
+        await c.cmd("AUTH LOGIN " + base64.b64encode(account.username.encode()).decode())
+    ).startswith("334 ")
+    assert (await c.cmd(base64.b64encode(account.password.encode()).decode())).startswith(
+        "235 2.7.0"
+    )
+    await c.close()
+
+
+async def test_auth_requires_tls_outside_plaintext_networks(tmp_path: Path, db_url: str) -> None:
+    running, http = await start_relay(
+        tmp_path, db_url, RELAY_SMTP_PLAINTEXT_AUTH_NETWORKS="192.0.2.0/24"
+    )
+    try:
+        acct = await running.new_account()
+        c, _ = await RawSMTP.connect(running.smtp_port)
+        ehlo = await c.cmd("EHLO client.test")
+        assert "AUTH" not in ehlo and "STARTTLS" in ehlo
+        assert (await c.login(acct.username, acct.password)).startswith("538 5.7.11")
+        assert (await c.starttls()).startswith("220")
+        assert "AUTH" in await c.cmd("EHLO client.test")
+        assert (await c.login(acct.username, acct.password)).startswith("235 2.7.0")
+        await c.close()
+        # Implicit TLS (port 465 style) is TLS: AUTH is offered and works at once.
+        s, _ = await RawSMTP.connect(running.smtps_port, tls=True)
+        assert "AUTH" in await s.cmd("EHLO client.test")
+        assert (await s.login(acct.username, acct.password)).startswith("235 2.7.0")
+        await s.close()
+    finally:
+        await stop_relay(running, http)
+
+
+async def test_reset_or_deleted_credential_stops_at_once(
+    running: RunningRelay, account: Account
+) -> None:
+    c = await session(running, account)
+    reset = await running.api.call(
+        "emailgateway.resetsmtppassword",
+        APIKey=account.api_key,
+        SMTPID=(await rows(running, t.smtp_credentials))[0].id,
+    )
+    assert reset["Success"]
+    # The open session authenticated with the old password: its next MAIL is refused.
+    assert (await c.cmd("MAIL FROM:<app@example.com>")).startswith("535 5.7.8")
+    assert (await c.login(account.username, account.password)).startswith("535 5.7.8")
+    assert (await c.login(account.username, reset["SMTP"]["SMTPPassword"])).startswith("235")
+    await c.close()
+
+
+# --- MAIL ------------------------------------------------------------------------------------
+
+
+async def test_mail_from_checks(running: RunningRelay, account: Account) -> None:
+    c = await session(running, account)
+    assert (await c.cmd("MAIL FROM:<app@other.com>")).startswith("553 5.7.1")
+    assert (await c.cmd("MAIL FROM:<app@notexample.com>")).startswith("553 5.7.1")
+    assert (await c.cmd("MAIL FROM:<a@sub.example.com>")).startswith("250 2.1.0")
+    assert (await c.cmd("RSET")).startswith("250 2.0.0")
+    assert (await c.cmd("MAIL FROM:<app@example.com> SIZE=999999999999")).startswith("552 5.3.4")
+    assert (await c.cmd(b"MAIL FROM:<a\rb@example.com>")).startswith("501 5.1.7")
+    await c.close()
+
+
+async def test_sender_domain_not_enabled(running: RunningRelay) -> None:
+    acct = await running.new_account(domain="pending.example", enable=False)
+    c = await session(running, acct)
+    assert (await c.cmd("MAIL FROM:<a@pending.example>")).startswith("550 5.7.1")
+    for status in ("Enabled", "Disabled"):
+        await running.api.call(
+            "emailgateway.setdomainstatus", admin=True, DomainID=acct.domain_id, Status=status
+        )
+        expected = "250" if status == "Enabled" else "550 5.7.1"
+        assert (await c.cmd("MAIL FROM:<a@pending.example>")).startswith(expected)
+        await c.cmd("RSET")
+    await c.close()
+
+
+@pytest.mark.parametrize(
+    "change", [{"status": "Disabled"}, {"trusted": False}, {"verified": False}]
+)
+async def test_account_not_allowed(
+    running: RunningRelay, account: Account, change: dict[str, Any]
+) -> None:
+    c = await session(running, account)
+    await set_user(running, account.user_id, **change)
+    assert (await c.cmd("MAIL FROM:<app@example.com>")).startswith("550 5.7.1")
+    await c.close()
+
+
+# --- RCPT ------------------------------------------------------------------------------------
+
+
+async def test_suppressed_recipient_does_not_fail_the_others(
+    running: RunningRelay, account: Account
+) -> None:
+    await running.api.call(
+        "emailgateway.addsuppression", APIKey=account.api_key, EmailAddress="gone@example.net"
+    )
+    await running.api.call(
+        "emailgateway.addsuppression", admin=True, UserID=0, EmailAddress="global@example.net"
+    )
+    c = await session(running, account)
+    out = await transaction(
+        c,
+        "app@example.com",
+        ["ok@example.net", "GONE@example.net", "global@example.net", "ok2@example.net"],
+        msg(),
+    )
+    assert out[1].startswith("250") and out[4].startswith("250")
+    assert out[2].startswith("550 5.7.1") and out[3].startswith("550 5.7.1")
+    assert out[-1].startswith("250 2.0.0 Ok: queued as")
+    assert sorted(r.rcpt for r in await rows(running, t.recipients)) == [
+        "ok2@example.net",
+        "ok@example.net",
+    ]
+    rejected = [e for e in await rows(running, t.events) if e.event == "rejected"]
+    assert sorted(e.recipient for e in rejected) == ["global@example.net", "gone@example.net"]
+    await c.close()
+
+
+async def test_recipient_cap(tmp_path: Path, db_url: str) -> None:
+    running, http = await start_relay(tmp_path, db_url, RELAY_SMTP_MAX_RECIPIENTS="2")
+    try:
+        acct = await running.new_account()
+        c = await session(running, acct)
+        out = await transaction(
+            c, "app@example.com", ["a@x.example", "b@x.example", "c@x.example"], msg()
+        )
+        assert out[1].startswith("250") and out[2].startswith("250")
+        assert out[3].startswith("452 4.5.3")
+        assert out[-1].startswith("250 2.0.0")
+        await c.close()
+    finally:
+        await stop_relay(running, http)
+
+
+async def test_send_limit(running: RunningRelay, account: Account) -> None:
+    await set_user(running, account.user_id, send_limit_per_hour=3)
+    c = await session(running, account)
+    out = await transaction(c, "app@example.com", ["a@x.example", "b@x.example"], msg())
+    assert out[-1].startswith("250 2.0.0")
+    out = await transaction(c, "app@example.com", ["c@x.example", "d@x.example"], msg())
+    assert out[1].startswith("250") and out[2].startswith("452 4.5.3")
+    assert out[-1].startswith("250 2.0.0")
+    out = await transaction(c, "app@example.com", ["e@x.example"], msg())
+    assert out[1].startswith("452 4.5.3")
+    await c.close()
+
+
+async def test_bad_recipient_syntax(running: RunningRelay, account: Account) -> None:
+    c = await session(running, account)
+    await c.cmd("MAIL FROM:<app@example.com>")
+    assert (await c.cmd(b"RCPT TO:<a\x00b@example.net>")).startswith("501 5.1.3")
+    assert (await c.cmd('RCPT TO:<"quoted">')).startswith(("501 5.1.3", "553 5.1.3"))
+    await c.close()
+
+
+# --- DATA ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"To: x@example.net\r\nSubject: no from\r\n\r\nbody\r\n", "550 5.7.1"),
+        (msg(extra="From: other@example.com\r\n"), "550 5.7.1"),
+        (msg(frm="app@elsewhere.com"), "550 5.7.1"),
+        (b"From: not an address\r\n\r\nx\r\n", "554 5.6.0"),
+        (b"this is not a header\r\n\r\nx\r\n", "554 5.6.0"),
+        (msg(body="nul \x00 here\r\n"), "554 5.6.0"),
+        (msg(body="x" * 999 + "\r\n"), "554 5.6.0"),
+    ],
+    ids=["no-from", "two-from", "from-domain", "bad-from", "bad-header", "nul", "long-line"],
+)
+async def test_content_checks(
+    running: RunningRelay, account: Account, data: bytes, expected: str
+) -> None:
+    c = await session(running, account)
+    out = await transaction(c, "app@example.com", ["r@example.net"], data)
+    assert out[-1].startswith(expected), out
+    # The session goes on: the next transaction works.
+    assert (await transaction(c, "app@example.com", ["r@example.net"], msg()))[-1].startswith(
+        "250 2.0.0"
+    )
+    await c.close()
+
+
+async def test_from_in_a_subdomain_is_allowed(running: RunningRelay, account: Account) -> None:
+    c = await session(running, account)
+    out = await transaction(
+        c, "app@example.com", ["r@example.net"], msg(frm="news@mail.example.com")
+    )
+    assert out[-1].startswith("250 2.0.0")
+    await c.close()
+
+
+async def test_too_big(tmp_path: Path, db_url: str) -> None:
+    running, http = await start_relay(tmp_path, db_url, RELAY_SMTP_MAX_MESSAGE_SIZE="4096")
+    try:
+        acct = await running.new_account()
+        c = await session(running, acct)
+        assert "SIZE 4096" in await c.cmd("EHLO client.test")
+        assert (await c.cmd("MAIL FROM:<app@example.com> SIZE=5000")).startswith("552 5.3.4")
+        big = msg(body=("y" * 70 + "\r\n") * 100)
+        out = await transaction(c, "app@example.com", ["r@example.net"], big)
+        assert out[-1].startswith("552 5.3.4")
+        assert (await transaction(c, "app@example.com", ["r@example.net"], msg()))[-1].startswith(
+            "250 2.0.0"
+        )
+        await c.close()
+    finally:
+        await stop_relay(running, http)
+
+
+async def test_only_crlf_dot_crlf_ends_data(running: RunningRelay, account: Account) -> None:
+    c = await session(running, account)
+    await c.cmd("MAIL FROM:<app@example.com>")
+    await c.cmd("RCPT TO:<r@example.net>")
+    assert (await c.cmd("DATA")).startswith("354")
+    # Bare LF, bare CR and LF.LF look like ends of data to sloppy parsers: not to us.
+    await c.send(
+        msg(body="line1\n.\nline2\r.\rline3\r\n..dotted\r\n") + b"\n.\n" + b"tail\r\n.\r\n"
+    )
+    reply = await c.reply()
+    assert reply.startswith("250 2.0.0"), reply
+    (m,) = await rows(running, t.messages)
+    assert b"line1\r\n.\r\nline2\r\n.\r\nline3\r\n.dotted\r\n\r\n.\r\ntail\r\n" in m.body
+    # Every line ending is CRLF now, so the signature survives aiosmtplib's rewriting later.
+    assert m.body.count(b"\n") == m.body.count(b"\r\n") == m.body.count(b"\r")
+    await c.close()
+
+
+async def test_pipelined_transactions(running: RunningRelay, account: Account) -> None:
+    c = await session(running, account)
+    one = b"MAIL FROM:<app@example.com>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n"
+    await c.send(one)
+    for expected in ("250", "250", "354"):
+        assert (await c.reply()).startswith(expected)
+    # End of data and the next transaction in one write (RFC 2920).
+    await c.send(msg() + b".\r\n" + one)
+    for expected in ("250 2.0.0 Ok: queued", "250", "250", "354"):
+        assert (await c.reply()).startswith(expected)
+    await c.send(msg() + b".\r\nQUIT\r\n")
+    assert (await c.reply()).startswith("250 2.0.0 Ok: queued")
+    assert (await c.reply()).startswith("221 2.0.0")
+    assert len(await rows(running, t.messages)) == 2
+
+
+async def test_empty_message_is_refused_cleanly(running: RunningRelay, account: Account) -> None:
+    c = await session(running, account)
+    await c.cmd("MAIL FROM:<app@example.com>")
+    await c.cmd("RCPT TO:<r@example.net>")
+    await c.cmd("DATA")
+    assert (await c.cmd(".")).startswith("550 5.7.1")
+    await c.close()
+
+
+# --- protocol hygiene ------------------------------------------------------------------------
+
+
+async def test_every_reply_has_an_enhanced_code(running: RunningRelay, account: Account) -> None:
+    c, _ = await RawSMTP.connect(running.smtp_port)
+    for line in (
+        "EHLO client.test",
+        "NOOP",
+        "RSET",
+        "FOO",
+        "MAIL FROM:<a@example.com>",
+        "DATA",
+        "VRFY x",
+        "AUTH PLAIN !!!",
+        "QUIT",
+    ):
+        reply = await c.cmd(line)
+        if line.startswith("EHLO"):
+            continue
+        code, rest = reply[:3], reply[4:]
+        assert code[0] in "2345", reply
+        assert rest.split(" ")[0].count(".") == 2, f"{line!r} -> {reply!r}"
+
+
+async def test_bad_ehlo_names(running: RunningRelay) -> None:
+    c, _ = await RawSMTP.connect(running.smtp_port)
+    assert (await c.cmd(b"EHLO bad\x00name")).startswith("501 5.5.4")
+    assert (await c.cmd(b"HELO bad\rname")).startswith("501 5.5.4")
+    assert (await c.cmd("EHLO good.name")).startswith("250")
+    await c.close()
+
+
+async def test_connection_limit_per_ip(tmp_path: Path, db_url: str) -> None:
+    running, http = await start_relay(tmp_path, db_url, RELAY_SMTP_MAX_CONNECTIONS_PER_IP="2")
+    try:
+        a, _ = await RawSMTP.connect(running.smtp_port)
+        b, _ = await RawSMTP.connect(running.smtp_port)
+        c, greeting = await RawSMTP.connect(running.smtp_port)
+        assert greeting.startswith("421 4.7.0")
+        assert await c.closed()
+        await a.close()
+        await asyncio.sleep(0.1)
+        d, greeting = await RawSMTP.connect(running.smtp_port)
+        assert greeting.startswith("220")
+        for x in (b, d):
+            await x.close()
+    finally:
+        await stop_relay(running, http)
+
+
+async def test_storage_unavailable_gives_451_never_250(
+    running: RunningRelay, account: Account
+) -> None:
+    services = running.relay.services
+    assert services is not None
+    c = await session(running, account)
+    async with services.db.write() as conn:
+        await conn.execute(text("ALTER TABLE recipients RENAME TO recipients_away"))
+    out = await transaction(c, "app@example.com", ["r@example.net"], msg())
+    assert out[-1].startswith("451 4.3.0"), out
+    assert "recipients" not in out[-1]  # no internals leak
+    async with services.db.write() as conn:
+        await conn.execute(text("ALTER TABLE recipients_away RENAME TO recipients"))
+    assert (await rows(running, t.messages)) == []  # nothing half-written
+    out = await transaction(c, "app@example.com", ["r@example.net"], msg())
+    assert out[-1].startswith("250 2.0.0")
+    await c.close()
+
+
+async def test_concurrent_sessions_share_commits(running: RunningRelay, account: Account) -> None:
+    async def one() -> list[str]:
+        c = await session(running, account)
+        results = []
+        for _ in range(5):
+            results.append((await transaction(c, "app@example.com", ["r@example.net"], msg()))[-1])
+        await c.close()
+        return results
+
+    results = [r for rs in await asyncio.gather(*(one() for _ in range(10))) for r in rs]
+    assert all(r.startswith("250 2.0.0 Ok: queued as") for r in results)
+    ids = {r.rsplit(" ", 1)[1] for r in results}
+    assert len(ids) == 50
+    assert {m.id for m in await rows(running, t.messages)} == ids
