@@ -102,7 +102,7 @@ class Relay:
             self.delivery = DeliveryService(services)
             await self.delivery.start()
         host, port = parse_hostport(s.admin.listen)
-        self.admin = AdminServer(services, host, port)
+        self.admin = AdminServer(services, host, port, submitter=self.smtp.submitter)
         await self.admin.start()
         log.info(
             "relay started",

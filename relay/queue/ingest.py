@@ -142,7 +142,7 @@ class QueueWriter:
                         "event": events.ACCEPTED,
                         "smtp_code": 250,
                         "smtp_response": None,
-                        "data": None,
+                        "data": {"tags": m.tags} if m.tags else None,
                     }
                 )
         for e in evs:
