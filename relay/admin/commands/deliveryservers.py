@@ -197,7 +197,8 @@ async def create(call: Call) -> dict[str, Any]:
         16: Invalid email address value for domainsettings_enforcedfrom
     """
     values = parse_server(call.params, password_required=True)
-    password = call.params.str("SendMethodSMTPPassword") or ""
+    # Without SMTP AUTH a password would be a secret stored for nothing.
+    password = (call.params.str("SendMethodSMTPPassword") or "") if values["auth"] else ""
     values["password"] = call.services.box.seal(password) if password else ""
     async with call.services.db.write() as conn:
         server_id = await repo.create(conn, **values)
