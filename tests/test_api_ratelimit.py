@@ -58,8 +58,14 @@ async def test_limit_per_key_in_process(api: Api) -> None:
     assert body["Errors"][0]["Code"] == 429
     assert body["Errors"][0]["Message"].startswith("Too many requests.")
     # Every route of the key shares the budget, /api.php access included.
-    status, _ = await api.request("GET", "/api/v1/events", headers=bearer(key))
-    assert status == 429
+    for method, path in (
+        ("GET", "/api/v1/events"),
+        ("POST", "/api/v1/email"),
+        ("POST", "/api/v1/webhooks"),
+        ("DELETE", "/api/v1/webhooks"),
+    ):
+        status, body = await api.request(method, path, headers=bearer(key), json={})
+        assert status == 429 and body["Errors"][0]["Code"] == 429, (method, path)
     via_php = await api.call("emailgateway.getwebhooks.public", SenderAPIKey=key)
     assert via_php["_status"] == 429 and via_php["Errors"][0]["Code"] == 429
     # Another key has its own budget; commands without a limit are not affected.

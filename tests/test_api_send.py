@@ -298,6 +298,13 @@ async def test_content_codes(running: RunningRelay, account: Account) -> None:
     # A context ID of 0 means none; SendAt in the past means now.
     status, res = await send(running, key, {**EXAMPLE, "ListID": 0, "SendAt": 1})
     assert status == 200, res
+    # Addresses may also be given as "Name <address>" strings.
+    status, res = await send(
+        running,
+        key,
+        {**EXAMPLE, "From": "John Doe <john@example.com>", "To": ["Jane <jane@example.com>"]},
+    )
+    assert status == 200, res
 
 
 async def test_size_suppression_and_send_limit(running: RunningRelay, account: Account) -> None:

@@ -163,6 +163,11 @@ async def test_deletewebhook(api: Api) -> None:
 
 async def test_getwebhooks_errors(api: Api) -> None:
     acct = await make_account(api)
+    # 002's spelling and its string DomainID.
+    res = await api.call(
+        "EmailGateway.GetWebhooks", APIKey=acct.api_key, DomainID=str(acct.domain_id)
+    )
+    assert res["Success"] is True and res["Webhooks"] == [] and res["SigningKey"]
     other = await make_account(api, "other@example.com", "other.example")
     assert (await api.call("emailgateway.getwebhooks", APIKey=acct.api_key))["ErrorCode"] == 1
     foreign = await api.call(

@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
+from email.utils import parseaddr
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from relay.addresses import domain_of, has_control_chars, is_same_or_subdomain, is_valid_email
@@ -46,6 +48,7 @@ from relay.store.db import StorageUnavailable
 from relay.submit import Origin, Submitter
 
 SUBMITTER = web.AppKey("submitter", Submitter)
+log = structlog.get_logger("relay.admin.send")
 
 MAX_REPLY_TO = 10
 MAX_TAGS = 20
@@ -99,14 +102,16 @@ def _clean(text: str) -> str:
 def _mailbox(entry: Any) -> tuple[str, str] | None:
     """(name, email) from {"name", "email"} or a bare address; None if unusable."""
     if isinstance(entry, str):
-        return "", entry.strip()
+        # "Name <address>" or a bare address.
+        display, address = parseaddr(entry)
+        return _clean(display), (address or entry).strip()
     if isinstance(entry, dict):
         lower = {str(k).lower(): v for k, v in entry.items()}
         email = lower.get("email")
         if not isinstance(email, str) or not email.strip():
             return None
-        name = lower.get("name")
-        return (_clean(name) if isinstance(name, str) else ""), email.strip()
+        given = lower.get("name")
+        return (_clean(given) if isinstance(given, str) else ""), email.strip()
     return None
 
 
@@ -613,4 +618,5 @@ async def smtp_relay(call: Call) -> dict[str, Any]:
         )
     except StorageUnavailable:
         raise _relay_error(99996, "Temporary failure", replies.TEMPORARY) from None
+    log.info("smtprelay queued", uuid=_clean(p.str("UUID") or "")[:64], queue_id=queue_id)
     return ok(SMTPResponse=replies.QUEUED.format(id=queue_id), **result)
