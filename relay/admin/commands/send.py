@@ -253,8 +253,12 @@ def parse_email(call: Call, sender_domain: str) -> Email:
         problems.add(3, f"From email address must be in the sender domain {sender_domain}")
     subject = _clean(p.str("Subject") or "")
     to_given = p.present("To")
-    if not subject:
-        problems.add(8, "Missing Subject")
+    # 001: 8 is "Missing Subject or To email address"; 002 gives a missing To 20 as well.
+    absent = [
+        n for n, gone in (("Subject", not subject), ("To email address", not to_given)) if gone
+    ]
+    if absent:
+        problems.add(8, "Missing " + " and ".join(absent))
     content_type = (p.str("ContentType") or "").lower()
     html = p.raw("HTMLContent")
     plain = p.raw("PlainContent")
