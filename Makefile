@@ -28,8 +28,10 @@ typecheck: $(BIN)/.installed
 pytest: $(BIN)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Relay vs a bare Python SMTP sink vs Postfix, on loopback (docs/benchmarks.md). Options go in
+# BENCH_ARGS, e.g. make bench BENCH_ARGS="--database sqlite,postgres --duration 5".
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench.relay_bench
+	$(BIN)/python -m bench.relay_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

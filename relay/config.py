@@ -87,6 +87,8 @@ class DeliverySettings:
     idle_timeout: float = 30.0
     messages_per_connection: int = 1000
     stop_timeout: float = 30.0
+    tls_verify: bool = True
+    tls_ca_file: str = ""
 
 
 @dataclass
@@ -98,6 +100,7 @@ class AdminSettings:
     rate_limit_window: float = 60.0
     login_max_failures: int = 10
     login_failure_window: float = 900.0
+    relay_domains_refresh: float = 60.0
 
 
 @dataclass
@@ -361,10 +364,22 @@ def validate(s: Settings) -> list[str]:
             decode_kek(s.security.key_encryption_key)
         except ValueError as exc:
             problems.append(f"security.key_encryption_key: {exc}")
+    if s.admin.relay_domains_refresh <= 0:
+        problems.append("admin.relay_domains_refresh: must be more than 0")
+    if s.dns.timeout <= 0 or s.dns.cache_ttl < 0:
+        problems.append("dns.timeout > 0 and dns.cache_ttl >= 0")
     if s.delivery.retry_base <= 0 or s.delivery.retry_max_interval < s.delivery.retry_base:
         problems.append("delivery.retry_base > 0 and retry_max_interval >= retry_base")
     if s.admin.rate_limit_window <= 0 or s.admin.login_failure_window <= 0:
         problems.append("admin.rate_limit_window and admin.login_failure_window: above 0")
+    if s.delivery.tls_ca_file and not Path(s.delivery.tls_ca_file).is_file():
+        problems.append(f"delivery.tls_ca_file: file not found: {s.delivery.tls_ca_file}")
+    if s.delivery.lease_seconds <= 0 or s.delivery.poll_interval <= 0:
+        problems.append("delivery.lease_seconds and delivery.poll_interval: must be more than 0")
+    if s.delivery.max_age <= 0 or s.delivery.idle_timeout <= 0:
+        problems.append("delivery.max_age and delivery.idle_timeout: must be more than 0")
+    if s.delivery.messages_per_connection < 1:
+        problems.append("delivery.messages_per_connection: must be at least 1")
     if not 0 <= s.delivery.retry_jitter < 1:
         problems.append("delivery.retry_jitter: between 0 and 1")
     return problems

@@ -8,7 +8,7 @@ load, not once per message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -79,7 +79,7 @@ class DeliveryServerView:
     timeout: int
     auth: bool
     username: str
-    password: str
+    password: str = field(repr=False)  # in clear: never in a log line
     mfrom_domain: str
     enforced_from: str
     senderinfo_as_mfrom: bool

@@ -1,8 +1,9 @@
 """Structured logging (structlog): JSON off a terminal, console on one.
 
-A processor masks values under secret-looking keys, so a password, API key or AUTH blob that
-ends up in an event dict never reaches the log. aiosmtpd's own logger is kept at WARNING: at
-INFO it logs every command line, AUTH lines included.
+Every line has one format, our events and the libraries' stdlib logging alike (structlog's
+ProcessorFormatter renders both). A processor masks values under secret-looking keys, so a
+password, API key or AUTH blob that ends up in an event dict never reaches the log. aiosmtpd's
+own logger stays at WARNING: at INFO it logs every command line.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ SECRET_KEYS = (
     "private_key",
     "auth_data",
 )
+# Libraries whose INFO/DEBUG output is per operation, not per event worth an operator's time.
+QUIET = {"aiosmtpd": logging.WARNING, "mail.log": logging.WARNING, "aiosqlite": logging.INFO,
+         "asyncio": logging.WARNING, "aiohttp.access": logging.WARNING,
+         "sqlalchemy": logging.WARNING}  # fmt: skip
 
 
 def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -42,22 +47,35 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
 def configure(fmt: str = "", level: str = "info") -> None:
     fmt = fmt or ("console" if sys.stderr.isatty() else "json")
     lvl = getattr(logging, level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
-    for noisy in ("aiosmtpd", "mail.log", "aiohttp.access", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+    for name, floor in QUIET.items():
+        logging.getLogger(name).setLevel(max(floor, lvl))

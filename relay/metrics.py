@@ -45,3 +45,31 @@ DELIVERY_SECONDS = Histogram(
 DELIVERY_IN_FLIGHT = Gauge("relay_delivery_in_flight", "Messages being delivered now")
 QUEUE_DEPTH = Gauge("relay_queue_pending_recipients", "Recipients queued or deferred")
 API_REQUESTS = Counter("relay_api_requests_total", "Admin API requests", ["command", "status"])
+DELIVERY_CONNECTIONS = Counter(
+    "relay_delivery_connections_total",
+    "Connections to delivery servers: opened, or failed to open (error)",
+    ["result"],
+)
+DELIVERY_POOL_OPEN = Gauge(
+    "relay_delivery_pool_connections", "Open connections to delivery servers, busy or idle"
+)
+DELIVERY_FAILOVERS = Counter(
+    "relay_delivery_failovers_total",
+    "Attempts moved to the next delivery server after a connection failure",
+)
+DELIVERY_SUPPRESSIONS = Counter(
+    "relay_delivery_suppressions_total", "Recipients suppressed after a hard bounce"
+)
+DELIVERY_WORKER_UP = Gauge(
+    "relay_delivery_worker_up", "1 while this node's delivery worker runs; 0 after it stopped"
+)
+RELAY_DOMAIN_CHECKS = Counter(
+    "relay_relay_domain_checks_total",
+    "inbound-relay-domain-check answers",
+    ["result"],  # allowed | denied | auth_failed
+)
+DNS_LOOKUPS = Counter(
+    "relay_dns_lookups_total",
+    "DNS lookups made for domain verification (cache misses)",
+    ["type", "status"],  # status: ok | nxdomain | nodata | error
+)

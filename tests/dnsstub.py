@@ -7,6 +7,7 @@ Tests set the records they need and point the relay at ``stub.nameserver``
     stub.cname("mail.example.com", "relay.test")
     stub.a("relay.test", "127.0.0.1")
     stub.mx("example.com", 10, "mx.example.com")
+    stub.publish(res["DNSRecords"])   # a domain's whole record set, as the API returned it
 
 Unknown names answer NXDOMAIN; a known name without the asked type answers NOERROR with no
 answer (NODATA); a CNAME is followed inside the stub like a recursive resolver would.
@@ -23,6 +24,7 @@ import contextlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -110,6 +112,27 @@ class DnsStub:
 
     def mx(self, name: str, preference: int, exchange: str) -> None:
         self.add(name, MX(IN, dns.rdatatype.MX, preference, dns.name.from_text(exchange)))
+
+    def publish(self, records: dict[str, list[Any]], *, advisory: bool = False) -> None:
+        """Publish a relay record set (``{host: [type, value, ...]}``, as the API returns it)
+        the way a customer would; the advisory ``_dmarc.`` record only if asked."""
+        for host, (rtype, value, *_flag) in records.items():
+            if host.startswith("_dmarc.") and not advisory:
+                continue
+            kind = str(rtype).upper()
+            if kind == "TXT":
+                self.txt(host, str(value))
+            elif kind == "CNAME":
+                self.cname(host, str(value))
+            elif kind == "A":
+                self.a(host, str(value))
+            elif kind == "AAAA":
+                self.aaaa(host, str(value))
+            elif kind == "MX":
+                preference, _, exchange = str(value).partition(" ")
+                self.mx(host, int(preference), exchange)
+            else:
+                raise ValueError(f"unsupported record type {rtype!r}")
 
     def remove(self, name: str, rdtype: str | None = None) -> None:
         key = _key(name)

@@ -74,3 +74,22 @@ async def test_edns_payload_avoids_tcp_and_tcp_only_forces_it(dns_stub: DnsStub)
         dns.message.make_query("big.example.com", "TXT"), dns_stub.host, port=dns_stub.port
     )
     assert b"".join(reply.answer[0][0].strings) == b"x" * 700
+
+
+async def test_publish_a_record_set(dns_stub: DnsStub) -> None:
+    dns_stub.publish(
+        {
+            "sel._domainkey.example.com": ["TXT", "v=DKIM1; k=rsa; p=" + "B" * 400, False],
+            "mail.example.com": ["CNAME", "relay.test", True],
+            "ip.example.com": ["A", "192.0.2.1"],
+            "mx.example.com": ["MX", "10 mx.relay.test"],
+            "_dmarc.example.com": ["TXT", "v=DMARC1; p=none", False],
+        }
+    )
+    res = resolver_for(dns_stub)
+    txt = await res.resolve("sel._domainkey.example.com", "TXT")
+    assert b"".join(txt.rrset[0].strings).endswith(b"B" * 400)  # type: ignore[index]
+    assert (await res.resolve("ip.example.com", "A")).rrset is not None
+    assert (await res.resolve("mx.example.com", "MX")).rrset is not None
+    with pytest.raises(dns.resolver.NXDOMAIN):  # advisory records only on request
+        await res.resolve("_dmarc.example.com", "TXT")

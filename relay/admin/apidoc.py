@@ -32,7 +32,7 @@ import re
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -49,6 +49,8 @@ FAMILY_ORDER = (
     "users",
     "usergroups",
     "domains",
+    "sender_domains",
+    "relay_domains",
     "apikeys",
     "smtp",
     "webhooks",
@@ -80,6 +82,8 @@ class CommandDoc:
     params: list[Param]
     errors: list[tuple[str, str]]
     has_errors_section: bool
+    # Lines of the Errors section that are not "N: text", e.g. "(none: ...)".
+    error_notes: list[str] = field(default_factory=list)
 
 
 def _entries(lines: list[str]) -> list[str]:
@@ -129,17 +133,20 @@ def parse_docstring(text: str | None) -> CommandDoc:
             )
         )
     errors = []
+    notes = []
     for entry in _entries(sections.get("Errors", [])):
         m = _ERROR.match(entry)
-        if not m:
-            raise ValueError(f"unparsable error line: {entry!r}")
-        errors.append((m.group("code"), m.group("text").strip()))
+        if m:
+            errors.append((m.group("code"), m.group("text").strip()))
+        else:
+            notes.append(entry)
     return CommandDoc(
         summary=paragraphs[0] if paragraphs else "",
         details=paragraphs[1:],
         params=params,
         errors=errors,
         has_errors_section="Errors" in sections,
+        error_notes=notes,
     )
 
 
@@ -551,6 +558,8 @@ def render_command(spec: CommandSpec, x: Exchange | None) -> str:
         out += ["| Error code | Meaning |", "|---|---|"]
         out += [f"| {code} | {_cell(text)} |" for code, text in doc.errors]
         out.append("")
+    for note in doc.error_notes:
+        out += [f"Errors: {note}", ""]
     if x is None:
         out += ["No example yet.", ""]
     else:

@@ -7,7 +7,7 @@ import contextlib
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from relay.admin import commands  # noqa: F401  (registers every command)
+from relay.admin import commands, resources  # noqa: F401  (commands: registers every command)
 from relay.admin.commands.send import SUBMITTER
 from relay.admin.dispatcher import (
     COMMANDS,
@@ -57,6 +57,7 @@ def create_app(services: Services, submitter: Submitter | None = None) -> web.Ap
     app[SERVICES] = services
     if submitter is not None:
         app[SUBMITTER] = submitter
+    resources.install(app, services)
     app.router.add_route("GET", "/api.php", handle_api_php)
     app.router.add_route("POST", "/api.php", handle_api_php)
     seen: set[tuple[str, str]] = set()

@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy.engine import make_url
 
 from relay import events, metrics
-from relay.queue.model import QUEUED, NewEvent, NewMessage
+from relay.queue import sql
+from relay.queue.model import NewEvent, NewMessage
 from relay.services import Services
-from relay.store import schema as t
-from relay.store.db import StorageUnavailable
+from relay.store.db import Database, StorageUnavailable, asyncpg_dsn, sqlite_connect
 
 log = structlog.get_logger("relay.queue")
 
-NOTIFY_CHANNEL = "relay_queue"
+NOTIFY_CHANNEL = "relay_queue"  # see sql.PG_INGEST
 
 
 class QueueWriter:
@@ -38,6 +41,10 @@ class QueueWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        db = services.db
+        self._backend: _SqliteIngest | _PostgresIngest = (
+            _SqliteIngest(db) if db.is_sqlite else _PostgresIngest(db)
+        )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="queue-writer")
@@ -96,79 +103,51 @@ class QueueWriter:
 
     async def _write(self, msgs: list[NewMessage], evs: list[NewEvent]) -> None:
         now = time.time()
-        message_rows: list[dict[str, Any]] = []
-        recipient_rows: list[dict[str, Any]] = []
-        event_rows: list[dict[str, Any]] = []
+        message_rows: list[tuple[Any, ...]] = []
+        recipient_rows: list[tuple[Any, ...]] = []
+        event_rows: list[tuple[Any, ...]] = []
         for m in msgs:
             created = m.created_at or now
             message_rows.append(
-                {
-                    "id": m.id,
-                    "user_id": m.user_id,
-                    "domain_id": m.domain_id,
-                    "credential_id": m.credential_id,
-                    "api_key_id": m.api_key_id,
-                    "source": m.source,
-                    "mail_from": m.mail_from,
-                    "header_from": m.header_from[:998],
-                    "subject": m.subject[:998],
-                    "message_id_header": m.message_id_header[:998],
-                    "client_ip": m.client_ip,
-                    "size": len(m.body),
-                    "body": m.body,
-                    "created_at": created,
-                }
-            )
-            for rcpt in m.recipients:
-                recipient_rows.append(
-                    {
-                        "message_id": m.id,
-                        "rcpt": rcpt,
-                        "rcpt_domain": rcpt.rpartition("@")[2].lower(),
-                        "state": QUEUED,
-                        "attempts": 0,
-                        "next_attempt_at": created,
-                        "created_at": created,
-                        "updated_at": created,
-                    }
+                (
+                    m.id,
+                    m.user_id,
+                    m.domain_id,
+                    m.credential_id,
+                    m.api_key_id,
+                    m.source,
+                    m.mail_from,
+                    m.header_from[:998],
+                    m.subject[:998],
+                    m.message_id_header[:998],
+                    m.client_ip,
+                    len(m.body),
+                    m.body,
+                    created,
                 )
+            )
+            # The send API's Tags ride on the 'accepted' events (domainstats TagStats).
+            tags = json.dumps({"tags": m.tags}) if m.tags else None
+            for rcpt in m.recipients:
+                recipient_rows.append((m.id, rcpt, rcpt.rpartition("@")[2].lower(), created))
                 event_rows.append(
-                    {
-                        "created_at": created,
-                        "user_id": m.user_id,
-                        "domain_id": m.domain_id,
-                        "message_id": m.id,
-                        "recipient": rcpt,
-                        "event": events.ACCEPTED,
-                        "smtp_code": 250,
-                        "smtp_response": None,
-                        "data": {"tags": m.tags} if m.tags else None,
-                    }
+                    (created, m.user_id, m.domain_id, m.id, rcpt, events.ACCEPTED, 250, None, tags)
                 )
         for e in evs:
             event_rows.append(
-                {
-                    "created_at": e.created_at or now,
-                    "user_id": e.user_id,
-                    "domain_id": e.domain_id,
-                    "message_id": e.message_id,
-                    "recipient": e.recipient,
-                    "event": e.event,
-                    "smtp_code": e.smtp_code,
-                    "smtp_response": e.smtp_response,
-                    "data": e.data,
-                }
+                (
+                    e.created_at or now,
+                    e.user_id,
+                    e.domain_id,
+                    e.message_id,
+                    e.recipient,
+                    e.event,
+                    e.smtp_code,
+                    e.smtp_response,
+                    json.dumps(e.data) if e.data is not None else None,
+                )
             )
-        db = self.services.db
-        async with db.write() as conn:
-            if message_rows:
-                await conn.execute(insert(t.messages), message_rows)
-                await conn.execute(insert(t.recipients), recipient_rows)
-            if event_rows:
-                await conn.execute(insert(t.events), event_rows)
-            if message_rows and not db.is_sqlite:
-                # Delivered at commit: wakes delivery workers on every node (LISTEN).
-                await conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+        await self._backend.write(message_rows, recipient_rows, event_rows)
 
     async def stop(self) -> None:
         """Commit what is pending, then stop."""
@@ -177,3 +156,88 @@ class QueueWriter:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(self._task, self.commit_timeout + 5)
+        await self._backend.close()
+
+
+Rows = list[tuple[Any, ...]]
+
+
+def _columns(rows: Rows, width: int) -> list[list[Any]]:
+    """Row tuples to per-column arrays (unnest's arguments)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+class _SqliteIngest:
+    """One dedicated thread and sqlite3 connection: a batch is one executor call, and the
+    fsync at COMMIT runs without the GIL while the event loop serves sessions."""
+
+    def __init__(self, db: Database) -> None:
+        self._path = make_url(db.url).database or ""
+        self._lock = db.write_lock
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
+        self._conn: sqlite3.Connection | None = None
+
+    def _write_sync(self, messages: Rows, recipients: Rows, evs: Rows) -> None:
+        if self._conn is None:
+            self._conn = sqlite_connect(self._path)
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if messages:
+                conn.executemany(sql.SQLITE_INSERT_MESSAGE, messages)
+                conn.executemany(
+                    sql.SQLITE_INSERT_RECIPIENT, [(*r, r[3], r[3]) for r in recipients]
+                )
+            if evs:
+                conn.executemany(sql.SQLITE_INSERT_EVENT, evs)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    async def write(self, messages: Rows, recipients: Rows, evs: Rows) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._lock is not None
+        async with self._lock:
+            await loop.run_in_executor(self._pool, self._write_sync, messages, recipients, evs)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._close_sync)
+        self._pool.shutdown(wait=True)
+
+
+class _PostgresIngest:
+    """A dedicated asyncpg connection; a batch is one statement (see sql.PG_INGEST)."""
+
+    def __init__(self, db: Database) -> None:
+        self._dsn = asyncpg_dsn(db.url)
+        self._conn: Any = None
+
+    async def write(self, messages: Rows, recipients: Rows, evs: Rows) -> None:
+        import asyncpg
+
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._dsn)
+        m, r, e = _columns(messages, 14), _columns(recipients, 4), _columns(evs, 9)
+        try:
+            await self._conn.execute(sql.PG_INGEST, *m, *r, *e)
+        except BaseException:
+            # A failed or interrupted statement may leave the connection unusable: start over.
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+            raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.close(), 5)
+            self._conn = None

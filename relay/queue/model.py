@@ -73,3 +73,24 @@ class QueuedMessage:
     body: bytes
     created_at: float
     recipients: list[ClaimedRecipient] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class DeliveryOutcome:
+    """What one delivery attempt did to one recipient; written by ``record_outcomes``."""
+
+    recipient_id: int
+    message_id: str
+    user_id: int
+    domain_id: int
+    rcpt: str
+    state: str  # the recipient's new state (QUEUED is never written back)
+    event: str  # relay.events name of the event row
+    attempts: int  # attempts so far, this one included
+    next_attempt_at: float  # when a deferred recipient is due again (unchanged otherwise)
+    code: int | None = None
+    response: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    # A hard bounce (5.1.x addressing status, RFC 3463): also suppress for the account.
+    suppress: bool = False
+    created_at: float = 0.0

@@ -37,6 +37,10 @@ _ENHANCED_FOR = {
     "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
 }  # fmt: skip
 _DATA_END = b"\r\n.\r\n"
+# The common path argument: <dot-atom@domain> and optional parameters.
+_SIMPLE_PATH = re.compile(
+    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>\s*(.*)", re.DOTALL
+)
 _READ_CHUNK = 256 * 1024
 
 
@@ -191,6 +195,14 @@ class RelaySMTP(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._plain_reply = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd parses every path with the email package's header parser and builds a
+        typing.Protocol class on each call; a plain <local@domain> needs neither."""
+        m = _SIMPLE_PATH.match(arg) if arg else None
+        if m is not None and not self.local_part_limit:
+            return m.group(1), m.group(2)
+        return super()._getaddr(arg)
 
     # -- DATA ---------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,6 +57,11 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
 
+    @property
+    def write_lock(self) -> asyncio.Lock | None:
+        """Held by every writer of this process on SQLite (None on PostgreSQL)."""
+        return self._write_lock
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A read-write transaction, committed on normal exit."""
@@ -86,6 +92,29 @@ class Database:
         await self.engine.dispose()
 
 
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    # FULL: the WAL is fsynced at every commit, so a 250 reply survives power loss.
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=30000",
+)
+
+
+def sqlite_connect(path: str) -> sqlite3.Connection:
+    """A plain sqlite3 connection with the same settings as the engine's (autocommit driver:
+    the caller issues BEGIN/COMMIT)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=True)
+    for pragma in SQLITE_PRAGMAS:
+        conn.execute(pragma)
+    return conn
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The libpq-style DSN asyncpg takes, from our SQLAlchemy URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -93,9 +122,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # documented way to get correct transactional behaviour from pysqlite/aiosqlite.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so a 250 reply survives power loss.
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        for pragma in SQLITE_PRAGMAS:
+            cur.execute(pragma)
         cur.close()

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from typing import Any
 
 from sqlalchemy import Row
 
-from relay.addresses import is_valid_domain, is_valid_sublabel
+from relay import events
+from relay.addresses import has_control_chars, is_valid_domain, is_valid_sublabel
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
+from relay.admin.resources import DNS_CHECKER
 from relay.directory import Topics
 from relay.dkim import default_selector, generate_key
-from relay.dns.records import build_records
+from relay.dns.records import build_records, same_records
+from relay.dns.verify import DnsChecker, status_after, verify_records
+from relay.queue.model import FAILED, PENDING_STATES
 from relay.store.db import fmt_dt
 from relay.store.repos import domains as repo
+from relay.store.repos import users as users_repo
 
 STATUSES = ("Enabled", "Disabled", "Approval Pending")
 TRACK_MERGE_CHARS = ("-", ".")
+FLAGS = ("LinkTracking", "OpenTracking", "UnsubscribeLink")
+# The documents' "truthy" values of WithCounts, exactly (anything else: legacy shape).
+WITH_COUNTS_TRUE = (1, "1", "true", "yes", True)
+STATS_WINDOW = 7 * 24 * 3600
+CLEARED_REASON = "Queue cleared by the account owner"
+INVALID_OVERRIDE = "Invalid subdomain or track prefix value"
 
 
 def options_body(options: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +60,21 @@ def domain_body(row: Row) -> dict[str, Any]:
     }
 
 
+def legacy_row(row: Row) -> dict[str, Any]:
+    """One getdomains row, in the pre-#1996 shape (string DomainID, PHP-style empty arrays)."""
+    meta = dict(row.verification_meta or {})
+    meta["DNSRecords"] = meta.get("DNSRecords") or []
+    return {
+        "DomainID": str(row.id),
+        "SenderDomain": row.name,
+        "CreatedAt": fmt_dt(row.created_at),
+        "Status": row.status,
+        "VerificationMeta": meta,
+        "PolicyMeta": row.policy_meta or [],
+        "Options": options_body(row.options or {}),
+    }
+
+
 def parse_overrides(call: Call, code: int) -> dict[str, Any]:
     """Subdomain / TrackPrefix / TrackMerge / TrackPrefixDisabled, validated (001 adddomain)."""
     p = call.params
@@ -55,18 +83,57 @@ def parse_overrides(call: Call, code: int) -> dict[str, Any]:
         if p.present(param):
             value = p.str(param) or ""
             if not is_valid_sublabel(value):
-                raise ApiError([code], "Invalid subdomain or track prefix value")
+                raise ApiError([code], INVALID_OVERRIDE)
             out[key] = value.lower()
     if p.present("TrackMerge"):
         merge = p.str("TrackMerge") or ""
         if merge not in TRACK_MERGE_CHARS:
-            raise ApiError([code], "Invalid subdomain or track prefix value")
+            raise ApiError([code], INVALID_OVERRIDE)
         out["TrackMerge"] = merge
     if p.present("TrackPrefixDisabled"):
         try:
             out["TrackPrefixDisabled"] = bool(p.bool("TrackPrefixDisabled"))
         except ValueError:
-            raise ApiError([code], "Invalid subdomain or track prefix value") from None
+            raise ApiError([code], INVALID_OVERRIDE) from None
+    return out
+
+
+def parse_update(call: Call) -> dict[str, Any]:
+    """The options updatedomain changes: name -> new value, or None to remove the override.
+
+    Only parameters that are given change (a partial update). An empty Subdomain, TrackPrefix,
+    TrackMerge or HostingProvider removes the override: back to the global default.
+    """
+    p = call.params
+    code = 6
+
+    def given(name: str) -> bool:
+        return p.raw(name) is not None
+
+    out: dict[str, Any] = {}
+    for name in (*FLAGS, "TrackPrefixDisabled"):
+        if given(name) and p.raw(name) != "":
+            try:
+                value = bool(p.bool(name))
+            except ValueError:
+                raise ApiError(code, f"Invalid {name} value (1 or 0)") from None
+            out[name] = value if name == "TrackPrefixDisabled" else int(value)
+    for param, key in (("Subdomain", "CustomSubdomain"), ("TrackPrefix", "CustomTrackPrefix")):
+        if given(param):
+            text = p.str(param) or ""
+            if text and not is_valid_sublabel(text):
+                raise ApiError(code, INVALID_OVERRIDE)
+            out[key] = text.lower() or None
+    if given("TrackMerge"):
+        merge = p.str("TrackMerge") or ""
+        if merge and merge not in TRACK_MERGE_CHARS:
+            raise ApiError(code, INVALID_OVERRIDE)
+        out["TrackMerge"] = merge or None
+    if given("HostingProvider"):
+        provider = p.str("HostingProvider") or ""
+        if len(provider) > 255 or has_control_chars(provider):
+            raise ApiError(code, "Invalid HostingProvider value")
+        out["HostingProvider"] = provider or None
     return out
 
 
@@ -80,24 +147,39 @@ def domain_id_param(call: Call, missing_code: int, not_found_code: int) -> int:
     return domain_id
 
 
+def checker(call: Call) -> DnsChecker:
+    return call.request.app[DNS_CHECKER]
+
+
+async def publish_domain_change(call: Call, domain_id: int, status_changed: bool) -> None:
+    await call.services.bus.publish(Topics.DOMAIN, domain_id)
+    if status_changed:
+        await call.services.bus.publish(Topics.RELAY_DOMAINS, "*")
+
+
 @command("emailgateway.adddomain", auth="user")
 async def add_domain(call: Call) -> dict[str, Any]:
-    """Add a sender domain (status Approval Pending) with a new DKIM key; the response carries
-    the DNS records to publish.
+    """Add a sender domain to the caller's account, in status Approval Pending.
+
+    Generates the domain's DKIM key and returns the DNS records to publish (``DNSRecords``,
+    ``host: [type, value, verified]``). Subdomain / TrackPrefix / TrackMerge /
+    TrackPrefixDisabled override the global defaults for the return-path and tracking hosts.
+    The number of live domains is limited by the user's (else the user group's)
+    MaxSenderDomains; 0 means unlimited.
 
     Parameters:
-        DomainName (String, required): the domain, e.g. example.com.
-        Subdomain (String): return-path subdomain override (letters, digits, hyphens; 32 max).
-        TrackPrefix (String): tracking prefix override (letters, digits, hyphens; 32 max).
-        TrackMerge (String): tracking merge character, "-" or ".".
-        TrackPrefixDisabled (Integer): 1 to use no separate tracking host.
+    DomainName (String, required): the domain, e.g. example.com.
+    Subdomain (String): return-path subdomain override (letters, digits, hyphens; 32 max).
+    TrackPrefix (String): tracking prefix override (letters, digits, hyphens; 32 max).
+    TrackMerge (String): tracking merge character, "-" or ".".
+    TrackPrefixDisabled (Integer): 1 to use no separate tracking host.
 
     Errors:
-        1: Missing required parameter (DomainName)
-        2: Invalid domain name format
-        3: Maximum sender domains limit reached for user
-        4: Invalid subdomain or track prefix value
-        5: Domain already exists in this account
+    1: Missing required parameter (DomainName)
+    2: Invalid domain name format
+    3: Maximum sender domains limit reached for user
+    4: Invalid subdomain or track prefix value
+    5: Domain already exists in this account
     """
     name = (call.params.str("DomainName") or "").lower().rstrip(".")
     if not name:
@@ -107,17 +189,13 @@ async def add_domain(call: Call) -> dict[str, Any]:
     options: dict[str, Any] = {"LinkTracking": 1, "OpenTracking": 1, "UnsubscribeLink": 0}
     options.update(parse_overrides(call, 4))
     services = call.services
-    user = await services.directory.user(call.user_id)
-    assert user is not None
     # RSA key generation takes tens of milliseconds of CPU: keep it off the event loop.
     key = await asyncio.to_thread(generate_key, services.settings.dkim.key_bits)
     selector = default_selector(services.settings.dkim.selector)
     records = build_records(name, options, selector, key.public_b64, services.settings)
     async with services.db.write() as conn:
-        if (
-            user.max_sender_domains
-            and await repo.count_live(conn, call.user_id) >= user.max_sender_domains
-        ):
+        limit = await users_repo.sender_domain_limit(conn, call.user_id)
+        if limit and await repo.count_live(conn, call.user_id) >= limit:
             raise ApiError([3], "Maximum sender domains limit reached for user")
         if await repo.find_live(conn, call.user_id, name) is not None:
             raise ApiError([5], "Domain already exists in this account")
@@ -143,14 +221,14 @@ async def add_domain(call: Call) -> dict[str, Any]:
 
 @command("emailgateway.getdomain", auth="user")
 async def get_domain(call: Call) -> dict[str, Any]:
-    """One sender domain of the caller, with its DNS records.
+    """One of the caller's sender domains, with its options and DNS records.
 
     Parameters:
-        DomainID (Integer, required): the sender domain.
+    DomainID (Integer, required): the sender domain.
 
     Errors:
-        1: Missing required parameter (DomainID)
-        2: Domain not found or access denied
+    1: Missing required parameter (DomainID)
+    2: Domain not found or access denied
     """
     domain_id = domain_id_param(call, 1, 2)
     async with call.services.db.read() as conn:
@@ -161,18 +239,242 @@ async def get_domain(call: Call) -> dict[str, Any]:
     return ok(Domain=body, DNSRecords=body["VerificationMeta"]["DNSRecords"])
 
 
-@command("emailgateway.setdomainstatus", auth="admin")
-async def set_domain_status(call: Call) -> dict[str, Any]:
-    """Set a sender domain's status (admin). Only Enabled domains may send.
+@command("emailgateway.updatedomain", auth="user")
+async def update_domain(call: Call) -> dict[str, Any]:
+    """Change a sender domain's settings; only the parameters given change.
 
-    Parameters:
-        DomainID (Integer, required): the sender domain.
-        Status (String, required): Enabled, Disabled or Approval Pending.
+    LinkTracking / OpenTracking / UnsubscribeLink / TrackPrefixDisabled take 1 or 0;
+    Subdomain / TrackPrefix take letters, digits and hyphens (1-32, no hyphen at either end),
+    TrackMerge ``-`` or ``.``; an empty Subdomain, TrackPrefix, TrackMerge or HostingProvider
+    returns to the global default. When the change alters the DNS records the domain must
+    publish (return-path or tracking host), the records are regenerated (records that stay the
+    same keep their verified flag), an Enabled domain goes back to Approval Pending until it
+    is verified again, and ``SubdomainChanged`` is true. A Disabled domain stays Disabled.
 
     Errors:
-        1: Missing required parameter (DomainID)
-        2: Domain not found
-        3: Invalid Status (Enabled, Disabled or Approval Pending)
+    1: Missing required parameter (DomainID)
+    5: Domain not found or access denied
+    6: Invalid subdomain or track prefix value
+    """
+    domain_id = domain_id_param(call, 1, 5)
+    changes = parse_update(call)
+    settings = call.services.settings
+    async with call.services.db.write() as conn:
+        row = await repo.get(conn, domain_id, user_id=call.user_id)
+        if row is None:
+            raise ApiError(5, "Domain not found or access denied")
+        options = dict(row.options or {})
+        for key, value in changes.items():
+            if value is None:
+                options.pop(key, None)
+            else:
+                options[key] = value
+        meta = dict(row.verification_meta or {})
+        old_records = meta.get("DNSRecords") or {}
+        new_records = build_records(
+            row.name, options, row.dkim_selector, row.dkim_public_key, settings, old_records
+        )
+        dns_changed = not same_records(old_records, new_records)
+        values: dict[str, Any] = {"options": options}
+        status = row.status
+        if dns_changed:
+            meta["DNSRecords"] = new_records
+            values["verification_meta"] = meta
+            if status == "Enabled":
+                status = values["status"] = "Approval Pending"
+        await repo.update_fields(conn, domain_id, **values)
+        updated = await repo.get(conn, domain_id)
+    assert updated is not None
+    await publish_domain_change(call, domain_id, status != row.status)
+    if dns_changed:
+        # The next verification must look again, not reuse answers about the old layout.
+        await checker(call).forget(
+            (host, str(rec[0])) for host, rec in (*old_records.items(), *new_records.items())
+        )
+    body = domain_body(updated)
+    return ok(
+        Domain=body,
+        DNSRecords=body["VerificationMeta"]["DNSRecords"],
+        SubdomainChanged=dns_changed,
+    )
+
+
+@command("emailgateway.verifydomain", auth="user")
+async def verify_domain(call: Call) -> dict[str, Any]:
+    """Look up the domain's DNS records live and update its status.
+
+    Every record is looked up through the configured resolvers (answers cached for
+    ``dns.cache_ttl`` seconds, shared through Redis when configured). The domain becomes
+    Enabled when every required record matches (DMARC is advisory: reported, never required)
+    and Approval Pending otherwise; a lookup that times out or fails counts as not verified
+    but does not demote an Enabled domain, and a Disabled domain stays Disabled. The
+    per-record flags are stored; nothing is written when nothing changed.
+
+    Errors:
+    1: Missing required parameter (DomainID)
+    2: Domain not found or access denied
+    """
+    domain_id = domain_id_param(call, 1, 2)
+    db = call.services.db
+    async with db.read() as conn:
+        row = await repo.get(conn, domain_id, user_id=call.user_id)
+    if row is None:
+        raise ApiError(2, "Domain not found or access denied")
+    records = (row.verification_meta or {}).get("DNSRecords") or {}
+    outcome = await verify_records(checker(call), records)
+    status = status_after(row.status, outcome)
+    status_changed = False
+    if status != row.status or outcome.records != records:
+        async with db.write() as conn:
+            current = await repo.get(conn, domain_id, user_id=call.user_id)
+            if current is None:
+                raise ApiError(2, "Domain not found or access denied")
+            meta = dict(current.verification_meta or {})
+            # Only if the expected records did not change while we were looking them up.
+            if same_records(meta.get("DNSRecords") or {}, records) and (
+                current.status == row.status
+            ):
+                meta["DNSRecords"] = outcome.records
+                await repo.update_fields(conn, domain_id, verification_meta=meta, status=status)
+                status_changed = status != row.status
+            else:
+                status = current.status
+    if status_changed:
+        await publish_domain_change(call, domain_id, True)
+    return ok(
+        Domain={"DomainID": row.id, "SenderDomain": row.name, "Status": status},
+        DNSVerificationResults=outcome.records,
+    )
+
+
+def with_counts(value: Any) -> bool:
+    # bool first: True == 1 in Python, and "1" must not match the integer.
+    if isinstance(value, bool):
+        return value
+    return any(type(value) is type(t) and value == t for t in WITH_COUNTS_TRUE)
+
+
+def iso_utc(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@command("emailgateway.getdomains", auth="user")
+async def get_domains(call: Call) -> dict[str, Any]:
+    """Every live sender domain of the caller, in the legacy shape (string DomainID).
+
+    With WithCounts truthy (1, '1', 'true', 'yes', true) each row also carries APIKeyCount,
+    SMTPCount and WebhookCount (Enabled rows, one SQL aggregation for all domains) and, over
+    the last 7 days of the event log, Sent7d ('accepted' events), BounceRate7d
+    (bounced / sent x 100, 2 decimals, 0 when nothing was sent) and LastActivityAt (newest
+    event, ISO 8601 UTC, null when none). Any other WithCounts value: no enrichment.
+
+    Errors:
+    0: Success
+    """
+    enrich = with_counts(call.params.raw("WithCounts"))
+    async with call.services.db.read() as conn:
+        rows = await repo.list_for_user(conn, call.user_id)
+        if enrich:
+            counts = await repo.resource_counts(conn, call.user_id)
+            activity = await repo.activity_since(
+                conn, call.user_id, time.time() - STATS_WINDOW, events.ACCEPTED, events.BOUNCED
+            )
+    domains = []
+    for row in rows:
+        item = legacy_row(row)
+        if enrich:
+            keys, smtps, hooks = counts.get(row.id, (0, 0, 0))
+            sent, bounced, last = activity.get(row.id, (0, 0, None))
+            item.update(
+                APIKeyCount=keys,
+                SMTPCount=smtps,
+                WebhookCount=hooks,
+                Sent7d=sent,
+                BounceRate7d=round(bounced / sent * 100, 2) if sent else 0.0,
+                LastActivityAt=iso_utc(last),
+            )
+        domains.append(item)
+    return {"Success": True, "Domains": domains}
+
+
+@command("emailgateway.deletedomain", auth="user")
+async def delete_domain(call: Call) -> dict[str, Any]:
+    """Delete a sender domain (kept as status Deleted for its messages and events).
+
+    Its SMTP credentials and API keys stop working at once on every node; mail already
+    queued stays queued (see emailgateway.cleardomainqueue).
+
+    Errors:
+    1: Missing required parameter (DomainID)
+    2: Domain not found or access denied
+    """
+    domain_id = domain_id_param(call, 1, 2)
+    async with call.services.db.write() as conn:
+        if await repo.get(conn, domain_id, user_id=call.user_id) is None:
+            raise ApiError(2, "Domain not found or access denied")
+        usernames = await repo.soft_delete(conn, domain_id)
+    bus = call.services.bus
+    await bus.publish(Topics.DOMAIN, domain_id)
+    await bus.publish(Topics.RELAY_DOMAINS, "*")
+    for username in usernames:
+        await bus.publish(Topics.CREDENTIAL, username)
+    return ok()
+
+
+@command("emailgateway.cleardomainqueue", auth="user")
+async def clear_domain_queue(call: Call) -> dict[str, Any]:
+    """Give up on every message of the domain still waiting for delivery.
+
+    Each pending recipient (queued or deferred) of the domain's messages becomes ``failed``
+    with one ``failed`` event, all in one transaction.
+
+    Errors:
+    1: Missing required parameter (DomainID)
+    2: Domain not found or access denied
+    """
+    domain_id = domain_id_param(call, 1, 2)
+    async with call.services.db.write() as conn:
+        row = await repo.get(conn, domain_id, user_id=call.user_id)
+        if row is None:
+            raise ApiError(2, "Domain not found or access denied")
+        cleared = await repo.fail_pending_recipients(
+            conn, domain_id, pending=PENDING_STATES, failed=FAILED, reason=CLEARED_REASON
+        )
+        now = time.time()
+        await repo.insert_events(
+            conn,
+            [
+                {
+                    "created_at": now,
+                    "user_id": row.user_id,
+                    "domain_id": domain_id,
+                    "message_id": c.message_id,
+                    "recipient": c.rcpt,
+                    "event": events.FAILED,
+                    "smtp_response": CLEARED_REASON,
+                    "data": {"reason": "queue cleared"},
+                }
+                for c in cleared
+            ],
+        )
+        await repo.drop_finished_bodies(conn, [c.message_id for c in cleared], PENDING_STATES)
+    return ok()
+
+
+@command("emailgateway.setdomainstatus", auth="admin")
+async def set_domain_status(call: Call) -> dict[str, Any]:
+    """Set a sender domain's status (admin): Enabled, Disabled or Approval Pending.
+
+    Parameters:
+    DomainID (Integer, required): the sender domain.
+    Status (String, required): Enabled, Disabled or Approval Pending.
+
+    Errors:
+    1: Missing required parameter (DomainID)
+    2: Domain not found
+    3: Invalid Status (Enabled, Disabled or Approval Pending)
     """
     domain_id = domain_id_param(call, 1, 2)
     status = call.params.str("Status") or ""

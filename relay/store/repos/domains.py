@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.store import schema as t
@@ -47,3 +48,152 @@ async def update_fields(conn: AsyncConnection, domain_id: int, **values: Any) ->
         update(d).where(d.c.id == domain_id, LIVE).values(updated_at=utcnow(), **values)
     )
     return result.rowcount
+
+
+async def list_for_user(conn: AsyncConnection, user_id: int) -> list[Row]:
+    d = t.gateway_domains
+    q = select(d).where(d.c.user_id == user_id, LIVE).order_by(d.c.id)
+    return list((await conn.execute(q)).all())
+
+
+async def resource_counts(conn: AsyncConnection, user_id: int) -> dict[int, tuple[int, int, int]]:
+    """Enabled API keys, SMTP credentials and webhooks per live domain of a user, in one
+    statement: each table is grouped once and joined, instead of 3 queries per domain."""
+    d = t.gateway_domains
+
+    def enabled_per_domain(table: Any, label: str) -> Any:
+        return (
+            select(table.c.domain_id, func.count().label(label))
+            .where(table.c.user_id == user_id, table.c.status == "Enabled")
+            .group_by(table.c.domain_id)
+            .subquery()
+        )
+
+    keys = enabled_per_domain(t.api_keys, "n")
+    smtps = enabled_per_domain(t.smtp_credentials, "n")
+    hooks = enabled_per_domain(t.webhooks, "n")
+    q = (
+        select(
+            d.c.id,
+            func.coalesce(keys.c.n, 0),
+            func.coalesce(smtps.c.n, 0),
+            func.coalesce(hooks.c.n, 0),
+        )
+        .select_from(
+            d.outerjoin(keys, keys.c.domain_id == d.c.id)
+            .outerjoin(smtps, smtps.c.domain_id == d.c.id)
+            .outerjoin(hooks, hooks.c.domain_id == d.c.id)
+        )
+        .where(d.c.user_id == user_id, LIVE)
+    )
+    return {
+        row[0]: (int(row[1]), int(row[2]), int(row[3])) for row in (await conn.execute(q)).all()
+    }
+
+
+async def activity_since(
+    conn: AsyncConnection, user_id: int, since: float, sent_event: str, bounced_event: str
+) -> dict[int, tuple[int, int, float | None]]:
+    """Per domain of a user: events named ``sent_event`` and ``bounced_event`` since ``since``
+    (epoch seconds), and the time of the newest event of any kind in that window."""
+    e = t.events
+    q = (
+        select(
+            e.c.domain_id,
+            func.sum(case((e.c.event == sent_event, 1), else_=0)),
+            func.sum(case((e.c.event == bounced_event, 1), else_=0)),
+            func.max(e.c.created_at),
+        )
+        .where(e.c.user_id == user_id, e.c.created_at >= since)
+        .group_by(e.c.domain_id)
+    )
+    return {
+        row[0]: (int(row[1] or 0), int(row[2] or 0), row[3])
+        for row in (await conn.execute(q)).all()
+    }
+
+
+async def soft_delete(conn: AsyncConnection, domain_id: int) -> list[str]:
+    """Mark a domain Deleted with its SMTP credentials and API keys; returns the credentials'
+    usernames (their cached entries must be dropped)."""
+    ts = utcnow()
+    c, k = t.smtp_credentials, t.api_keys
+    usernames = list(
+        (
+            await conn.execute(
+                select(c.c.username).where(c.c.domain_id == domain_id, c.c.status != "Deleted")
+            )
+        ).scalars()
+    )
+    await conn.execute(
+        update(c)
+        .where(c.c.domain_id == domain_id, c.c.status != "Deleted")
+        .values(status="Deleted", updated_at=ts)
+    )
+    await conn.execute(
+        update(k)
+        .where(k.c.domain_id == domain_id, k.c.status != "Deleted")
+        .values(status="Deleted")
+    )
+    d = t.gateway_domains
+    await conn.execute(update(d).where(d.c.id == domain_id).values(status="Deleted", updated_at=ts))
+    return usernames
+
+
+async def fail_pending_recipients(
+    conn: AsyncConnection, domain_id: int, *, pending: tuple[str, ...], failed: str, reason: str
+) -> list[Row]:
+    """Every pending recipient of the domain's messages becomes ``failed``, in one statement;
+    returns (message_id, rcpt) of each. A recipient leased by a delivery worker at this moment
+    is included too (its lease is dropped): if that attempt still completes, the worker's
+    recorded outcome is the truth about that recipient."""
+    r, m = t.recipients, t.messages
+    ts = time.time()
+    result = await conn.execute(
+        update(r)
+        .where(
+            r.c.state.in_(pending),
+            r.c.message_id.in_(select(m.c.id).where(m.c.domain_id == domain_id)),
+        )
+        .values(
+            state=failed,
+            updated_at=ts,
+            lease_owner=None,
+            lease_until=None,
+            last_response=reason,
+        )
+        .returning(r.c.message_id, r.c.rcpt)
+    )
+    return list(result.all())
+
+
+async def drop_finished_bodies(
+    conn: AsyncConnection, message_ids: list[str], pending: tuple[str, ...]
+) -> None:
+    """Free the stored body of messages none of whose recipients is still pending."""
+    if not message_ids:
+        return
+    r, m = t.recipients, t.messages
+    still_pending = select(r.c.id).where(r.c.message_id == m.c.id, r.c.state.in_(pending))
+    await conn.execute(
+        update(m)
+        .where(m.c.id.in_(sorted(set(message_ids))), ~still_pending.exists())
+        .values(body=None)
+    )
+
+
+async def enabled(conn: AsyncConnection) -> list[Row]:
+    """Name and options of every Enabled domain, for relay checks and PowerMTA lists."""
+    d = t.gateway_domains
+    q = select(d.c.name, d.c.options).where(d.c.status == "Enabled").order_by(d.c.name)
+    return list((await conn.execute(q)).all())
+
+
+async def enabled_names(conn: AsyncConnection) -> list[str]:
+    d = t.gateway_domains
+    return list((await conn.execute(select(d.c.name).where(d.c.status == "Enabled"))).scalars())
+
+
+async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(t.events), rows)

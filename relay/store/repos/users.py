@@ -142,3 +142,21 @@ async def list_groups(conn: AsyncConnection) -> list[Row]:
         .label("user_count")
     )
     return list((await conn.execute(select(g, users).order_by(g.c.id))).all())
+
+
+async def sender_domain_limit(conn: AsyncConnection, user_id: int) -> int:
+    """The user's maximum number of sender domains (own override, else the group's; 0 =
+    unlimited), read with the user's row locked so concurrent adds on PostgreSQL queue up
+    behind this transaction instead of both passing the count. (SQLite writes are serialized.)"""
+    u, g = t.users, t.user_groups
+    row = (
+        await conn.execute(
+            select(u.c.max_sender_domains, g.c.max_sender_domains.label("group_max"))
+            .join(g, g.c.id == u.c.group_id)
+            .where(u.c.id == user_id)
+            .with_for_update(of=u)
+        )
+    ).first()
+    if row is None:
+        return 0
+    return int(row.max_sender_domains if row.max_sender_domains is not None else row.group_max)

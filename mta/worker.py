@@ -1,0 +1,303 @@
+"""The delivery worker of one node: claim due recipients, deliver, record, repeat.
+
+One claim loop leases due recipients (``DeliveryStore.claim``) only while there is room under
+``delivery.concurrency`` messages in flight, and starts one task per message. It wakes at once
+when this node's queue writer commits (``services.on_enqueued``), on PostgreSQL also when any
+node commits (LISTEN on the channel the writer NOTIFYs), and otherwise every ``poll_interval``
+for retries that came due. Outcomes go through a group commit (``OutcomeRecorder``).
+
+Each delivery must finish within most of its lease (``LEASE_BUDGET``), so a lease never runs
+out while its holder is still working on it; what does not finish in time is deferred.
+
+Stop (procrastinate/uvicorn style): stop claiming, let in-flight deliveries finish within the
+bound (or until ``hurry``), cancel the rest, write the outcomes already known, then release
+this node's remaining leases so any node can claim them at once. A side task (claim loop,
+recorder, pool reaper, LISTEN) that dies stops the worker loudly (critical log, the
+``relay_delivery_worker_up`` gauge at 0, ``error`` set) instead of leaving it half-working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import structlog
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from mta.attempt import MessageAttempt
+from mta.pool import ConnectionPool, client_tls_context
+from mta.recorder import OutcomeRecorder
+from mta.routing import Router
+from relay import metrics
+from relay.queue.delivery import DeliveryStore
+from relay.queue.ingest import NOTIFY_CHANNEL
+from relay.queue.model import QueuedMessage
+from relay.services import Services
+from relay.store.db import StorageUnavailable
+
+log = structlog.get_logger("mta.worker")
+
+# A delivery may use this share of its lease; the rest is margin for recording the outcome.
+LEASE_BUDGET = 0.8
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    SQLAlchemyError,
+    StorageUnavailable,
+    OSError,
+)
+
+
+class DeliveryService:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings.delivery
+        self.owner = services.node_id
+        self.store = DeliveryStore(services.db, services.bus)
+        self.router = Router(services.directory)
+        self.recorder = OutcomeRecorder(self.store)
+        self.pool: ConnectionPool | None = None
+        # Set when a side task died: why the worker stopped.
+        self.error: BaseException | None = None
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._side: list[asyncio.Task[Any]] = []
+        self._claimer: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()  # PostgreSQL: LISTEN is active
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        # Loading the CA store reads files, and the FQDN lookup may ask DNS: not on the loop.
+        tls = await asyncio.to_thread(client_tls_context, s.tls_verify, s.tls_ca_file)
+        hostname = await asyncio.to_thread(lambda: self.services.settings.hostname)
+        self.pool = ConnectionPool(s, tls, hostname)
+        self._watch(self.recorder.start())
+        self._watch(asyncio.create_task(self.pool.run_reaper(), name="delivery-pool-reaper"))
+        if not self.services.db.is_sqlite:
+            self._watch(asyncio.create_task(self._listen(), name="delivery-listen"))
+        self._claimer = asyncio.create_task(self._claim_loop(), name="delivery-claim")
+        self._watch(self._claimer)
+        self.services.on_enqueued.append(self.wake)
+        metrics.DELIVERY_WORKER_UP.set(1)
+        log.info("delivery worker started", owner=self.owner, concurrency=s.concurrency)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # relay/server.py's interface: a bound in seconds, and an event that cuts the wait short.
+    async def stop(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._stop(timeout, hurry), name="delivery-stop")
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, bound: float, hurry: asyncio.Event | None) -> None:
+        self._stopping = True
+        with contextlib.suppress(ValueError):
+            self.services.on_enqueued.remove(self.wake)
+        if self._claimer is not None:
+            self._claimer.cancel()
+            await asyncio.gather(self._claimer, return_exceptions=True)
+        if self._inflight:
+            log.info("waiting for deliveries in flight", count=len(self._inflight))
+            await self._wait_inflight(bound, hurry)
+        cancelled = len(self._inflight)
+        for task in list(self._inflight):
+            task.cancel()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        # Outcomes already known (including those of cancelled deliveries) are written first,
+        # so released leases never hide a delivery that happened.
+        await self.recorder.stop()
+        released = 0
+        try:
+            released = await self.store.release(self.owner)
+        except TRANSIENT_DB_ERRORS as exc:
+            log.error("could not release leases; they expire on their own", error=repr(exc))
+        for task in self._side:
+            task.cancel()
+        await asyncio.gather(*self._side, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.close()
+        metrics.DELIVERY_WORKER_UP.set(0)
+        metrics.DELIVERY_IN_FLIGHT.set(0)
+        log.info("delivery worker stopped", cancelled=cancelled, leases_released=released)
+
+    async def _wait_inflight(self, bound: float, hurry: asyncio.Event | None) -> None:
+        waiters: set[asyncio.Future[Any]] = set(self._inflight)
+        hurried: asyncio.Task[bool] | None = None
+        if hurry is not None:
+            hurried = asyncio.create_task(hurry.wait())
+            waiters.add(hurried)
+        deadline = time.monotonic() + bound
+        try:
+            while self._inflight and not (hurry is not None and hurry.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.wait(
+                    waiters | set(self._inflight), timeout=left, return_when="FIRST_COMPLETED"
+                )
+                waiters = {w for w in waiters if not w.done()}
+        finally:
+            if hurried is not None:
+                hurried.cancel()
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        self._side.append(task)
+        task.add_done_callback(self._side_task_done)
+
+    def _side_task_done(self, task: asyncio.Task[Any]) -> None:
+        if self._stopping:
+            return
+        if task.cancelled():
+            error: BaseException = RuntimeError(f"{task.get_name()} was cancelled")
+        else:
+            error = task.exception() or RuntimeError(f"{task.get_name()} returned")
+        self.error = error
+        log.critical(
+            "delivery worker side task died; stopping delivery on this node",
+            task=task.get_name(),
+            error=repr(error),
+            exc_info=error,
+        )
+        metrics.DELIVERY_WORKER_UP.set(0)
+        self._stop_task = asyncio.create_task(
+            self._stop(self.settings.stop_timeout, None), name="delivery-stop"
+        )
+
+    # -- claiming ------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        s = self.settings
+        # Claim again only when a quarter of the slots is free: fewer, larger claims.
+        threshold = max(1, min(s.concurrency, s.batch_size) // 4)
+        next_gauge = 0.0
+        while True:
+            if time.monotonic() >= next_gauge:
+                await self._update_gauge()
+                next_gauge = time.monotonic() + max(s.poll_interval, 1.0)
+            free = s.concurrency - len(self._inflight)
+            if self._inflight and free < threshold:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            limit = min(s.batch_size, free)
+            self._wake.clear()
+            try:
+                claimed = await self.store.claim(self.owner, limit, s.lease_seconds)
+            except TRANSIENT_DB_ERRORS as exc:
+                log.warning("claiming failed; retrying", error=repr(exc))
+                await self._idle(s.poll_interval)
+                continue
+            if claimed:
+                deadline = time.monotonic() + s.lease_seconds * LEASE_BUDGET
+                try:
+                    messages = await self.store.load_messages(claimed)
+                except TRANSIENT_DB_ERRORS as exc:
+                    log.warning("loading claimed messages failed", error=repr(exc))
+                    with contextlib.suppress(*TRANSIENT_DB_ERRORS):
+                        await self.store.release(self.owner, [c.id for c in claimed])
+                    await self._idle(s.poll_interval)
+                    continue
+                for message in messages:
+                    self._spawn(message, deadline)
+            if len(claimed) < limit:
+                await self._idle(s.poll_interval)
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep until woken (new mail committed) or ``seconds`` passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _update_gauge(self) -> None:
+        try:
+            metrics.QUEUE_DEPTH.set(await self.store.pending_count())
+        except TRANSIENT_DB_ERRORS as exc:
+            log.warning("queue depth unavailable", error=repr(exc))
+
+    # -- delivering -----------------------------------------------------------------------
+
+    def _spawn(self, message: QueuedMessage, deadline: float) -> None:
+        task = asyncio.create_task(self._deliver(message, deadline), name=f"deliver-{message.id}")
+        self._inflight.add(task)
+        metrics.DELIVERY_IN_FLIGHT.inc()
+        task.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        metrics.DELIVERY_IN_FLIGHT.dec()
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    async def _deliver(self, message: QueuedMessage, deadline: float) -> None:
+        assert self.pool is not None
+        attempt = MessageAttempt(message, self.pool, self.settings)
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                if not message.body:
+                    attempt.interrupted("message content is no longer stored")
+                else:
+                    route = await self.router.route(message.user_id)
+                    if not route.servers:
+                        log.warning("no route", message_id=message.id, reason=route.reason)
+                    await attempt.run(route)
+        except TimeoutError:
+            attempt.interrupted("delivery did not finish within its lease")
+        except asyncio.CancelledError:
+            # Shutdown: keep what the servers already answered; the rest is released.
+            known = attempt.outcomes(only_replied=True)
+            if known:
+                self.recorder.enqueue(known)
+            raise
+        except Exception as exc:
+            log.exception("delivery attempt failed", message_id=message.id)
+            attempt.interrupted(f"internal error: {type(exc).__name__}")
+        try:
+            await self.recorder.record(attempt.outcomes())
+        except TRANSIENT_DB_ERRORS as exc:
+            log.error("outcome not recorded", message_id=message.id, error=repr(exc))
+
+    # -- wake-ups from other nodes (PostgreSQL) --------------------------------------------
+
+    async def _listen(self) -> None:
+        """LISTEN on the queue channel over a dedicated connection; reconnect when it drops."""
+        import asyncpg
+
+        url = make_url(self.services.db.url).set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        delay = 0.5
+        while True:
+            conn: Any = None
+            try:
+                conn = await asyncpg.connect(dsn, timeout=10)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await conn.add_listener(NOTIFY_CHANNEL, lambda *_args: self._wake.set())
+                # Notifications sent while we were not listening are gone: look now.
+                self._wake.set()
+                self.listening.set()
+                delay = 0.5
+                await lost.wait()
+                log.warning("queue LISTEN connection lost; reconnecting")
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("queue LISTEN unavailable; polling meanwhile", error=repr(exc))
+            finally:
+                self.listening.clear()
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 5)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """A time.monotonic() deadline on the event loop's clock (they may differ)."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())

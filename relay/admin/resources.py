@@ -1,0 +1,32 @@
+"""Long-lived objects of the admin app, created with it and stopped with it.
+
+- the DNS checker (its in-process cache must outlive a request);
+- the in-memory set of Enabled relay domains behind the MX check.
+Commands reach them through ``call.request.app[...]``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from relay.dns.verify import DnsChecker
+from relay.relay_domains import RelayDomains
+from relay.services import Services
+
+DNS_CHECKER = web.AppKey("dns_checker", DnsChecker)
+RELAY_DOMAINS = web.AppKey("relay_domains", RelayDomains)
+
+
+def install(app: web.Application, services: Services) -> None:
+    app[DNS_CHECKER] = DnsChecker(services.settings.dns, services.redis)
+    relay_domains = RelayDomains(services, services.settings.admin.relay_domains_refresh)
+    app[RELAY_DOMAINS] = relay_domains
+
+    async def start(_app: web.Application) -> None:
+        await relay_domains.start()
+
+    async def stop(_app: web.Application) -> None:
+        await relay_domains.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)

@@ -1,0 +1,204 @@
+"""`relay serve` as a user starts it: a real process on the embedded default."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).parent.parent
+
+
+class Node:
+    """One `relay serve` process, with a systemd-style notify socket to see READY/STOPPING."""
+
+    def __init__(self, tmp_path: Path, data_dir: Path, **env: str) -> None:
+        self.smtp, self.smtps, self.admin = free_port(), free_port(), free_port()
+        self.notify_path = str(tmp_path / f"notify-{self.smtp}.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(60)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") and k != "CI"}
+        full_env.update(
+            RELAY_DATA_DIR=str(data_dir),
+            RELAY_SMTP_LISTEN=f"127.0.0.1:{self.smtp}",
+            RELAY_SMTPS_LISTEN=f"127.0.0.1:{self.smtps}",
+            RELAY_ADMIN_LISTEN=f"127.0.0.1:{self.admin}",
+            RELAY_HOSTNAME="relay.test",
+            RELAY_LOG_FORMAT="json",
+            RELAY_LOG_LEVEL="debug",
+            NOTIFY_SOCKET=self.notify_path,
+            **env,
+        )
+        # Files, not pipes: a chatty process must never block on a full pipe.
+        self.out_path = tmp_path / f"stdout-{self.smtp}.txt"
+        self.err_path = tmp_path / f"stderr-{self.smtp}.txt"
+        with self.out_path.open("w") as out, self.err_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay", "serve"],
+                cwd=ROOT,
+                env=full_env,
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+        self.states: list[str] = []
+
+    def wait_for(self, state: str) -> None:
+        while state not in self.states:
+            try:
+                self.states.append(self.notify.recv(1024).decode())
+            except TimeoutError:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(
+                    f"no {state}; stdout={self.out_path.read_text()!r} "
+                    f"stderr={self.err_path.read_text()[-3000:]!r}"
+                ) from None
+
+    def stop(self) -> tuple[int, str, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=90)
+        self.wait_for("STOPPING=1")
+        self.notify.close()
+        return self.proc.returncode, self.out_path.read_text(), self.err_path.read_text()
+
+    def call(self, command: str, **params: Any) -> dict[str, Any]:
+        body = json.dumps({"Command": command, **params}).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin}/api.php", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data: dict[str, Any] = json.load(resp)
+            return data
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    """Every Node a test starts; killed at teardown however the test ended."""
+    started: list[Node] = []
+    yield started
+    for node in started:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(timeout=30)
+        node.notify.close()
+
+
+def send_over_starttls(port: int, username: str, password: str) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.starttls(context=ctx)
+        client.login(username, password)
+        client.sendmail(
+            "app@example.com",
+            ["r@example.net"],
+            b"From: app@example.com\r\nSubject: e2e\r\n\r\nhello\r\n",
+        )
+
+
+def test_embedded_default_first_start_restart_and_stop(tmp_path: Path, nodes: list[Node]) -> None:
+    data = tmp_path / "var"
+    node = Node(tmp_path, data)
+    nodes.append(node)
+    node.wait_for("READY=1")
+    key_file = data / "admin_api_key"
+    admin_key = key_file.read_text().strip()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert (data / "tls" / "cert.pem").exists() and (data / "relay.sqlite3").exists()
+
+    user = node.call("user.create", AdminAPIKey=admin_key, EmailAddress="e2e@example.com")
+    domain = node.call("emailgateway.adddomain", APIKey=user["APIKey"], DomainName="example.com")
+    node.call(
+        "emailgateway.setdomainstatus",
+        AdminAPIKey=admin_key,
+        DomainID=domain["NewSenderDomainID"],
+        Status="Enabled",
+    )
+    smtp = node.call(
+        "emailgateway.addsmtp", APIKey=user["APIKey"], DomainID=domain["NewSenderDomainID"]
+    )
+    username, password = smtp["SMTP"]["SMTPUsername"], smtp["SMTP"]["SMTPPassword"]
+    send_over_starttls(node.smtp, username, password)
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        send_over_starttls(node.smtp, username, "Wrong-Secret-Password-XYZ")
+
+    code, out, err = node.stop()
+    assert code == 0, err[-2000:]
+    # The generated key is printed once, on first start, and nothing else secret ever is.
+    assert out.count(admin_key) == 1 and "Generated admin API key" in out
+    for secret in (password, "Wrong-Secret-Password-XYZ", user["APIKey"], admin_key):
+        assert secret not in err, "a secret reached the log"
+    assert '"event": "auth failed"' in err and username in err
+
+    again = Node(tmp_path, data)
+    nodes.append(again)
+    again.wait_for("READY=1")
+    # State survived the restart: the same keys work and the domain is still Enabled.
+    got = again.call(
+        "emailgateway.getdomain", APIKey=user["APIKey"], DomainID=domain["NewSenderDomainID"]
+    )
+    assert got["Domain"]["Status"] == "Enabled"
+    send_over_starttls(again.smtp, username, password)
+    code, out, _ = again.stop()
+    assert code == 0 and "Generated admin API key" not in out and admin_key not in out
+
+
+def test_bad_configuration_exits_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(RELAY_DATA_DIR=str(tmp_path), RELAY_SMTP_LISTEN="not-an-address")
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "smtp.listen" in proc.stderr
+
+
+def test_postgres_refuses_to_serve_an_old_schema(tmp_path: Path, pg_url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def wipe() -> None:
+        conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+        await conn.execute("DROP TABLE alembic_version")
+        await conn.close()
+
+    asyncio.run(wipe())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(
+        RELAY_DATA_DIR=str(tmp_path),
+        RELAY_DATABASE_URL=pg_url,
+        RELAY_SMTP_LISTEN=f"127.0.0.1:{free_port()}",
+        RELAY_SMTPS_LISTEN=f"127.0.0.1:{free_port()}",
+        RELAY_ADMIN_LISTEN=f"127.0.0.1:{free_port()}",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "relay migrate" in proc.stderr, proc.stderr[-2000:]

@@ -1,0 +1,96 @@
+"""The whole path on one relay node: SMTP submission -> queue -> delivery -> downstream server.
+
+What arrives downstream is byte for byte what the relay signed, and its DKIM signature verifies
+against the domain's published key (served by the DNS stub on loopback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import dkim
+from sqlalchemy import select
+
+from relay.store import schema as t
+from tests.relayfix import start_relay, stop_relay
+from tests.sink import Sink, wait_until
+from tests.test_dkim import stub_dnsfunc
+
+MESSAGE = (
+    b"From: App <app@example.com>\r\nTo: a@example.net, b@example.net\r\n"
+    b"Subject: end to end\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n\r\n.leading dot\r\n\xc3\xa9t\xc3\xa9\r\n"
+)
+
+
+async def test_submitted_mail_arrives_signed_and_verifiable(
+    tmp_path: Path, db_url: str, sink: Sink, dns_stub: Any
+) -> None:
+    running, session = await start_relay(
+        tmp_path,
+        db_url,
+        RELAY_DELIVERY_ENABLED="true",
+        RELAY_DELIVERY_POLL_INTERVAL="0.2",
+        RELAY_DKIM_KEY_BITS="1024",
+    )
+    try:
+        acct = await running.new_account()
+        made = await running.api.call(
+            "deliveryserver.create",
+            admin=True,
+            DeliveryServerName="downstream",
+            SendMethodSMTPHost="127.0.0.1",
+            SendMethodSMTPPort=sink.port,
+            SendMethodSMTPSecure="false",
+            SendMethodSMTPTimeout=10,
+            SendMethodSMTPAuth=False,
+            DomainSettings_LinkTracking="t.example.com",
+            DomainSettings_OpenTracking="o.example.com",
+            DomainSettings_MFrom="b.example.com",
+        )
+        assigned = await running.api.call(
+            "deliveryserver.assign",
+            admin=True,
+            DeliveryServerID=made["DeliveryServerID"],
+            UserGroupID=1,
+        )
+        assert assigned["Success"], assigned
+        host, value = acct.dkim_record
+        dns_stub.txt(host, value)
+
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=running.smtp_port, start_tls=False)
+        await client.connect()
+        await client.login(acct.username, acct.password)
+        errors, reply = await client.sendmail(
+            "app@example.com", ["a@example.net", "b@example.net"], MESSAGE
+        )
+        await client.quit()
+        assert errors == {} and reply.startswith("2.0.0 Ok: queued as ")
+        message_id = reply.rsplit(" ", 1)[1]
+
+        await sink.wait_for(lambda s: len([r for m in s.messages for r in m.rcpt_tos]) >= 2)
+        (received,) = sink.messages  # one transaction for both recipients
+        assert received.rcpt_tos == ["a@example.net", "b@example.net"]
+        assert received.mail_from == "app@example.com"
+        assert received.data.endswith(MESSAGE.split(b"\r\n\r\n", 1)[1])
+        assert await asyncio.to_thread(
+            dkim.verify, received.data, dnsfunc=stub_dnsfunc(dns_stub.nameserver)
+        )
+
+        services = running.relay.services
+        assert services is not None
+        r = t.recipients
+
+        async def all_delivered() -> bool:
+            async with services.db.read() as conn:
+                rows = (
+                    await conn.execute(select(r.c.state).where(r.c.message_id == message_id))
+                ).all()
+            return sorted(x.state for x in rows) == ["delivered", "delivered"]
+
+        await wait_until(all_delivered, what="both recipients delivered")
+    finally:
+        await stop_relay(running, session)
