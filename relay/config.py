@@ -99,6 +99,8 @@ class AdminSettings:
     session_ttl: float = 24 * 3600.0
     rate_limit_requests: int = 100
     rate_limit_window: float = 60.0
+    login_max_failures: int = 10
+    login_failure_window: float = 900.0
     relay_domains_refresh: float = 60.0
 
 
@@ -342,6 +344,7 @@ def validate(s: Settings) -> list[str]:
         "delivery.connections_per_server": s.delivery.connections_per_server,
         "dkim.sign_threads": s.dkim.sign_threads,
         "admin.rate_limit_requests": s.admin.rate_limit_requests,
+        "admin.login_max_failures": s.admin.login_max_failures,
         "database.pool_size": s.database.pool_size,
     }
     for name, value in positive.items():
@@ -370,6 +373,8 @@ def validate(s: Settings) -> list[str]:
         problems.append("delivery.processes: 0 (in the main process) to 64")
     if s.delivery.retry_base <= 0 or s.delivery.retry_max_interval < s.delivery.retry_base:
         problems.append("delivery.retry_base > 0 and retry_max_interval >= retry_base")
+    if s.admin.rate_limit_window <= 0 or s.admin.login_failure_window <= 0:
+        problems.append("admin.rate_limit_window and admin.login_failure_window: above 0")
     if s.delivery.tls_ca_file and not Path(s.delivery.tls_ca_file).is_file():
         problems.append(f"delivery.tls_ca_file: file not found: {s.delivery.tls_ca_file}")
     if s.delivery.lease_seconds <= 0 or s.delivery.poll_interval <= 0:

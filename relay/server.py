@@ -115,7 +115,7 @@ class Relay:
             self._watcher = asyncio.create_task(failed.wait(), name="delivery-watch")
             self._watcher.add_done_callback(lambda _t: self.failed.set())
         host, port = parse_hostport(s.admin.listen)
-        self.admin = AdminServer(services, host, port)
+        self.admin = AdminServer(services, host, port, submitter=self.smtp.submitter)
         await self.admin.start()
         log.info(
             "relay started",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay import metrics
@@ -50,6 +51,7 @@ class Submitter:
         recipients: list[str],
         message: ParsedMessage,
         origin: Origin,
+        tags: Sequence[str] = (),
     ) -> str:
         queue_id = str(uuid.uuid4())
         now = time.time()
@@ -89,6 +91,7 @@ class Submitter:
                 credential_id=origin.credential_id,
                 api_key_id=origin.api_key_id,
                 created_at=now,
+                tags=list(tags),
             )
         )
         if user.send_limit_per_hour:

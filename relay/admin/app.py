@@ -8,6 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from relay.admin import commands, resources  # noqa: F401  (commands: registers every command)
+from relay.admin.commands.send import SUBMITTER
 from relay.admin.dispatcher import (
     COMMANDS,
     SERVICES,
@@ -16,6 +17,7 @@ from relay.admin.dispatcher import (
     v1_handler,
 )
 from relay.services import Services
+from relay.submit import Submitter
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -47,11 +49,14 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-def create_app(services: Services) -> web.Application:
+def create_app(services: Services, submitter: Submitter | None = None) -> web.Application:
+    """The admin app; ``submitter`` (the node's SMTP submission path) enables the send API."""
     # Room for the HTTP send API's attachments (base64 grows content by a third).
     max_size = int(services.settings.smtp.max_message_size * 1.4) + 65536
     app = web.Application(client_max_size=max_size)
     app[SERVICES] = services
+    if submitter is not None:
+        app[SUBMITTER] = submitter
     resources.install(app, services)
     app.router.add_route("GET", "/api.php", handle_api_php)
     app.router.add_route("POST", "/api.php", handle_api_php)
@@ -69,8 +74,10 @@ def create_app(services: Services) -> web.Application:
 
 
 class AdminServer:
-    def __init__(self, services: Services, host: str, port: int) -> None:
-        self.app = create_app(services)
+    def __init__(
+        self, services: Services, host: str, port: int, submitter: Submitter | None = None
+    ) -> None:
+        self.app = create_app(services, submitter)
         self.host, self.port = host, port
         self._runner: web.AppRunner | None = None
 

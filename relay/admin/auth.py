@@ -82,19 +82,19 @@ async def user_from(services: Services, params: Params) -> Principal | None:
 
 
 async def sender_key_from(services: Services, token: str | None) -> Principal | None:
-    """A sender-domain API key (the public v1 routes' Bearer token)."""
+    """A sender-domain API key (the public v1 routes' Bearer token), if Enabled.
+
+    Whether its domain and user may still act is each command's check: the documents give
+    those failures their own codes ("Invalid sender domain", "Invalid user account").
+    """
     if not token:
         return None
-    k, d = t.api_keys, t.gateway_domains
+    k = t.api_keys
     async with services.db.read() as conn:
         row = (
             await conn.execute(
-                select(k.c.id, k.c.user_id, k.c.domain_id)
-                .join(d, d.c.id == k.c.domain_id)
-                .where(
-                    k.c.key_hash == hash_secret(token),
-                    k.c.status == "Enabled",
-                    d.c.status != "Deleted",
+                select(k.c.id, k.c.user_id, k.c.domain_id).where(
+                    k.c.key_hash == hash_secret(token), k.c.status == "Enabled"
                 )
             )
         ).first()

@@ -66,6 +66,9 @@ class CommandSpec:
     rate_limited: bool = False
     # v1 REST routes served by this command: (method, path).
     routes: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # auth "sender_key": the error code when no key is given at all. The documents give
+    # "1: Missing SenderAPIKey" on some routes; the others only know "13: Invalid SenderAPIKey".
+    missing_key: int = 13
 
 
 COMMANDS: dict[str, CommandSpec] = {}
@@ -79,9 +82,10 @@ def command(
     rate_limited: bool = False,
     routes: tuple[tuple[str, str], ...] = (),
     aliases: tuple[str, ...] = (),
+    missing_key: int = 13,
 ) -> Callable[[Handler], Handler]:
     def register(func: Handler) -> Handler:
-        spec = CommandSpec(name.lower(), func, auth, style, rate_limited, routes)
+        spec = CommandSpec(name.lower(), func, auth, style, rate_limited, routes, missing_key)
         for key in (name, *aliases):
             if key.lower() in COMMANDS:
                 raise RuntimeError(f"command registered twice: {key}")
@@ -152,6 +156,8 @@ async def authenticate(
         raise auth_failed(spec.style)
     if mode == "sender_key":
         token = auth.bearer_token(request) or params.str("SenderAPIKey")
+        if not token and spec.missing_key != 13:
+            raise ApiError(spec.missing_key, "Missing SenderAPIKey", status=401, style="v1")
         principal = await auth.sender_key_from(services, token)
         if principal is None:
             raise ApiError(13, "Invalid SenderAPIKey", status=401, style="v1")

@@ -124,10 +124,12 @@ class QueueWriter:
                     created,
                 )
             )
+            # The send API's Tags ride on the 'accepted' events (domainstats TagStats).
+            tags = json.dumps({"tags": m.tags}) if m.tags else None
             for rcpt in m.recipients:
                 recipient_rows.append((m.id, rcpt, rcpt.rpartition("@")[2].lower(), created))
                 event_rows.append(
-                    (created, m.user_id, m.domain_id, m.id, rcpt, events.ACCEPTED, 250, None, None)
+                    (created, m.user_id, m.domain_id, m.id, rcpt, events.ACCEPTED, 250, None, tags)
                 )
         for e in evs:
             event_rows.append(

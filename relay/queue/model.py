@@ -33,6 +33,8 @@ class NewMessage:
     credential_id: int | None = None
     api_key_id: int | None = None
     created_at: float = 0.0
+    # The send API's Tags: kept on the 'accepted' events (data.tags) for per-tag statistics.
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

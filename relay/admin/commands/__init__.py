@@ -1,11 +1,17 @@
 """Importing this package registers every command with the dispatcher."""
 
 from relay.admin.commands import (  # noqa: F401
+    apikeys,
     deliveryservers,
     domains,
+    events,
     relay_domains,
+    send,
     sender_domains,
     smtp,
+    stats,
     suppressions,
+    usergroups,
     users,
+    webhooks,
 )

@@ -167,6 +167,13 @@ async def add_domain(call: Call) -> dict[str, Any]:
     The number of live domains is limited by the user's (else the user group's)
     MaxSenderDomains; 0 means unlimited.
 
+    Parameters:
+    DomainName (String, required): the domain, e.g. example.com.
+    Subdomain (String): return-path subdomain override (letters, digits, hyphens; 32 max).
+    TrackPrefix (String): tracking prefix override (letters, digits, hyphens; 32 max).
+    TrackMerge (String): tracking merge character, "-" or ".".
+    TrackPrefixDisabled (Integer): 1 to use no separate tracking host.
+
     Errors:
     1: Missing required parameter (DomainName)
     2: Invalid domain name format
@@ -215,6 +222,9 @@ async def add_domain(call: Call) -> dict[str, Any]:
 @command("emailgateway.getdomain", auth="user")
 async def get_domain(call: Call) -> dict[str, Any]:
     """One of the caller's sender domains, with its options and DNS records.
+
+    Parameters:
+    DomainID (Integer, required): the sender domain.
 
     Errors:
     1: Missing required parameter (DomainID)
@@ -456,6 +466,10 @@ async def clear_domain_queue(call: Call) -> dict[str, Any]:
 @command("emailgateway.setdomainstatus", auth="admin")
 async def set_domain_status(call: Call) -> dict[str, Any]:
     """Set a sender domain's status (admin): Enabled, Disabled or Approval Pending.
+
+    Parameters:
+    DomainID (Integer, required): the sender domain.
+    Status (String, required): Enabled, Disabled or Approval Pending.
 
     Errors:
     1: Missing required parameter (DomainID)

@@ -1,4 +1,11 @@
-"""SMTP credentials of a gateway domain (seed 001: emailgateway.*smtp*)."""
+"""SMTP credentials of a gateway domain (001: emailgateway.addsmtp, getsmtps, deletesmtp,
+resetsmtppassword).
+
+A credential is the SMTPUsername/SMTPPassword pair applications AUTH with (CONTRACT.md). The
+password is generated (190 bits), returned once and stored as a SHA-256 hash. Deleting a
+credential or resetting its password invalidates it on every relay node at once (the
+``credential`` invalidation topic), not at cache expiry. 002's ``smtpid`` spelling works too.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +37,15 @@ def smtp_id_param(call: Call) -> int:
 
 @command("emailgateway.addsmtp", auth="user")
 async def add_smtp(call: Call) -> dict[str, Any]:
+    """Create SMTP credentials for a sender domain; the password is in this response only.
+
+    Parameters:
+        DomainID (Integer, required): the sender domain.
+
+    Errors:
+        1: Missing required parameter (DomainID)
+        2: Domain not found or access denied
+    """
     domain_id = domain_id_param(call, 1, 2)
     username, password = new_smtp_username(), new_smtp_password()
     async with call.services.db.write() as conn:
@@ -58,6 +74,15 @@ async def add_smtp(call: Call) -> dict[str, Any]:
 
 @command("emailgateway.getsmtps", auth="user")
 async def get_smtps(call: Call) -> dict[str, Any]:
+    """List a sender domain's SMTP credentials (never their passwords).
+
+    Parameters:
+        DomainID (Integer, required): the sender domain.
+
+    Errors:
+        1: Missing required parameter (DomainID)
+        2: Domain not found or access denied
+    """
     domain_id = domain_id_param(call, 1, 2)
     async with call.services.db.read() as conn:
         if await domains_repo.get(conn, domain_id, user_id=call.user_id) is None:
@@ -74,6 +99,15 @@ async def get_smtps(call: Call) -> dict[str, Any]:
 
 @command("emailgateway.resetsmtppassword", auth="user")
 async def reset_smtp_password(call: Call) -> dict[str, Any]:
+    """Give SMTP credentials a new generated password; the old one stops working at once.
+
+    Parameters:
+        SMTPID (Integer, required): the credentials (002 spells it smtpid).
+
+    Errors:
+        1: Missing required parameter (SMTPID)
+        2: SMTP credentials not found or access denied
+    """
     smtp_id = smtp_id_param(call)
     password = new_smtp_password()
     async with call.services.db.write() as conn:
@@ -84,3 +118,25 @@ async def reset_smtp_password(call: Call) -> dict[str, Any]:
     # The old password stops working on every node now, not at cache expiry.
     await call.services.bus.publish(Topics.CREDENTIAL, row.username)
     return ok(SMTP={"SMTPID": smtp_id, "SMTPUsername": row.username, "SMTPPassword": password})
+
+
+@command("emailgateway.deletesmtp", auth="user")
+async def delete_smtp(call: Call) -> dict[str, Any]:
+    """Delete SMTP credentials. Sessions on every relay node refuse the credential from the
+    next command on (a MAIL after AUTH gets 535 5.7.8).
+
+    Parameters:
+        SMTPID (Integer, required): the credentials (002 spells it smtpid).
+
+    Errors:
+        1: Missing required parameter (SMTPID)
+        2: SMTP credentials not found or access denied
+    """
+    smtp_id = smtp_id_param(call)
+    async with call.services.db.write() as conn:
+        row = await repo.get_owned(conn, smtp_id, call.user_id)
+        if row is None:
+            raise ApiError(2, "SMTP credentials not found or access denied")
+        await repo.disable(conn, smtp_id)
+    await call.services.bus.publish(Topics.CREDENTIAL, row.username)
+    return ok()

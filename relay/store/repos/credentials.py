@@ -56,3 +56,11 @@ async def set_password_hash(conn: AsyncConnection, credential_id: int, password_
         .where(c.c.id == credential_id)
         .values(password_hash=password_hash, updated_at=utcnow())
     )
+
+
+async def disable(conn: AsyncConnection, credential_id: int) -> None:
+    """Soft delete: the username stays reserved and messages keep their reference."""
+    c = t.smtp_credentials
+    await conn.execute(
+        update(c).where(c.c.id == credential_id).values(status="Deleted", updated_at=utcnow())
+    )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.store import schema as t
@@ -54,3 +54,33 @@ async def assign(conn: AsyncConnection, server_id: int, group_id: int, channels:
         await conn.execute(
             insert(a), [{"server_id": server_id, "group_id": group_id, "channel": c} for c in new]
         )
+
+
+async def update_fields(conn: AsyncConnection, server_id: int, **values: Any) -> int:
+    ds = t.delivery_servers
+    result = await conn.execute(
+        update(ds).where(ds.c.id == server_id).values(updated_at=utcnow(), **values)
+    )
+    return int(result.rowcount or 0)
+
+
+async def delete_many(conn: AsyncConnection, server_ids: list[int]) -> list[int]:
+    """Delete servers and their assignments; the ids that existed."""
+    ds, a = t.delivery_servers, t.delivery_server_assignments
+    found = list((await conn.execute(select(ds.c.id).where(ds.c.id.in_(server_ids)))).scalars())
+    if found:
+        await conn.execute(delete(a).where(a.c.server_id.in_(found)))
+        await conn.execute(delete(ds).where(ds.c.id.in_(found)))
+    return found
+
+
+async def unassign(
+    conn: AsyncConnection, server_id: int, group_id: int, channels: list[str] | None
+) -> int:
+    """Remove a group's assignment (all channels, or the given ones); rows removed."""
+    a = t.delivery_server_assignments
+    q = delete(a).where(a.c.server_id == server_id, a.c.group_id == group_id)
+    if channels is not None:
+        q = q.where(a.c.channel.in_(channels))
+    result = await conn.execute(q)
+    return int(result.rowcount or 0)

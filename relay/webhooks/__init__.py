@@ -1,0 +1,1 @@
+"""Webhooks: URL rules (``urls``) and signing keys (``keys``). Delivery comes later."""

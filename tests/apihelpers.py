@@ -1,0 +1,136 @@
+"""Accounts, domains and keys made through the API itself, and events through the queue writer
+(the same code the SMTP and delivery sides use), for the management API's tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from relay.queue.ingest import QueueWriter
+from relay.queue.model import NewEvent, NewMessage
+from relay.services import Services
+from tests.conftest import Api
+
+
+@dataclass
+class Account:
+    user_id: int
+    api_key: str  # the user's APIKey
+    domain_id: int
+    domain: str
+
+    def auth(self) -> dict[str, Any]:
+        return {"APIKey": self.api_key}
+
+
+async def make_user(api: Api, email: str = "owner@example.com", **extra: Any) -> dict[str, Any]:
+    res = await api.call("user.create", admin=True, EmailAddress=email, **extra)
+    assert res["Success"] is True, res
+    return res
+
+
+async def make_domain(api: Api, api_key: str, name: str, *, enable: bool = True) -> int:
+    res = await api.call("emailgateway.adddomain", APIKey=api_key, DomainName=name)
+    assert res["Success"] is True, res
+    domain_id = int(res["NewSenderDomainID"])
+    if enable:
+        st = await api.call(
+            "emailgateway.setdomainstatus", admin=True, DomainID=domain_id, Status="Enabled"
+        )
+        assert st["Success"] is True, st
+    return domain_id
+
+
+async def make_account(
+    api: Api,
+    email: str = "owner@example.com",
+    domain: str = "example.com",
+    *,
+    enable: bool = True,
+    **user: Any,
+) -> Account:
+    u = await make_user(api, email, **user)
+    domain_id = await make_domain(api, u["APIKey"], domain, enable=enable)
+    return Account(u["UserID"], u["APIKey"], domain_id, domain)
+
+
+async def sender_key(api: Api, acct: Account, description: str = "test key") -> str:
+    res = await api.call(
+        "emailgateway.addapi", APIKey=acct.api_key, DomainID=acct.domain_id, Description=description
+    )
+    assert res["Success"] is True, res
+    return str(res["APIKey"]["APIKey"])
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@contextlib.asynccontextmanager
+async def queue_writer(services: Services) -> AsyncIterator[QueueWriter]:
+    """The real group-commit writer; everything submitted or recorded is committed on exit."""
+    writer = QueueWriter(services)
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()
+
+
+async def accept(
+    writer: QueueWriter,
+    acct: Account,
+    message_id: str,
+    recipients: list[str],
+    at: float,
+    *,
+    subject: str = "Test Email",
+    sender: str | None = None,
+    tags: list[str] | None = None,
+) -> None:
+    sender = sender or f"sender@{acct.domain}"
+    await writer.submit(
+        NewMessage(
+            id=message_id,
+            user_id=acct.user_id,
+            domain_id=acct.domain_id,
+            source="smtp",
+            mail_from=sender,
+            recipients=recipients,
+            body=b"Subject: x\r\n\r\nbody\r\n",
+            header_from=sender,
+            subject=subject,
+            message_id_header=f"<{message_id}@relay.test>",
+            client_ip="127.0.0.1",
+            created_at=at,
+            tags=tags or [],
+        )
+    )
+
+
+def outcome(
+    writer: QueueWriter,
+    acct: Account,
+    message_id: str | None,
+    recipient: str,
+    event: str,
+    at: float,
+    code: int | None = None,
+    response: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    writer.record(
+        NewEvent(
+            user_id=acct.user_id,
+            domain_id=acct.domain_id,
+            event=event,
+            recipient=recipient,
+            message_id=message_id,
+            smtp_code=code,
+            smtp_response=response,
+            data=data,
+            created_at=at,
+        )
+    )
