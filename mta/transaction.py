@@ -125,7 +125,7 @@ async def send(conn: Connection, mail_from: str, rcpts: list[str], body: bytes) 
             options.append("BODY=8BITMIME")  # RFC 6152
         encoding = "utf-8" if utf8 else "ascii"
         try:
-            await smtp.mail(sender, options=options, encoding=encoding)
+            await _mail(smtp, sender, options, encoding)
         except aiosmtplib.SMTPSenderRefused as exc:
             if exc.code == 421:
                 raise _Closed(exc) from exc
@@ -137,7 +137,7 @@ async def send(conn: Connection, mail_from: str, rcpts: list[str], body: bytes) 
         accepted: list[int] = []
         for i, rcpt in enumerate(rcpts):
             try:
-                await smtp.rcpt(rcpt, encoding=encoding)
+                await _rcpt(smtp, rcpt, encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 if exc.code == 421:
                     raise _Closed(exc) from exc
@@ -174,6 +174,33 @@ async def send(conn: Connection, mail_from: str, rcpts: list[str], body: bytes) 
         result.stale = conn.reused and stage == "MAIL"
         # Refusals given before the failure stand; everyone else gets the error.
         return result
+
+
+# An address aiosmtplib's quote_address would send unchanged inside <>. For those, MAIL and
+# RCPT skip its email.utils.parseaddr round (a tenth of a delivery worker's time): the bytes
+# on the wire are the same. Anything else goes through aiosmtplib's own parsing and checks.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+\Z")
+
+
+async def _mail(smtp: aiosmtplib.SMTP, sender: str, options: list[str], encoding: str) -> None:
+    if sender and not _PLAIN_ADDRESS.match(sender):
+        await smtp.mail(sender, options=options, encoding=encoding)
+        return
+    response = await smtp.execute_command(
+        b"MAIL", b"FROM:<" + sender.encode() + b">", *(o.encode() for o in options)
+    )
+    if response.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+
+
+async def _rcpt(smtp: aiosmtplib.SMTP, recipient: str, encoding: str) -> None:
+    if not _PLAIN_ADDRESS.match(recipient):
+        await smtp.rcpt(recipient, encoding=encoding)
+        return
+    response = await smtp.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
+    # RFC 5321 4.1.1.3: 250 or 251 (will forward) accept the recipient.
+    if response.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
 
 
 class _Closed(Exception):

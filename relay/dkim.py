@@ -14,7 +14,6 @@ import hashlib
 import queue
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -76,12 +75,15 @@ _HEADER_NAME = b"DKIM-Signature"
 
 
 def signed_header_names(headers: list[list[bytes]]) -> list[bytes]:
-    counts = Counter(name.lower() for name, _ in headers)
+    counts: dict[bytes, int] = {}
+    for name, _ in headers:
+        lname = name.lower()
+        counts[lname] = counts.get(lname, 0) + 1
     names: list[bytes] = []
     for name in OVERSIGN:
-        names.extend([name] * (counts[name] + 1))
+        names.extend([name] * (counts.get(name, 0) + 1))
     for name in SIGN_PRESENT:
-        names.extend([name] * counts[name])
+        names.extend([name] * counts.get(name, 0))
     return names
 
 
@@ -143,6 +145,8 @@ def prepare_signature(
         (b"bh", body_hash),
         (b"b", b""),
     ]
+    # Folded exactly as finish_signature folds it: fold() may break inside a long tag value
+    # (h=) and add a space there, which relaxed canonicalization keeps.
     value = fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(_HEADER_NAME))
     hasher = hashlib.sha256()
     # The signature header is hashed with an empty b= and without its trailing CRLF (3.7).

@@ -96,7 +96,5 @@ class Submitter:
         )
         if user.send_limit_per_hour:
             await self.services.limiter.add(send_limit_key(user.id), SEND_WINDOW, len(recipients))
-        metrics.MESSAGES_ACCEPTED.inc()
-        metrics.RECIPIENTS_ACCEPTED.inc(len(recipients))
         metrics.MESSAGE_BYTES.observe(len(body))
         return queue_id

@@ -93,6 +93,8 @@ class QueueWriter:
         metrics.QUEUE_COMMIT_SECONDS.observe(time.perf_counter() - started)
         if batch:
             metrics.QUEUE_COMMIT_BATCH.observe(len(batch))
+            metrics.MESSAGES_ACCEPTED.inc(len(batch))
+            metrics.RECIPIENTS_ACCEPTED.inc(sum(len(m.recipients) for m, _ in batch))
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)

@@ -101,6 +101,7 @@ class RelaySMTP(SMTP):
         self.credential: CredentialView | None = None
         self.close_after_transaction = False
         self._plain_reply = False
+        self._idle_deadline = 0.0
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -169,6 +170,24 @@ class RelaySMTP(SMTP):
             return None
         ssl_object = self.transport.get_extra_info("ssl_object")
         return ssl_object.version() if ssl_object is not None else None
+
+    # -- idle timeout -------------------------------------------------------------------------
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd cancels and re-creates a timer on every command. Keep one timer and a
+        deadline instead: a command only moves the deadline; the timer re-arms itself for the
+        rest when it fires early (RFC 5321 4.5.3.2 idle limits are minutes, not microseconds)."""
+        loop = self.loop
+        self._idle_deadline = loop.time() + (duration or self._timeout_duration)
+        if self._timeout_handle is None or self._timeout_handle.cancelled():
+            self._timeout_handle = loop.call_at(self._idle_deadline, self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        left = self._idle_deadline - self.loop.time()
+        if left > 0:
+            self._timeout_handle = self.loop.call_later(left, self._timeout_cb)
+            return
+        super()._timeout_cb()
 
     # -- replies ------------------------------------------------------------------------------
 

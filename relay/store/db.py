@@ -13,10 +13,11 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,10 +146,11 @@ class ProcessLock:
 
 class SqliteRunner:
     """A dedicated thread and sqlite3 connection for the hot writers (group commit, delivery
-    claims and outcomes). A transaction is one executor call: under load every ``await`` costs
-    a full event-loop iteration, and holding SQLite's single write lock across many of them
-    (as an aiosqlite transaction does) makes every other writer wait. The fsync at COMMIT runs
-    without the GIL.
+    claims and outcomes). A transaction is one hand-off to the thread: under load every
+    ``await`` costs a full event-loop iteration, and holding SQLite's single write lock across
+    many of them (as an aiosqlite transaction does) makes every other writer wait. The fsync
+    at COMMIT runs without the GIL. The hand-off is a SimpleQueue and one
+    call_soon_threadsafe, lighter than concurrent.futures' per-job machinery.
 
     ``write`` takes this process's asyncio write lock (shared with ``Database.write``), then,
     in the thread, the cross-process lock when there is one: always in that order.
@@ -158,8 +160,31 @@ class SqliteRunner:
         self._path = make_url(db.url).database or ""
         self._lock = db.write_lock
         self._process_lock = db.process_lock
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None]
+        self._jobs = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                if self._conn is not None:
+                    self._conn.close()
+                return
+            fn, fut = job
+            try:
+                outcome: tuple[Any, BaseException | None] = (fn(), None)
+            except BaseException as exc:
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
+                fut.get_loop().call_soon_threadsafe(_settle, fut, outcome)
+
+    async def _submit(self, fn: Callable[[], T]) -> T:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, fut))
+        return await fut
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -188,24 +213,25 @@ class SqliteRunner:
         """Run ``fn(conn, *args)`` in one write transaction."""
         assert self._lock is not None
         async with self._lock:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._transaction, fn, args
-            )
+            return await self._submit(lambda: self._transaction(fn, args))
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` outside any transaction (WAL readers never wait)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: fn(self._connection(), *args)
-        )
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        return await self._submit(lambda: fn(self._connection(), *args))
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._close)
-        self._pool.shutdown(wait=True)
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join, 10)
+
+
+def _settle(fut: asyncio.Future[Any], outcome: tuple[Any, BaseException | None]) -> None:
+    if fut.done():
+        return
+    value, exc = outcome
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
 
 
 SQLITE_PRAGMAS = (
