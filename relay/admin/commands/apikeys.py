@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.exc import SQLAlchemyError
 
+from relay.admin.commands.domains import owned_domain
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.secrets import hash_secret, mask_secret, new_api_key
 from relay.store.db import fmt_dt
 from relay.store.repos import api_keys as repo
-from relay.store.repos import domains as domains_repo
 
 MAX_DESCRIPTION = 255
 
@@ -76,8 +76,7 @@ async def add_api(call: Call) -> dict[str, Any]:
     description, domain_id = _description_and_domain(call, listed=True)
     key = new_api_key()
     async with call.services.db.write() as conn:
-        if await domains_repo.get(conn, domain_id, user_id=call.user_id) is None:
-            raise ApiError([3], "Domain not found or access denied")
+        await owned_domain(conn, call, domain_id, [3], "Domain not found or access denied")
         row = await repo.create(
             conn,
             user_id=call.user_id,
@@ -116,8 +115,7 @@ async def get_apis(call: Call) -> dict[str, Any]:
     if domain_id is None:
         raise ApiError(1, "Missing required parameter (DomainID)")
     async with call.services.db.read() as conn:
-        if await domains_repo.get(conn, domain_id, user_id=call.user_id) is None:
-            raise ApiError(2, "Domain not found or access denied")
+        await owned_domain(conn, call, domain_id, 2, "Domain not found or access denied")
         rows = await repo.list_for_domain(conn, domain_id)
     return ok(APIKeys=[_listing(r) for r in rows])
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay import events
 from relay.addresses import has_control_chars, is_valid_domain, is_valid_sublabel
@@ -135,6 +136,17 @@ def parse_update(call: Call) -> dict[str, Any]:
             raise ApiError(code, "Invalid HostingProvider value")
         out["HostingProvider"] = provider or None
     return out
+
+
+async def owned_domain(
+    conn: AsyncConnection, call: Call, domain_id: int, code: int | list[int], text: str, **kw: Any
+) -> Row:
+    """The caller's live domain, or the command's own "not found or access denied" error
+    (another user's domain is reported exactly like a missing one)."""
+    row = await repo.get(conn, domain_id, user_id=call.user_id)
+    if row is None:
+        raise ApiError(code, text, **kw)
+    return row
 
 
 def domain_id_param(call: Call, missing_code: int, not_found_code: int) -> int:
@@ -412,8 +424,7 @@ async def delete_domain(call: Call) -> dict[str, Any]:
     """
     domain_id = domain_id_param(call, 1, 2)
     async with call.services.db.write() as conn:
-        if await repo.get(conn, domain_id, user_id=call.user_id) is None:
-            raise ApiError(2, "Domain not found or access denied")
+        await owned_domain(conn, call, domain_id, 2, "Domain not found or access denied")
         usernames = await repo.soft_delete(conn, domain_id)
     bus = call.services.bus
     await bus.publish(Topics.DOMAIN, domain_id)

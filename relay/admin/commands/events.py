@@ -24,12 +24,12 @@ from aiohttp import web
 from sqlalchemy import Row
 
 from relay import events
+from relay.admin.commands.domains import owned_domain
 from relay.admin.dates import optional_period, period, today
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.admin.params import Params
 from relay.admin.senderkey import sender_scope
-from relay.store.repos import domains as domains_repo
 from relay.store.repos import events as repo
 
 MAX_PAGE = 100
@@ -55,7 +55,7 @@ def event_filter(value: str | None) -> tuple[str, ...] | None:
     return events.filter_names(value)
 
 
-async def owned_domain(call: Call, code: int, text: str) -> list[int] | None:
+async def domain_scope(call: Call, code: int, text: str) -> list[int] | None:
     """[DomainID] if one is given (0 or absent: None = every domain); ``code`` if not owned."""
     try:
         domain_id = call.params.int("DomainID")
@@ -64,8 +64,7 @@ async def owned_domain(call: Call, code: int, text: str) -> list[int] | None:
     if not domain_id:
         return None
     async with call.services.db.read() as conn:
-        if await domains_repo.get(conn, domain_id, user_id=call.user_id) is None:
-            raise ApiError(code, text)
+        await owned_domain(conn, call, domain_id, code, text)
     return [domain_id]
 
 
@@ -166,7 +165,7 @@ async def get_events(call: Call) -> dict[str, Any]:
             "Missing required parameter (RetrieveCount)",
         ),
     )
-    domain_ids = await owned_domain(call, 2, "Domain not found or access denied")
+    domain_ids = await domain_scope(call, 2, "Domain not found or access denied")
     since, until = optional_period(p)
     q = repo.EventQuery(
         user_id=call.user_id,
@@ -287,7 +286,7 @@ async def aggr_events(call: Call) -> dict[str, Any]:
     p = call.params
     if not p.present("DomainID"):
         raise ApiError(1, "Missing required parameter (DomainID)")
-    domain_ids = await owned_domain(call, 2, "Domain not found or access denied")
+    domain_ids = await domain_scope(call, 2, "Domain not found or access denied")
     if domain_ids is None:
         raise ApiError(2, "Domain not found or access denied")
     field = AGG_FIELDS.get((p.str("AggregatedField") or "event").lower(), "event")
@@ -363,7 +362,7 @@ async def export_events(call: Call) -> web.StreamResponse:
         2: DomainID supplied but not owned by the caller
     """
     p = call.params
-    domain_ids = await owned_domain(call, 2, "DomainID supplied but not owned by the caller")
+    domain_ids = await domain_scope(call, 2, "DomainID supplied but not owned by the caller")
     span = period(p, 30)
     q = repo.EventQuery(
         user_id=call.user_id,

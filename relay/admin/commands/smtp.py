@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.admin.commands.domains import domain_id_param
+from relay.admin.commands.domains import domain_id_param, owned_domain
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.directory import Topics
 from relay.secrets import hash_secret, new_smtp_password, new_smtp_username
 from relay.store.repos import credentials as repo
-from relay.store.repos import domains as domains_repo
 
 
 def smtp_host(call: Call) -> str:
@@ -49,8 +48,7 @@ async def add_smtp(call: Call) -> dict[str, Any]:
     domain_id = domain_id_param(call, 1, 2)
     username, password = new_smtp_username(), new_smtp_password()
     async with call.services.db.write() as conn:
-        if await domains_repo.get(conn, domain_id, user_id=call.user_id) is None:
-            raise ApiError(2, "Domain not found or access denied")
+        await owned_domain(conn, call, domain_id, 2, "Domain not found or access denied")
         smtp_id = await repo.create(
             conn,
             user_id=call.user_id,
@@ -85,8 +83,7 @@ async def get_smtps(call: Call) -> dict[str, Any]:
     """
     domain_id = domain_id_param(call, 1, 2)
     async with call.services.db.read() as conn:
-        if await domains_repo.get(conn, domain_id, user_id=call.user_id) is None:
-            raise ApiError(2, "Domain not found or access denied")
+        await owned_domain(conn, call, domain_id, 2, "Domain not found or access denied")
         rows = await repo.list_for_domain(conn, domain_id)
     host, ports = smtp_host(call), list(call.services.settings.smtp.advertised_ports)
     return ok(

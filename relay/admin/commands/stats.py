@@ -25,10 +25,10 @@ from collections import Counter
 from typing import Any
 
 from relay import events
+from relay.admin.commands.domains import owned_domain
 from relay.admin.dates import Period, period
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
-from relay.store.repos import domains as domains_repo
 from relay.store.repos import events as repo
 
 COUNTED = (
@@ -71,8 +71,7 @@ async def _owned(call: Call, missing: str) -> int:
     if domain_id is None:
         raise ApiError(1, missing)
     async with call.services.db.read() as conn:
-        if await domains_repo.get(conn, domain_id, user_id=call.user_id) is None:
-            raise ApiError(2, "Domain not found or access denied")
+        await owned_domain(conn, call, domain_id, 2, "Domain not found or access denied")
     return domain_id
 
 

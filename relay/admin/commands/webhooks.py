@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from relay import events
-from relay.admin.commands.domains import domain_id_param
+from relay.admin.commands.domains import domain_id_param, owned_domain
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.admin.senderkey import sender_scope
@@ -146,8 +146,7 @@ async def delete_webhook(call: Call) -> dict[str, Any]:
         raise ApiError(1, "Missing required parameter (WebhookID)")
     domain_id = domain_id_param(call, 2, 3)
     async with call.services.db.write() as conn:
-        if await domains_repo.get(conn, domain_id, user_id=call.user_id) is None:
-            raise ApiError(3, "Domain not found or access denied")
+        await owned_domain(conn, call, domain_id, 3, "Domain not found or access denied")
         if await repo.get_in_domain(conn, webhook_id, domain_id) is None:
             raise ApiError(4, "Webhook not found or access denied")
         await repo.disable(conn, webhook_id)
@@ -170,8 +169,7 @@ async def regenerate_signing_key(call: Call) -> dict[str, Any]:
     """  # noqa: E501 (the document's error text, verbatim)
     domain_id = domain_id_param(call, 1, 2)
     async with call.services.db.read() as conn:
-        if await domains_repo.get(conn, domain_id, user_id=call.user_id) is None:
-            raise ApiError(2, "Domain not found or not owned by the caller")
+        await owned_domain(conn, call, domain_id, 2, "Domain not found or not owned by the caller")
     key = new_signing_key()
     async with call.services.db.write() as conn:
         matched = await repo.set_signing_key(
