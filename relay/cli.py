@@ -63,9 +63,24 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"schema at revision {revision}")
         return 0
+    if settings.delivery.enabled and settings.delivery.processes > 0:
+        _multiprocess_metrics(settings)
     from relay.server import run
 
     return run(settings)
+
+
+def _multiprocess_metrics(settings: config.Settings) -> None:
+    """Before prometheus_client is imported: one metrics directory for this node's process
+    tree, emptied at start (its files are the previous run's processes)."""
+    import os
+    from pathlib import Path
+
+    directory = Path(settings.server.data_dir).resolve() / "metrics"
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,29 @@
-"""Prometheus metrics, defined once; names documented in docs/operations.md."""
+"""Prometheus metrics, defined once; names documented in docs/operations.md.
+
+`relay serve` with delivery processes runs prometheus_client in multiprocess mode (the CLI sets
+PROMETHEUS_MULTIPROC_DIR before anything imports it): every process writes its values to files
+there, and /metrics adds them up, so the delivery children's counters are not lost. Gauges say
+how their per-process values combine (``multiprocess_mode``).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
 
-SMTP_CONNECTIONS = Gauge("relay_smtp_connections", "Open SMTP connections")
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+SMTP_CONNECTIONS = Gauge(
+    "relay_smtp_connections", "Open SMTP connections", multiprocess_mode="livesum"
+)
 SMTP_SESSIONS = Counter("relay_smtp_sessions_total", "SMTP connections accepted", ["listener"])
 SMTP_AUTH = Counter("relay_smtp_auth_total", "AUTH attempts", ["result"])
 SMTP_REPLIES = Counter(
@@ -42,8 +61,12 @@ DELIVERY_SECONDS = Histogram(
     "Time to hand one message to a delivery server",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-DELIVERY_IN_FLIGHT = Gauge("relay_delivery_in_flight", "Messages being delivered now")
-QUEUE_DEPTH = Gauge("relay_queue_pending_recipients", "Recipients queued or deferred")
+DELIVERY_IN_FLIGHT = Gauge(
+    "relay_delivery_in_flight", "Messages being delivered now", multiprocess_mode="livesum"
+)
+QUEUE_DEPTH = Gauge(
+    "relay_queue_pending_recipients", "Recipients queued or deferred", multiprocess_mode="livemax"
+)
 API_REQUESTS = Counter("relay_api_requests_total", "Admin API requests", ["command", "status"])
 DELIVERY_CONNECTIONS = Counter(
     "relay_delivery_connections_total",
@@ -51,7 +74,9 @@ DELIVERY_CONNECTIONS = Counter(
     ["result"],
 )
 DELIVERY_POOL_OPEN = Gauge(
-    "relay_delivery_pool_connections", "Open connections to delivery servers, busy or idle"
+    "relay_delivery_pool_connections",
+    "Open connections to delivery servers, busy or idle",
+    multiprocess_mode="livesum",
 )
 DELIVERY_FAILOVERS = Counter(
     "relay_delivery_failovers_total",
@@ -61,7 +86,9 @@ DELIVERY_SUPPRESSIONS = Counter(
     "relay_delivery_suppressions_total", "Recipients suppressed after a hard bounce"
 )
 DELIVERY_WORKER_UP = Gauge(
-    "relay_delivery_worker_up", "1 while this node's delivery worker runs; 0 after it stopped"
+    "relay_delivery_worker_up",
+    "Delivery workers running on this node (one per delivery process); 0 when none runs",
+    multiprocess_mode="livesum",
 )
 RELAY_DOMAIN_CHECKS = Counter(
     "relay_relay_domain_checks_total",
@@ -73,3 +100,21 @@ DNS_LOOKUPS = Counter(
     "DNS lookups made for domain verification (cache misses)",
     ["type", "status"],  # status: ok | nxdomain | nodata | error
 )
+
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition of every process of this node, and its content type."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def process_gone(pid: int) -> None:
+    """Drop a dead process's live gauges (multiprocess mode only)."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        _multiprocess.mark_process_dead(pid)

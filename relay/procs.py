@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from relay import metrics
 from relay.cache import LocalBus
 from relay.config import Settings
 from relay.services import Services
@@ -159,6 +160,7 @@ class DeliveryProcesses:
             assert child.link is not None and child.proc is not None
             await self._serve(child, child.link)
             code = await child.proc.wait()
+            metrics.process_gone(child.proc.pid)
             child.link, child.ready = None, asyncio.Event()
             if self._stopping:
                 return

@@ -322,3 +322,19 @@ async def test_process_tree_delivers_and_keeps_caches_in_sync(
     code, _, err = await asyncio.to_thread(node.stop)
     assert code == 0, err[-3000:]
     assert child_pids(node.proc.pid) == []
+
+
+def test_metrics_cover_every_process(tmp_path: Path, nodes: list[Node]) -> None:
+    """/metrics of a node with a delivery process shows the child's metrics too."""
+    node = Node(tmp_path, tmp_path / "var")
+    nodes.append(node)
+    node.wait_for("READY=1")
+    key = (tmp_path / "var" / "admin_api_key").read_text().strip()
+    node.call("user.create", AdminAPIKey=key, EmailAddress="m@example.com")
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.admin}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    # Set only by the delivery worker, which runs in the child process.
+    assert "relay_delivery_worker_up 1.0" in text, text[:3000]
+    assert 'relay_api_requests_total{command="user.create",status="200"} 1.0' in text
+    code, _, err = node.stop()
+    assert code == 0, err[-2000:]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from relay import metrics as relay_metrics
 from relay.admin import commands, resources  # noqa: F401  (commands: registers every command)
 from relay.admin.commands.send import SUBMITTER
 from relay.admin.dispatcher import (
@@ -42,9 +42,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(REGISTRY)
+    body, content_type = relay_metrics.render()
     resp = web.Response(body=body)
-    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    resp.content_type = content_type.split(";")[0]
     resp.charset = "utf-8"
     return resp
 

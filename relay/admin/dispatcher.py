@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from relay import metrics
 from relay.admin import auth
 from relay.admin.errors import UNKNOWN_COMMAND, ApiError, auth_failed, not_enough_privileges
 from relay.admin.params import Params
@@ -179,6 +180,14 @@ def _rate_key(spec: CommandSpec, principal: auth.Principal, request: web.Request
 
 
 async def run(
+    services: Services, request: web.Request, params: Params, spec: CommandSpec
+) -> web.StreamResponse:
+    response = await _run(services, request, params, spec)
+    metrics.API_REQUESTS.labels(spec.name, str(response.status)).inc()
+    return response
+
+
+async def _run(
     services: Services, request: web.Request, params: Params, spec: CommandSpec
 ) -> web.StreamResponse:
     try:
