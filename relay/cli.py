@@ -41,17 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("-c", "--config", help="TOML file (default: $RELAY_CONFIG)")
-    # Started by `relay serve` for delivery.processes > 0; not for direct use.
-    child = sub.add_parser("delivery-worker")
+    # Worker processes of `relay serve` (smtp.processes, delivery.processes); not for direct use.
+    child = sub.add_parser("worker")
     child.add_argument("-c", "--config")
+    child.add_argument("--role", choices=("smtp", "delivery"), required=True)
     child.add_argument("--ipc-fd", type=int, required=True)
+    child.add_argument("--listen", action="append", default=[], help="KIND:FD")
     args = parser.parse_args(argv)
     settings = _load(args.config)
-    if args.cmd == "delivery-worker":
-        from relay.procs import run_delivery_child
+    if args.cmd == "worker":
+        from relay.procs import run_child
         from relay.server import run_async
 
-        return run_async(settings, run_delivery_child(settings, args.ipc_fd))
+        listen = [(k, int(fd)) for k, _, fd in (item.partition(":") for item in args.listen)]
+        return run_async(settings, run_child(settings, args.role, args.ipc_fd, listen))
     if args.cmd == "check-config":
         print(f"configuration ok ({settings.source or 'defaults and environment'})")
         return 0
@@ -63,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"schema at revision {revision}")
         return 0
-    if settings.delivery.enabled and settings.delivery.processes > 0:
+    if (settings.delivery.enabled and settings.delivery.processes > 0) or (
+        settings.smtp.processes > 1
+    ):
         _multiprocess_metrics(settings)
     from relay.server import run
 

@@ -49,6 +49,7 @@ class RedisSettings:
 
 @dataclass
 class SmtpSettings:
+    processes: int = 2
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2525"])
     smtps_listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2465"])
     tls_cert: str = ""
@@ -69,13 +70,14 @@ class SmtpSettings:
 class DkimSettings:
     key_bits: int = 2048
     selector: str = ""
-    sign_threads: int = 2
+    sign_threads: int = 1
 
 
 @dataclass
 class DeliverySettings:
     enabled: bool = True
     processes: int = 1
+    nice: int = 10
     concurrency: int = 50
     batch_size: int = 200
     lease_seconds: float = 300.0
@@ -369,6 +371,10 @@ def validate(s: Settings) -> list[str]:
         problems.append("admin.relay_domains_refresh: must be more than 0")
     if s.dns.timeout <= 0 or s.dns.cache_ttl < 0:
         problems.append("dns.timeout > 0 and dns.cache_ttl >= 0")
+    if not 1 <= s.smtp.processes <= 64:
+        problems.append("smtp.processes: 1 (the main process only) to 64")
+    if not 0 <= s.delivery.nice <= 19:
+        problems.append("delivery.nice: 0 to 19")
     if not 0 <= s.delivery.processes <= 64:
         problems.append("delivery.processes: 0 (in the main process) to 64")
     if s.delivery.retry_base <= 0 or s.delivery.retry_max_interval < s.delivery.retry_base:

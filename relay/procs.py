@@ -1,19 +1,23 @@
-"""The process tree of `relay serve`: delivery workers in child processes.
+"""The process tree of `relay serve`: SMTP and delivery workers in child processes.
 
-One Python process runs on one core. SMTP ingest (aiosmtpd, checks, DKIM, group commit) and
-delivery (claims, aiosmtplib, outcome commits) each fill most of a core at full load, so
-`relay serve` keeps SMTP and the admin app in the main process and runs delivery in
-``delivery.processes`` children (0 = in the main process).
+One Python process runs on one core. At full load SMTP ingest (aiosmtpd, checks, DKIM, group
+commit) fills a core, and delivery (claims, aiosmtplib, outcome commits) most of another. So
+`relay serve` keeps the admin app and an SMTP server in the main process and starts:
+- ``smtp.processes - 1`` SMTP children, accepting on the very sockets the main process bound
+  (inherited file descriptors: a busy process simply accepts less often), each with its own
+  group-commit writer;
+- ``delivery.processes`` delivery children (0 = delivery in the main process).
 
 Parent and child talk over a socketpair, one JSON object per line:
 - ``{"t": "inv", "topic": ..., "key": ...}`` both ways: a cache invalidation. The parent
   forwards each one to every other process (and to Redis, when configured), so a suppression a
-  child adds after a hard bounce reaches the SMTP checks at once, and a route the admin changes
-  reaches the children at once.
-- ``{"t": "wake"}`` parent to child: the queue writer committed new recipients (SQLite has no
-  LISTEN/NOTIFY; on PostgreSQL the children LISTEN as well).
+  delivery child adds after a hard bounce reaches every SMTP process at once, and a route the
+  admin changes reaches the delivery children at once.
+- ``{"t": "enqueued"}`` SMTP child to parent: its writer committed new recipients.
+- ``{"t": "wake"}`` parent to delivery child: someone committed new recipients (SQLite has no
+  LISTEN/NOTIFY; on PostgreSQL the delivery children LISTEN as well).
 - ``{"t": "reset"}`` parent to child: drop every cache (the parent lost its Redis subscription).
-- ``{"t": "ready"}`` child to parent: the delivery worker runs.
+- ``{"t": "ready"}`` child to parent: the child serves.
 A child whose parent goes away (EOF) shuts down; a child that dies is restarted with backoff.
 """
 
@@ -38,6 +42,7 @@ from relay.services import Services
 log = structlog.get_logger("relay.procs")
 
 READY_TIMEOUT = 60.0
+DELIVERY, SMTP = "delivery", "smtp"
 
 
 class Link:
@@ -56,10 +61,13 @@ class Link:
             self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
 
     async def receive(self) -> dict[str, Any] | None:
-        line = await self.reader.readline()
-        if not line:
+        try:
+            line = await self.reader.readline()
+            if not line:
+                return None
+            data: dict[str, Any] = json.loads(line)
+        except (ConnectionError, ValueError):
             return None
-        data: dict[str, Any] = json.loads(line)
         return data
 
     def close(self) -> None:
@@ -67,44 +75,54 @@ class Link:
 
 
 class Child:
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.name = f"delivery-{index}"
+    def __init__(self, role: str, index: int) -> None:
+        self.role = role
+        self.name = f"{role}-{index}"
         self.proc: asyncio.subprocess.Process | None = None
         self.link: Link | None = None
         self.ready = asyncio.Event()
         self.wake_pending = False
 
 
-class DeliveryProcesses:
-    """Parent side: spawn, feed, forward to, restart and stop the delivery children."""
+class ChildProcesses:
+    """Parent side: spawn, feed, forward to, restart and stop the children."""
 
-    def __init__(self, services: Services, count: int) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        delivery: int = 0,
+        smtp: int = 0,
+        listen_fds: list[tuple[str, int]] | None = None,
+    ) -> None:
         self.services = services
         self.settings = services.settings
-        self.children = [Child(i) for i in range(count)]
-        self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self.listen_fds = listen_fds or []
+        self.children = [Child(DELIVERY, i) for i in range(delivery)]
+        self.children += [Child(SMTP, i) for i in range(smtp)]
+        self._stopping: set[str] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         services.bus.subscribe_all(self._forward)
         services.bus.on_reset(lambda: self._broadcast({"t": "reset"}))
 
     async def start(self) -> None:
         self.services.on_enqueued.append(self.wake)
         for child in self.children:
-            self._tasks.append(asyncio.create_task(self._supervise(child), name=child.name))
+            self._tasks[child.name] = asyncio.create_task(self._supervise(child), name=child.name)
         try:
             await asyncio.wait_for(
                 asyncio.gather(*(c.ready.wait() for c in self.children)), READY_TIMEOUT
             )
         except TimeoutError:
-            raise RuntimeError("delivery processes did not become ready") from None
+            raise RuntimeError("worker processes did not become ready") from None
 
     # -- feeding -----------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """After an ingest commit. Coalesced: at most one wake per child per loop iteration."""
+        """New recipients were committed. Coalesced: one wake per delivery child per loop
+        iteration, however many commits happened in it."""
         for child in self.children:
-            if child.link is not None and not child.wake_pending:
+            if child.role == DELIVERY and child.link is not None and not child.wake_pending:
                 child.wake_pending = True
                 asyncio.get_running_loop().call_soon(self._send_wake, child)
 
@@ -132,28 +150,33 @@ class DeliveryProcesses:
             sys.executable,
             "-m",
             "relay",
-            "delivery-worker",
+            "worker",
+            "--role",
+            child.role,
             "--ipc-fd",
             str(child_sock.fileno()),
         ]
+        fds = [child_sock.fileno()]
+        if child.role == SMTP:
+            for kind, fd in self.listen_fds:
+                argv += ["--listen", f"{kind}:{fd}"]
+                fds.append(fd)
         if self.settings.source:
             argv += ["-c", self.settings.source]
         child.proc = await asyncio.create_subprocess_exec(
-            *argv,
-            pass_fds=(child_sock.fileno(),),
-            env={**os.environ, "RELAY_CHILD_NAME": child.name},
+            *argv, pass_fds=fds, env={**os.environ, "RELAY_CHILD_NAME": child.name}
         )
         child_sock.close()
         child.link = await Link.from_socket(parent_sock)
-        log.info("delivery process started", child=child.name, pid=child.proc.pid)
+        log.info("worker process started", child=child.name, pid=child.proc.pid)
 
     async def _supervise(self, child: Child) -> None:
         backoff = 1.0
-        while not self._stopping:
+        while child.role not in self._stopping:
             try:
                 await self._spawn(child)
             except OSError as exc:
-                log.error("cannot start delivery process", child=child.name, error=str(exc))
+                log.error("cannot start worker process", child=child.name, error=str(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
@@ -162,10 +185,10 @@ class DeliveryProcesses:
             code = await child.proc.wait()
             metrics.process_gone(child.proc.pid)
             child.link, child.ready = None, asyncio.Event()
-            if self._stopping:
+            if child.role in self._stopping:
                 return
             log.error(
-                "delivery process died; restarting",
+                "worker process died; restarting",
                 child=child.name,
                 exit_code=code,
                 retry_in=backoff,
@@ -174,25 +197,22 @@ class DeliveryProcesses:
             backoff = min(backoff * 2, 30.0)
 
     async def _serve(self, child: Child, link: Link) -> None:
-        while True:
-            try:
-                message = await link.receive()
-            except (ConnectionError, ValueError):
-                message = None
-            if message is None:
-                return
+        while (message := await link.receive()) is not None:
             kind = message.get("t")
             if kind == "inv":
                 await self.services.bus.publish(message["topic"], message["key"], origin=child.name)
+            elif kind == "enqueued":
+                self.services.notify_enqueued()
             elif kind == "ready":
                 child.ready.set()
 
-    async def stop(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
-        """SIGTERM every child (each drains within delivery.stop_timeout), then wait."""
-        self._stopping = True
-        if self.wake in self.services.on_enqueued:
+    async def stop(self, role: str, timeout: float, hurry: asyncio.Event | None = None) -> None:
+        """SIGTERM the children of ``role`` (each drains within its own bound), then wait."""
+        self._stopping.add(role)
+        if role == DELIVERY and self.wake in self.services.on_enqueued:
             self.services.on_enqueued.remove(self.wake)
-        procs = [c.proc for c in self.children if c.proc is not None and c.proc.returncode is None]
+        mine = [c for c in self.children if c.role == role]
+        procs = [c.proc for c in mine if c.proc is not None and c.proc.returncode is None]
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
@@ -205,16 +225,16 @@ class DeliveryProcesses:
         if waiting not in done:
             for proc in procs:
                 if proc.returncode is None:
-                    log.warning("killing delivery process", pid=proc.pid)
+                    log.warning("killing worker process", pid=proc.pid)
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
             await waiting
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for child in self.children:
+        for child in mine:
+            task = self._tasks.pop(child.name, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if child.link is not None:
                 child.link.close()
 
@@ -233,33 +253,23 @@ class ChildBus(LocalBus):
             self.link.send({"t": "inv", "topic": topic, "key": str(key)})
 
 
-async def run_delivery_child(settings: Settings, ipc_fd: int) -> None:
-    """Entry point of a delivery child (`relay delivery-worker`, started by the parent only)."""
-    from mta.worker import DeliveryService
-
+async def run_child(
+    settings: Settings, role: str, ipc_fd: int, listen: list[tuple[str, int]]
+) -> int:
+    """Entry point of a worker process (`relay worker`, started by `relay serve` only)."""
     bus = ChildBus()
     services = await Services.create(settings, bus=bus, multi_process=True)
     link = await Link.from_socket(socket.socket(fileno=ipc_fd))
     bus.link = link
     await services.start()
-    delivery = DeliveryService(services)
-    await delivery.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when we stop.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
-    link.send({"t": "ready"})
 
-    async def listen() -> None:
-        while True:
-            try:
-                message = await link.receive()
-            except (ConnectionError, ValueError):
-                message = None
-            if message is None:  # the parent is gone
-                stop.set()
-                return
+    async def listen_to_parent() -> None:
+        while (message := await link.receive()) is not None:
             kind = message.get("t")
             if kind == "inv":
                 bus._deliver(message["topic"], message["key"], "parent")
@@ -267,17 +277,71 @@ async def run_delivery_child(settings: Settings, ipc_fd: int) -> None:
                 services.notify_enqueued()
             elif kind == "reset":
                 bus._reset_all()
+        stop.set()  # the parent is gone
 
-    listener = asyncio.create_task(listen(), name="parent-link")
+    listener = asyncio.create_task(listen_to_parent(), name="parent-link")
+    try:
+        if role == DELIVERY:
+            return await _delivery_child(services, link, stop)
+        return await _smtp_child(services, link, stop, listen)
+    finally:
+        listener.cancel()
+        link.close()
+        await services.close()
+
+
+async def _delivery_child(services: Services, link: Link, stop: asyncio.Event) -> int:
+    from mta.worker import DeliveryService
+
+    if services.settings.delivery.nice:
+        # Acceptance is what clients wait on; delivery is background work that catches up.
+        # When the cores are saturated the scheduler favours the SMTP processes; otherwise
+        # this changes nothing.
+        os.nice(services.settings.delivery.nice)
+
+    delivery = DeliveryService(services)
+    await delivery.start()
+    link.send({"t": "ready"})
     failed = asyncio.create_task(delivery.failed.wait(), name="delivery-failed")
     stopping = asyncio.create_task(stop.wait(), name="stop")
     await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    listener.cancel()
     for task in (failed, stopping):
         task.cancel()
-    await delivery.stop(settings.delivery.stop_timeout)
-    link.close()
-    await services.close()
-    if delivery.error is not None:
-        # The parent restarts us: better than a node that accepts mail nobody delivers.
-        raise SystemExit(1)
+    await delivery.stop(services.settings.delivery.stop_timeout)
+    # A failed worker exits 1 so the parent restarts it: better than a node that accepts mail
+    # nobody delivers.
+    return 1 if delivery.error is not None else 0
+
+
+async def _smtp_child(
+    services: Services, link: Link, stop: asyncio.Event, listen: list[tuple[str, int]]
+) -> int:
+    from relay.queue.ingest import QueueWriter
+    from relay.smtp.listener import SmtpServer
+
+    pending = False
+
+    def enqueued() -> None:
+        # One message to the parent per loop iteration, however many commits happened in it.
+        nonlocal pending
+        if not pending:
+            pending = True
+            asyncio.get_running_loop().call_soon(flush)
+
+    def flush() -> None:
+        nonlocal pending
+        pending = False
+        link.send({"t": "enqueued"})
+
+    services.on_enqueued.append(enqueued)
+    writer = QueueWriter(services)
+    await writer.start()
+    smtp = SmtpServer(
+        services, writer, inherited=[(k, socket.socket(fileno=fd)) for k, fd in listen]
+    )
+    await smtp.start()
+    link.send({"t": "ready"})
+    await stop.wait()
+    await smtp.stop(services.settings.server.shutdown_timeout)
+    await writer.stop()
+    return 0

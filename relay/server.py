@@ -68,6 +68,7 @@ class Relay:
         self.writer: QueueWriter | None = None
         self.smtp: Any = None
         self.delivery: Any = None
+        self.children: Any = None
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
         self._stopping = False
@@ -81,7 +82,11 @@ class Relay:
         s = self.settings
         ensure_admin_key(s)
         children = s.delivery.processes if s.delivery.enabled else 0
-        services = self.services = await Services.create(s, multi_process=children > 0)
+        has_listeners = bool(s.smtp.listen or s.smtp.smtps_listen)
+        smtp_children = max(s.smtp.processes - 1, 0) if has_listeners else 0
+        services = self.services = await Services.create(
+            s, multi_process=children + smtp_children > 0
+        )
         if s.is_embedded_default:
             await migrate.upgrade(services.db)
         else:
@@ -101,12 +106,17 @@ class Relay:
 
         self.smtp = SmtpServer(services, self.writer)
         await self.smtp.start()
-        if s.delivery.enabled and children:
-            from relay.procs import DeliveryProcesses
+        if children or smtp_children:
+            from relay.procs import ChildProcesses
 
-            self.delivery = DeliveryProcesses(services, children)
-            await self.delivery.start()
-        elif s.delivery.enabled:
+            self.children = ChildProcesses(
+                services,
+                delivery=children,
+                smtp=smtp_children,
+                listen_fds=self.smtp.listening_fds(),
+            )
+            await self.children.start()
+        if s.delivery.enabled and not children:
             from mta.worker import DeliveryService
 
             self.delivery = DeliveryService(services)
@@ -136,10 +146,18 @@ class Relay:
         sd_notify("STOPPING=1")
         timeout = self.settings.server.shutdown_timeout
         log.info("relay stopping", timeout=timeout)
+        # SMTP first, in every process at once (sessions finish their transaction); then what
+        # is queued is committed; then delivery drains.
+        drains = []
         if self.smtp is not None:
-            await self.smtp.stop(timeout, self.hurry)
+            drains.append(self.smtp.stop(timeout, self.hurry))
+        if self.children is not None:
+            drains.append(self.children.stop("smtp", timeout, self.hurry))
+        await asyncio.gather(*drains)
         if self.writer is not None:
             await self.writer.stop()
+        if self.children is not None:
+            await self.children.stop("delivery", self.settings.delivery.stop_timeout, self.hurry)
         if self.delivery is not None:
             await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
         if self.admin is not None:

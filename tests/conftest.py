@@ -139,6 +139,7 @@ def make_settings(tmp_path: Path, db_url: str | None = None, **env: str) -> conf
         # In-process delivery: tests look at the worker's objects (the process tree has its
         # own tests in test_e2e_process.py).
         "RELAY_DELIVERY_PROCESSES": "0",
+        "RELAY_SMTP_PROCESSES": "1",
     }
     if db_url:
         base["RELAY_DATABASE_URL"] = db_url

@@ -204,9 +204,13 @@ def test_postgres_refuses_to_serve_an_old_schema(tmp_path: Path, pg_url: str) ->
     assert proc.returncode == 2 and "relay migrate" in proc.stderr, proc.stderr[-2000:]
 
 
-def child_pids(parent: int) -> list[int]:
+def child_pids(parent: int, role: str = "") -> list[int]:
+    """The parent's worker processes (of one role: --role smtp | delivery)."""
     out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    pids = [int(p) for p in out.stdout.split()]
+    if role:
+        pids = [p for p in pids if f"--role\0{role}\0" in Path(f"/proc/{p}/cmdline").read_text()]
+    return pids
 
 
 async def test_process_tree_delivers_and_keeps_caches_in_sync(
@@ -230,7 +234,8 @@ async def test_process_tree_delivers_and_keeps_caches_in_sync(
     )
     nodes.append(node)
     await asyncio.to_thread(node.wait_for, "READY=1")
-    assert len(child_pids(node.proc.pid)) == 1
+    assert len(child_pids(node.proc.pid, "delivery")) == 1
+    assert len(child_pids(node.proc.pid, "smtp")) == 1
     key = (tmp_path / "var" / "admin_api_key").read_text().strip()
 
     def call(command: str, **params: Any) -> dict[str, Any]:
@@ -309,10 +314,10 @@ async def test_process_tree_delivers_and_keeps_caches_in_sync(
     await wait_until(lambda: asyncio.to_thread(suppressed), timeout=30, what="suppression")
 
     # A child killed hard is replaced, and mail flows again.
-    (child,) = child_pids(node.proc.pid)
+    (child,) = child_pids(node.proc.pid, "delivery")
     os.kill(child, signal.SIGKILL)
     await wait_until(
-        lambda: child_pids(node.proc.pid) not in ([], [child]),
+        lambda: child_pids(node.proc.pid, "delivery") not in ([], [child]),
         timeout=60,
         what="a new delivery process",
     )
@@ -338,3 +343,66 @@ def test_metrics_cover_every_process(tmp_path: Path, nodes: list[Node]) -> None:
     assert 'relay_api_requests_total{command="user.create",status="200"} 1.0' in text
     code, _, err = node.stop()
     assert code == 0, err[-2000:]
+
+
+async def test_smtp_worker_process_serves_on_the_shared_listener(
+    tmp_path: Path, nodes: list[Node], make_sink: Any
+) -> None:
+    """With the main process frozen (SIGSTOP), the SMTP worker process accepts, authenticates,
+    signs and commits on its own; its commit reaches delivery once the main process runs."""
+    import asyncio
+
+    sink = await make_sink()
+    node = Node(tmp_path, tmp_path / "var")
+    nodes.append(node)
+    await asyncio.to_thread(node.wait_for, "READY=1")
+    key = (tmp_path / "var" / "admin_api_key").read_text().strip()
+    user = node.call("user.create", AdminAPIKey=key, EmailAddress="w@example.com")
+    dom = node.call("emailgateway.adddomain", APIKey=user["APIKey"], DomainName="example.com")
+    node.call(
+        "emailgateway.setdomainstatus",
+        AdminAPIKey=key,
+        DomainID=dom["NewSenderDomainID"],
+        Status="Enabled",
+    )
+    cred = node.call(
+        "emailgateway.addsmtp", APIKey=user["APIKey"], DomainID=dom["NewSenderDomainID"]
+    )["SMTP"]
+    server = node.call(
+        "deliveryserver.create",
+        AdminAPIKey=key,
+        DeliveryServerName="sink",
+        SendMethodSMTPHost="127.0.0.1",
+        SendMethodSMTPPort=sink.port,
+        SendMethodSMTPSecure="false",
+        SendMethodSMTPTimeout=10,
+        SendMethodSMTPAuth=False,
+        DomainSettings_LinkTracking="t.x.com",
+        DomainSettings_OpenTracking="o.x.com",
+        DomainSettings_MFrom="b.x.com",
+    )
+    node.call(
+        "deliveryserver.assign",
+        AdminAPIKey=key,
+        DeliveryServerID=server["DeliveryServerID"],
+        UserGroupID=1,
+    )
+
+    def send() -> None:
+        with smtplib.SMTP("127.0.0.1", node.smtp, timeout=30) as c:
+            c.login(cred["SMTPUsername"], cred["SMTPPassword"])
+            c.sendmail(
+                "app@example.com",
+                ["w@example.net"],
+                b"From: app@example.com\r\nSubject: worker\r\n\r\nhi\r\n",
+            )
+
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    try:
+        await asyncio.to_thread(send)  # only the SMTP worker process can have answered
+    finally:
+        os.kill(node.proc.pid, signal.SIGCONT)
+    await sink.wait_for(lambda s: s.delivered_to("w@example.net") == 1, timeout=60)
+    assert b"DKIM-Signature:" in sink.messages[0].data
+    code, _, err = await asyncio.to_thread(node.stop)
+    assert code == 0, err[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from pathlib import Path
 from typing import cast
@@ -23,7 +24,16 @@ log = structlog.get_logger("relay.smtp")
 
 
 class SmtpServer:
-    def __init__(self, services: Services, writer: QueueWriter) -> None:
+    """``inherited``: listening sockets bound by the main process (an SMTP worker process
+    accepts on them too); without it, bind what the settings say."""
+
+    def __init__(
+        self,
+        services: Services,
+        writer: QueueWriter,
+        inherited: list[tuple[str, socket.socket]] | None = None,
+    ) -> None:
+        self.inherited = inherited
         s = services.settings
         self.services = services
         self.signer = DkimSigner(s.dkim.sign_threads)
@@ -59,6 +69,16 @@ class SmtpServer:
             cert, key = await asyncio.to_thread(ensure_self_signed, s.data_path, s.hostname)
         ctx = server_context(cert, key)
         loop = asyncio.get_running_loop()
+        if self.inherited is not None:
+            for kind, sock in self.inherited:
+                implicit = kind == "smtps"
+                server = await loop.create_server(
+                    lambda implicit=implicit: self._factory(ctx, implicit),
+                    sock=sock,
+                    ssl=ctx if implicit else None,
+                )
+                self._servers.append((kind, server))
+            return
         for kind, addrs in (("smtp", s.smtp.listen), ("smtps", s.smtp.smtps_listen)):
             implicit = kind == "smtps"
             for addr in addrs:
@@ -72,6 +92,10 @@ class SmtpServer:
                     backlog=1024,
                 )
                 self._servers.append((kind, server))
+
+    def listening_fds(self) -> list[tuple[str, int]]:
+        """(kind, file descriptor) of every listening socket, for SMTP worker processes."""
+        return [(k, sock.fileno()) for k, server in self._servers for sock in server.sockets]
 
     def bound(self, kind: str) -> list[tuple[str, int]]:
         out = []
