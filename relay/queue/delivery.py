@@ -15,6 +15,8 @@ planners can match it to the partial index ``ix_recipients_due``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -33,7 +35,14 @@ from relay.queue.model import (
     QueuedMessage,
 )
 from relay.store import schema as t
-from relay.store.db import Database, SqliteRunner, sqlite_datetime, utcnow
+from relay.store.db import (
+    Database,
+    SqliteRunner,
+    StorageUnavailable,
+    asyncpg_dsn,
+    sqlite_datetime,
+    utcnow,
+)
 from relay.store.repos import suppressions
 
 r = t.recipients
@@ -107,15 +116,137 @@ def _sqlite_outcomes(
         conn.execute(SQLITE_DROP_BODIES.format(marks=marks), finished)
 
 
+# -- PostgreSQL: the same, on a dedicated asyncpg connection --------------------------------
+# (through SQLAlchemy every transaction also paid a pool pre-ping round trip, and its
+# statement layer cost a third of a delivery process's time.)
+
+PG_CLAIM = """
+UPDATE recipients SET lease_owner = $1, lease_until = $2
+WHERE id IN (
+    SELECT id FROM recipients
+    WHERE recipients.state IN ('queued', 'deferred') AND next_attempt_at <= $3
+      AND (lease_until IS NULL OR lease_until < $3)
+    ORDER BY next_attempt_at, id LIMIT $4
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, message_id, rcpt, rcpt_domain, attempts, created_at
+"""
+PG_LOAD = """
+SELECT id, user_id, domain_id, mail_from, header_from, subject, body, created_at
+FROM messages WHERE id = ANY($1::text[])
+"""
+# Recipients, suppressions and events in one statement. The body drop is a second statement:
+# every sub-statement of a WITH query sees the snapshot from before the query, so it would not
+# see the recipients this one just finalized.
+PG_OUTCOMES = """
+WITH o AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[], $5::int[],
+        $6::text[], $7::float8[]) AS o(id, state, attempts, nxt, code, resp, upd)
+), u AS (
+    UPDATE recipients SET state = o.state, attempts = o.attempts, next_attempt_at = o.nxt,
+        last_code = o.code, last_response = o.resp, lease_owner = NULL, lease_until = NULL,
+        updated_at = o.upd
+    FROM o WHERE recipients.id = o.id AND recipients.state IN ('queued', 'deferred')
+    RETURNING recipients.id
+), s AS (
+    INSERT INTO suppressions (user_id, email, reason, source, created_at)
+    SELECT uid, email, reason, 'bounce', $11::timestamp
+    FROM unnest($8::int[], $9::text[], $10::text[]) AS x(uid, email, reason)
+    ON CONFLICT (user_id, email) DO UPDATE SET reason = excluded.reason, source = excluded.source
+)
+INSERT INTO events (created_at, user_id, domain_id, message_id, recipient, event, smtp_code,
+    smtp_response, data)
+SELECT * FROM unnest($12::float8[], $13::int[], $14::int[], $15::text[], $16::text[],
+    $17::text[], $18::int[], $19::text[], $20::json[])
+"""
+PG_DROP_BODIES = """
+UPDATE messages SET body = NULL
+WHERE id = ANY($1::text[]) AND body IS NOT NULL AND NOT EXISTS (
+    SELECT 1 FROM recipients
+    WHERE recipients.message_id = messages.id AND recipients.state IN ('queued', 'deferred'))
+"""
+
+
+class _PgDelivery:
+    """One connection shared by the claim loop and the outcome recorder; asyncpg runs one
+    operation at a time per connection, so they take turns (a claim is one round trip)."""
+
+    def __init__(self, db: Database) -> None:
+        self._dsn = asyncpg_dsn(db.url)
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _run(self, fn: Any) -> Any:
+        async with self._lock:
+            return await self._run_locked(fn)
+
+    async def _run_locked(self, fn: Any) -> Any:
+        import asyncpg
+
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncpg.connect(self._dsn)
+            return await fn(self._conn)
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2)
+            raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def claim(self, owner: str, until: float, now: float, limit: int) -> list[Any]:
+        return await self._run(lambda c: c.fetch(PG_CLAIM, owner, until, now, limit))
+
+    async def load(self, ids: list[str]) -> list[Any]:
+        return await self._run(lambda c: c.fetch(PG_LOAD, ids))
+
+    async def outcomes(
+        self,
+        updates: list[tuple[Any, ...]],
+        suppress: list[tuple[Any, ...]],
+        event_rows: list[tuple[Any, ...]],
+        finished: list[str],
+    ) -> None:
+        def columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+            return (
+                [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+            )
+
+        u = columns(updates, 7)
+        sup = columns(suppress, 3)
+        ev = columns(event_rows, 9)
+
+        async def write(conn: Any) -> None:
+            async with conn.transaction():
+                await conn.execute(PG_OUTCOMES, *u, *sup, utcnow(), *ev)
+                if finished:
+                    await conn.execute(PG_DROP_BODIES, finished)
+
+        await self._run(write)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.close(), 5)
+            self._conn = None
+
+
 class DeliveryStore:
     def __init__(self, db: Database, bus: LocalBus | None = None) -> None:
         self.db = db
         self.bus = bus
         self._sqlite = SqliteRunner(db, "delivery-store") if db.is_sqlite else None
+        self._pg = None if db.is_sqlite else _PgDelivery(db)
 
     async def close(self) -> None:
         if self._sqlite is not None:
             await self._sqlite.close()
+        if self._pg is not None:
+            await self._pg.close()
 
     async def claim(
         self, owner: str, limit: int, lease_seconds: float, now: float | None = None
@@ -124,6 +255,9 @@ class DeliveryStore:
         now = time.time() if now is None else now
         if self._sqlite is not None:
             rows = await self._sqlite.write(_sqlite_claim, owner, now + lease_seconds, now, limit)
+            return sorted((ClaimedRecipient(*row) for row in rows), key=lambda c: c.id)
+        if self._pg is not None:
+            rows = await self._pg.claim(owner, now + lease_seconds, now, limit)
             return sorted((ClaimedRecipient(*row) for row in rows), key=lambda c: c.id)
         due = (
             select(r.c.id)
@@ -162,6 +296,10 @@ class DeliveryStore:
         if self._sqlite is not None:
             rows: list[Any] = await self._sqlite.read(_sqlite_load, list(by_message))
             return self._queued(rows, by_message)
+        if self._pg is not None:
+            return self._queued(
+                [tuple(r) for r in await self._pg.load(list(by_message))], by_message
+            )
         stmt = select(
             m.c.id,
             m.c.user_id,
@@ -235,6 +373,8 @@ class DeliveryStore:
                 finished.add(o.message_id)
         if self._sqlite is not None:
             await self._record_sqlite(updates, event_rows, hard, finished, now)
+        elif self._pg is not None:
+            await self._record_pg(updates, event_rows, hard, finished, now)
         else:
             await self._record_sql(updates, event_rows, hard, finished, now)
         if self.bus is not None:
@@ -259,6 +399,42 @@ class DeliveryStore:
             _sqlite_outcomes,
             [
                 (u["st"], u["att"], u["nxt"], u["code"], u["resp"], u["upd"], u["rid"])
+                for u in updates
+            ],
+            suppress,
+            [
+                (
+                    e["created_at"],
+                    e["user_id"],
+                    e["domain_id"],
+                    e["message_id"],
+                    e["recipient"],
+                    e["event"],
+                    e["smtp_code"],
+                    e["smtp_response"],
+                    json.dumps(e["data"]) if e["data"] is not None else None,
+                )
+                for e in event_rows
+            ],
+            sorted(finished),
+        )
+
+    async def _record_pg(
+        self,
+        updates: list[dict[str, Any]],
+        event_rows: list[dict[str, Any]],
+        hard: dict[tuple[int, str], DeliveryOutcome],
+        finished: set[str],
+        now: float,
+    ) -> None:
+        assert self._pg is not None
+        suppress = []
+        for (user_id, email), o in hard.items():
+            suppress.append((user_id, email, (o.response or "hard bounce")[:255]))
+            event_rows.append(_event(o, events.SUPPRESSED, o.created_at or now))
+        await self._pg.outcomes(
+            [
+                (u["rid"], u["st"], u["att"], u["nxt"], u["code"], u["resp"], u["upd"])
                 for u in updates
             ],
             suppress,
