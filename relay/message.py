@@ -11,6 +11,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relay.store.db import storable_text
+
 _ANY_EOL = re.compile(rb"\r\n|\r|\n")
 _HEADER_NAME = re.compile(rb"([\x21-\x7e]+?):")
 _UNFOLD = re.compile(r"\r\n(?=[ \t])")
@@ -50,8 +52,9 @@ class ParsedMessage:
         return [v for n, v in self.headers if n.lower() == lname]
 
     def first_text(self, name: bytes) -> str:
+        """The first such header's value as storable text (for the message's metadata)."""
         vals = self.values(name)
-        return unfold(vals[0]) if vals else ""
+        return storable_text(unfold(vals[0])) or "" if vals else ""
 
     def to_bytes(self, prepend: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
         parts = [n + b":" + v for n, v in prepend]

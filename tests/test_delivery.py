@@ -840,3 +840,31 @@ async def test_notify_wakes_another_nodes_worker(
         finally:
             await w.stop()
             await svc_b.stop(5, None)
+
+
+async def test_a_reply_with_a_nul_is_recorded_not_poisonous(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    """Remote replies are stored as text: a NUL (PostgreSQL text refuses it) must not make the
+    outcome batch fail over and over."""
+    account = await make_account(api)
+    await make_server(api, sink.port)
+    sink.rcpt_replies["odd@example.net"] = "550 5.7.1 no\x00pe"
+    await delivery()
+    msg = await submit(writer, account, ["odd@example.net", "fine@example.net"])
+    await wait_states(
+        services, msg.id, {"odd@example.net": "bounced", "fine@example.net": "delivered"}
+    )
+    row = (await recipients_of(services, msg.id))["odd@example.net"]
+    assert row.last_response == "550 5.7.1 nope"
+
+
+def test_storable_text() -> None:
+    from relay.store.db import storable_text
+
+    assert storable_text(None) is None
+    assert storable_text("plain") == "plain"
+    assert storable_text("a\x00b") == "ab"
+    raw = b"caf\xe9".decode("utf-8", "surrogateescape")
+    assert storable_text(raw) == "caf\ufffd"
+    assert storable_text("ünïcode ✓") == "ünïcode ✓"

@@ -547,3 +547,23 @@ async def test_concurrent_sessions_share_commits(running: RunningRelay, account:
     ids = {r.rsplit(" ", 1)[1] for r in results}
     assert len(ids) == 50
     assert {m.id for m in await rows(running, t.messages)} == ids
+
+
+async def test_raw_8bit_headers_do_not_poison_the_batch(
+    running: RunningRelay, account: Account
+) -> None:
+    """A legacy client's unencoded Latin-1 Subject is accepted, and a message committed in the
+    same batch is not affected by it."""
+    bad = msg(extra="X-Note: caf\xe9\r\n").replace(b"Subject: test", b"Subject: caf\xe9 cr\xe8me")
+    clients = [await session(running, account) for _ in range(6)]
+    results = await asyncio.gather(
+        *(
+            transaction(c, "app@example.com", ["r@example.net"], bad if i % 2 else msg())
+            for i, c in enumerate(clients)
+        )
+    )
+    assert all(r[-1].startswith("250 2.0.0") for r in results), [r[-1] for r in results]
+    subjects = sorted(m.subject for m in await rows(running, t.messages))
+    assert subjects == ["caf\ufffd cr\ufffdme"] * 3 + ["test"] * 3
+    for c in clients:
+        await c.close()

@@ -41,6 +41,7 @@ from relay.store.db import (
     StorageUnavailable,
     asyncpg_dsn,
     sqlite_datetime,
+    storable_text,
     utcnow,
 )
 from relay.store.repos import suppressions
@@ -362,7 +363,7 @@ class DeliveryStore:
                     "att": o.attempts,
                     "nxt": o.next_attempt_at,
                     "code": o.code,
-                    "resp": o.response,
+                    "resp": storable_text(o.response),
                     "upd": at,
                 }
             )
@@ -528,6 +529,12 @@ def _event(o: DeliveryOutcome, name: str, at: float) -> dict[str, Any]:
         "recipient": o.rcpt,
         "event": name,
         "smtp_code": o.code,
-        "smtp_response": o.response,
-        "data": o.data or None,
+        "smtp_response": storable_text(o.response),
+        "data": _storable_data(o.data) or None,
     }
+
+
+def _storable_data(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not data:
+        return data
+    return {k: storable_text(v) if isinstance(v, str) else v for k, v in data.items()}

@@ -78,13 +78,30 @@ class QueueWriter:
                 return
 
     async def _commit(
-        self, batch: list[tuple[NewMessage, asyncio.Future[None]]], evs: list[NewEvent]
+        self,
+        batch: list[tuple[NewMessage, asyncio.Future[None]]],
+        evs: list[NewEvent],
+        deadline: float | None = None,
     ) -> None:
         started = time.perf_counter()
+        timeout = self.commit_timeout
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
         try:
-            await asyncio.wait_for(self._write([m for m, _ in batch], evs), self.commit_timeout)
+            if timeout <= 0:
+                raise StorageUnavailable("no time left to commit")
+            await asyncio.wait_for(self._write([m for m, _ in batch], evs), timeout)
         except Exception as exc:
             log.error("queue commit failed", messages=len(batch), error=type(exc).__name__)
+            if deadline is None and len(batch) + len(evs) > 1:
+                # One bad message must not cost the others their commit: each alone now,
+                # within one commit timeout in all (in an outage they all fail: 451 each).
+                until = time.monotonic() + self.commit_timeout
+                for item in batch:
+                    await self._commit([item], [], until)
+                for ev in evs:
+                    await self._commit([], [ev], until)
+                return
             err = StorageUnavailable(str(exc))
             for _, fut in batch:
                 if not fut.done():

@@ -33,6 +33,17 @@ class StorageUnavailable(Exception):
     """The database cannot be reached or refused the write. SMTP answers 451 4.3.0."""
 
 
+def storable_text(value: str | None) -> str | None:
+    """Text from the network (header values, remote SMTP replies) as both databases take it:
+    undecodable bytes (kept as surrogate escapes by our parsers and aiosmtplib) become U+FFFD,
+    NUL characters (refused by PostgreSQL text) are dropped."""
+    if value is None:
+        return None
+    if value.isascii():
+        return value.replace("\x00", "")
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
+
+
 def sqlite_datetime(value: dt.datetime) -> str:
     """A DateTime as SQLAlchemy stores it in SQLite, for rows written by raw SQL."""
     return value.isoformat(sep=" ", timespec="microseconds")
