@@ -45,7 +45,7 @@ async def seed(api: Api, services: Services) -> Seeded:
             T0 + 2,
             250,
             "250 ok",
-            {"session_seconds": 0.5},
+            {"seconds": 0.5},
         )
         outcome(w, acct, "m1", "b@yahoo.com", ev.BOUNCED, T0 + 5, 550, "550 5.1.1 no such user")
         await accept(w, acct, "m2", ["c@gmail.com"], T0 + 60, subject="Second")

@@ -13,7 +13,7 @@ What the counts mean, in our event names (see the event table above):
 - Opened, Clicked: ``opened``, ``clicked`` (not recorded by this relay yet: 0);
 - rates: percent of Sent, two decimals, 0 when nothing was sent;
 - delivery time: the SMTP session seconds the delivery side records with a delivered event
-  (``data.session_seconds``), else the seconds from acceptance to the outcome.
+  (``data.seconds`` of delivered events), else the seconds from acceptance to the outcome.
 
 Periods are whole UTC days; StartDate/EndDate are ``Y-m-d``, invalid values fall back to the
 default, EndDate is clamped to be no earlier than StartDate.

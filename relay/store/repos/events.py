@@ -193,8 +193,8 @@ async def buckets(
 
 def delivery_seconds() -> ColumnElement[float]:
     """Seconds a delivery took: the SMTP session time when the delivery side records it
-    (``data.session_seconds``), else from acceptance to the outcome."""
-    return func.coalesce(E.c.data["session_seconds"].as_float(), E.c.created_at - M.c.created_at)
+    (``data.seconds``, recorded by the delivery worker), else from acceptance to the outcome."""
+    return func.coalesce(E.c.data["seconds"].as_float(), E.c.created_at - M.c.created_at)
 
 
 # Delivery-speed histogram buckets: (label, lower bound in seconds), ascending.
