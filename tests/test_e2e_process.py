@@ -208,9 +208,17 @@ def child_pids(parent: int, role: str = "") -> list[int]:
     """The parent's worker processes (of one role: --role smtp | delivery)."""
     out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True)
     pids = [int(p) for p in out.stdout.split()]
-    if role:
-        pids = [p for p in pids if f"--role\0{role}\0" in Path(f"/proc/{p}/cmdline").read_text()]
-    return pids
+    if not role:
+        return pids
+    found = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text()
+        except FileNotFoundError:  # exited since pgrep saw it (e.g. the one just killed)
+            continue
+        if f"--role\0{role}\0" in cmdline:
+            found.append(pid)
+    return found
 
 
 async def test_process_tree_delivers_and_keeps_caches_in_sync(

@@ -69,9 +69,9 @@ SELECT id, user_id, domain_id, mail_from, header_from, subject, body, created_at
 FROM messages WHERE id IN ({marks})
 """
 SQLITE_OUTCOME = """
-UPDATE recipients SET state = ?, attempts = ?, next_attempt_at = ?, last_code = ?,
-    last_response = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?
-WHERE id = ? AND recipients.state IN ('queued', 'deferred')
+UPDATE recipients SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_code = ?5,
+    last_response = ?6, lease_owner = NULL, lease_until = NULL, updated_at = ?7
+WHERE id = ?1 AND recipients.state IN ('queued', 'deferred')
 """
 SQLITE_SUPPRESS = """
 INSERT INTO suppressions (user_id, email, reason, source, created_at) VALUES (?, ?, ?, 'bounce', ?)
@@ -107,10 +107,11 @@ def _sqlite_outcomes(
     suppress: list[tuple[Any, ...]],
     event_rows: list[tuple[Any, ...]],
     finished: list[str],
+    created: str,
 ) -> None:
     conn.executemany(SQLITE_OUTCOME, updates)
     if suppress:
-        conn.executemany(SQLITE_SUPPRESS, suppress)
+        conn.executemany(SQLITE_SUPPRESS, [(*row, created) for row in suppress])
     conn.executemany(SQLITE_EVENT, event_rows)
     if finished:
         marks = ",".join("?" * len(finished))
@@ -372,17 +373,15 @@ class DeliveryStore:
                 hard[(o.user_id, o.rcpt.lower())] = o
             if o.state in FINAL_STATES:
                 finished.add(o.message_id)
-        if self._sqlite is not None:
-            await self._record_sqlite(updates, event_rows, hard, finished, now)
-        elif self._pg is not None:
-            await self._record_pg(updates, event_rows, hard, finished, now)
+        if self._sqlite is not None or self._pg is not None:
+            await self._record_raw(updates, event_rows, hard, finished, now)
         else:
             await self._record_sql(updates, event_rows, hard, finished, now)
         if self.bus is not None:
             for user_id, email in hard:
                 await self.bus.publish(Topics.SUPPRESSION, f"{user_id}:{email}")
 
-    async def _record_sqlite(
+    async def _record_raw(
         self,
         updates: list[dict[str, Any]],
         event_rows: list[dict[str, Any]],
@@ -390,71 +389,34 @@ class DeliveryStore:
         finished: set[str],
         now: float,
     ) -> None:
-        assert self._sqlite is not None
-        created = sqlite_datetime(utcnow())
-        suppress = []
-        for (user_id, email), o in hard.items():
-            suppress.append((user_id, email, (o.response or "hard bounce")[:255], created))
-            event_rows.append(_event(o, events.SUPPRESSED, o.created_at or now))
-        await self._sqlite.write(
-            _sqlite_outcomes,
-            [
-                (u["st"], u["att"], u["nxt"], u["code"], u["resp"], u["upd"], u["rid"])
-                for u in updates
-            ],
-            suppress,
-            [
-                (
-                    e["created_at"],
-                    e["user_id"],
-                    e["domain_id"],
-                    e["message_id"],
-                    e["recipient"],
-                    e["event"],
-                    e["smtp_code"],
-                    e["smtp_response"],
-                    json.dumps(e["data"]) if e["data"] is not None else None,
-                )
-                for e in event_rows
-            ],
-            sorted(finished),
-        )
-
-    async def _record_pg(
-        self,
-        updates: list[dict[str, Any]],
-        event_rows: list[dict[str, Any]],
-        hard: dict[tuple[int, str], DeliveryOutcome],
-        finished: set[str],
-        now: float,
-    ) -> None:
-        assert self._pg is not None
+        """The SQLite and PostgreSQL hot paths: the same rows, as tuples, for their SQL."""
         suppress = []
         for (user_id, email), o in hard.items():
             suppress.append((user_id, email, (o.response or "hard bounce")[:255]))
             event_rows.append(_event(o, events.SUPPRESSED, o.created_at or now))
-        await self._pg.outcomes(
-            [
-                (u["rid"], u["st"], u["att"], u["nxt"], u["code"], u["resp"], u["upd"])
-                for u in updates
-            ],
-            suppress,
-            [
-                (
-                    e["created_at"],
-                    e["user_id"],
-                    e["domain_id"],
-                    e["message_id"],
-                    e["recipient"],
-                    e["event"],
-                    e["smtp_code"],
-                    e["smtp_response"],
-                    json.dumps(e["data"]) if e["data"] is not None else None,
-                )
-                for e in event_rows
-            ],
-            sorted(finished),
-        )
+        update_rows = [
+            (u["rid"], u["st"], u["att"], u["nxt"], u["code"], u["resp"], u["upd"]) for u in updates
+        ]
+        event_tuples = [
+            (
+                e["created_at"], e["user_id"], e["domain_id"], e["message_id"], e["recipient"],
+                e["event"], e["smtp_code"], e["smtp_response"],
+                json.dumps(e["data"]) if e["data"] is not None else None,
+            )
+            for e in event_rows
+        ]  # fmt: skip
+        if self._sqlite is not None:
+            await self._sqlite.write(
+                _sqlite_outcomes,
+                update_rows,
+                suppress,
+                event_tuples,
+                sorted(finished),
+                sqlite_datetime(utcnow()),
+            )
+        else:
+            assert self._pg is not None
+            await self._pg.outcomes(update_rows, suppress, event_tuples, sorted(finished))
 
     async def _record_sql(
         self,
