@@ -27,6 +27,7 @@ class Node:
     """One `relay serve` process, with a systemd-style notify socket to see READY/STOPPING."""
 
     def __init__(self, tmp_path: Path, data_dir: Path, **env: str) -> None:
+        self.data_dir = data_dir
         self.smtp, self.smtps, self.admin = free_port(), free_port(), free_port()
         self.notify_path = str(tmp_path / f"notify-{self.smtp}.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -76,6 +77,50 @@ class Node:
         self.wait_for("STOPPING=1")
         self.notify.close()
         return self.proc.returncode, self.out_path.read_text(), self.err_path.read_text()
+
+    @property
+    def admin_key(self) -> str:
+        return (self.data_dir / "admin_api_key").read_text().strip()
+
+    def new_sender(self, email: str, domain: str = "example.com") -> dict[str, Any]:
+        """A user with an Enabled domain; its SMTP credential (SMTPUsername, SMTPPassword)."""
+        key = self.admin_key
+        user = self.call("user.create", AdminAPIKey=key, EmailAddress=email)
+        dom = self.call("emailgateway.adddomain", APIKey=user["APIKey"], DomainName=domain)
+        domain_id = dom["NewSenderDomainID"]
+        self.call(
+            "emailgateway.setdomainstatus", AdminAPIKey=key, DomainID=domain_id, Status="Enabled"
+        )
+        smtp: dict[str, Any] = self.call(
+            "emailgateway.addsmtp", APIKey=user["APIKey"], DomainID=domain_id
+        )["SMTP"]
+        return smtp
+
+    def route_to(self, port: int) -> None:
+        """Send group 1's mail to a plain SMTP server on loopback."""
+        key = self.admin_key
+        server = self.call(
+            "deliveryserver.create", AdminAPIKey=key, DeliveryServerName="sink",
+            SendMethodSMTPHost="127.0.0.1", SendMethodSMTPPort=port, SendMethodSMTPSecure="false",
+            SendMethodSMTPTimeout=10, SendMethodSMTPAuth=False,
+            DomainSettings_LinkTracking="t.x.com", DomainSettings_OpenTracking="o.x.com",
+            DomainSettings_MFrom="b.x.com",
+        )  # fmt: skip
+        self.call(
+            "deliveryserver.assign",
+            AdminAPIKey=key,
+            DeliveryServerID=server["DeliveryServerID"],
+            UserGroupID=1,
+        )
+
+    def send(self, cred: dict[str, Any], rcpt: str, subject: str = "e2e") -> None:
+        with smtplib.SMTP("127.0.0.1", self.smtp, timeout=30) as c:
+            c.login(cred["SMTPUsername"], cred["SMTPPassword"])
+            c.sendmail(
+                "app@example.com",
+                [rcpt],
+                f"From: app@example.com\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\r\nhi\r\n".encode(),
+            )
 
     def call(self, command: str, **params: Any) -> dict[str, Any]:
         body = json.dumps({"Command": command, **params}).encode()
@@ -244,65 +289,17 @@ async def test_process_tree_delivers_and_keeps_caches_in_sync(
     await asyncio.to_thread(node.wait_for, "READY=1")
     assert len(child_pids(node.proc.pid, "delivery")) == 1
     assert len(child_pids(node.proc.pid, "smtp")) == 1
-    key = (tmp_path / "var" / "admin_api_key").read_text().strip()
-
-    def call(command: str, **params: Any) -> dict[str, Any]:
-        return node.call(command, **params)
-
-    user = await asyncio.to_thread(
-        call, "user.create", AdminAPIKey=key, EmailAddress="t@example.com"
-    )
-    dom = await asyncio.to_thread(
-        call, "emailgateway.adddomain", APIKey=user["APIKey"], DomainName="example.com"
-    )
-    await asyncio.to_thread(
-        call,
-        "emailgateway.setdomainstatus",
-        AdminAPIKey=key,
-        DomainID=dom["NewSenderDomainID"],
-        Status="Enabled",
-    )
-    cred = (
-        await asyncio.to_thread(
-            call, "emailgateway.addsmtp", APIKey=user["APIKey"], DomainID=dom["NewSenderDomainID"]
-        )
-    )["SMTP"]
+    cred = await asyncio.to_thread(node.new_sender, "t@example.com")
 
     def send(rcpt: str) -> None:
-        with smtplib.SMTP("127.0.0.1", node.smtp, timeout=30) as c:
-            c.login(cred["SMTPUsername"], cred["SMTPPassword"])
-            c.sendmail(
-                "app@example.com",
-                [rcpt],
-                f"From: app@example.com\r\nTo: {rcpt}\r\nSubject: tree\r\n\r\nhi\r\n".encode(),
-            )
+        node.send(cred, rcpt, "tree")
 
     # No route yet: the child defers (and caches "no servers" for group 1).
     await asyncio.to_thread(send, "first@example.net")
     await asyncio.sleep(1)
     assert sink.messages == []
     # The route is added in the parent; the child hears of it and retries within its backoff.
-    server = await asyncio.to_thread(
-        call,
-        "deliveryserver.create",
-        AdminAPIKey=key,
-        DeliveryServerName="sink",
-        SendMethodSMTPHost="127.0.0.1",
-        SendMethodSMTPPort=sink.port,
-        SendMethodSMTPSecure="false",
-        SendMethodSMTPTimeout=10,
-        SendMethodSMTPAuth=False,
-        DomainSettings_LinkTracking="t.x.com",
-        DomainSettings_OpenTracking="o.x.com",
-        DomainSettings_MFrom="b.x.com",
-    )
-    await asyncio.to_thread(
-        call,
-        "deliveryserver.assign",
-        AdminAPIKey=key,
-        DeliveryServerID=server["DeliveryServerID"],
-        UserGroupID=1,
-    )
+    await asyncio.to_thread(node.route_to, sink.port)
     await sink.wait_for(lambda s: s.delivered_to("first@example.net") == 1)
     # Commits wake the child (poll_interval is 30 s here).
     for i in range(10):
@@ -364,50 +361,13 @@ async def test_smtp_worker_process_serves_on_the_shared_listener(
     node = Node(tmp_path, tmp_path / "var")
     nodes.append(node)
     await asyncio.to_thread(node.wait_for, "READY=1")
-    key = (tmp_path / "var" / "admin_api_key").read_text().strip()
-    user = node.call("user.create", AdminAPIKey=key, EmailAddress="w@example.com")
-    dom = node.call("emailgateway.adddomain", APIKey=user["APIKey"], DomainName="example.com")
-    node.call(
-        "emailgateway.setdomainstatus",
-        AdminAPIKey=key,
-        DomainID=dom["NewSenderDomainID"],
-        Status="Enabled",
-    )
-    cred = node.call(
-        "emailgateway.addsmtp", APIKey=user["APIKey"], DomainID=dom["NewSenderDomainID"]
-    )["SMTP"]
-    server = node.call(
-        "deliveryserver.create",
-        AdminAPIKey=key,
-        DeliveryServerName="sink",
-        SendMethodSMTPHost="127.0.0.1",
-        SendMethodSMTPPort=sink.port,
-        SendMethodSMTPSecure="false",
-        SendMethodSMTPTimeout=10,
-        SendMethodSMTPAuth=False,
-        DomainSettings_LinkTracking="t.x.com",
-        DomainSettings_OpenTracking="o.x.com",
-        DomainSettings_MFrom="b.x.com",
-    )
-    node.call(
-        "deliveryserver.assign",
-        AdminAPIKey=key,
-        DeliveryServerID=server["DeliveryServerID"],
-        UserGroupID=1,
-    )
-
-    def send() -> None:
-        with smtplib.SMTP("127.0.0.1", node.smtp, timeout=30) as c:
-            c.login(cred["SMTPUsername"], cred["SMTPPassword"])
-            c.sendmail(
-                "app@example.com",
-                ["w@example.net"],
-                b"From: app@example.com\r\nSubject: worker\r\n\r\nhi\r\n",
-            )
+    cred = node.new_sender("w@example.com")
+    node.route_to(sink.port)
 
     os.kill(node.proc.pid, signal.SIGSTOP)
     try:
-        await asyncio.to_thread(send)  # only the SMTP worker process can have answered
+        # Only the SMTP worker process can answer now.
+        await asyncio.to_thread(node.send, cred, "w@example.net", "worker")
     finally:
         os.kill(node.proc.pid, signal.SIGCONT)
     await sink.wait_for(lambda s: s.delivered_to("w@example.net") == 1, timeout=60)
