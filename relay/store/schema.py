@@ -306,3 +306,12 @@ events = Table(
     Index("ix_events_domain_created", "domain_id", "created_at"),
     Index("ix_events_message", "message_id"),
 )
+
+# Keys of feedback already recorded (relay/queue/feedback.py): a PowerMTA accounting record or
+# a report read twice records its event once.
+feedback_keys = Table(
+    "feedback_keys",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
