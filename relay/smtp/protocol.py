@@ -95,6 +95,7 @@ class RelaySMTP(SMTP):
         self.credential: CredentialView | None = None
         self.close_after_transaction = False
         self._plain_reply = False
+        self._greeted = False
         self._idle_deadline = 0.0
 
     # -- connection lifecycle ----------------------------------------------------------------
@@ -186,7 +187,9 @@ class RelaySMTP(SMTP):
     # -- replies ------------------------------------------------------------------------------
 
     async def push(self, status: Any) -> None:
-        if isinstance(status, str) and not self._plain_reply:
+        if not self._greeted:
+            self._greeted = True  # RFC 2034 3: no enhanced code on the greeting
+        elif isinstance(status, str) and not self._plain_reply:
             status = replies.enhanced(status)
         await super().push(status)
 
