@@ -1,10 +1,10 @@
 """Sending over HTTP (001: POST /api/v1/email) and the SMTP relay contract
 (emailgateway.smtprelay).
 
-``/api/v1/email`` builds a MIME message from the JSON fields (``relay.admin.compose``: UTF-8
-text as quoted-printable, attachments base64, inline images with a Content-ID next to the
-HTML), then takes exactly the path an SMTP submission takes: the same sending policy
-(``relay.policy``; its refusals answered through ``relay.admin.refusals``), Message-ID and Date
+``/api/v1/email`` builds a MIME message from the JSON fields (UTF-8 text as quoted-printable,
+attachments base64, inline images with a Content-ID next to the HTML), then takes exactly the
+path an SMTP submission takes: the same sending policy (account and domain status,
+suppression, recipient cap, send limit, content checks; docs/smtp.md), Message-ID and Date
 when missing, a Received header, the DKIM signature of the sender domain, and the group commit;
 it answers only once the message is durably queued. The From address must be in the key's
 sender domain (or a subdomain of it); it is also the envelope sender. Recipients are To, CC and
@@ -177,7 +177,9 @@ async def smtp_relay(call: Call) -> dict[str, Any]:
     """The SMTP relay contract: check a credential pair and, optionally, an envelope and a
     raw message against the relay's policy; with RawEmail, queue the message exactly as an
     SMTP submission would be (DKIM-signed, committed before the answer). ``SMTPResponse`` is
-    the SMTP reply the relay would give.
+    the SMTP reply the relay would give. The checks are the SMTP submission's, in its order
+    (docs/smtp.md): the credentials of a deleted sender domain answer 4 with the reply an
+    open SMTP session gets at MAIL, ``550 5.7.1``.
 
     Parameters:
         SMTPUsername (String, required): SMTP username.
@@ -193,12 +195,13 @@ async def smtp_relay(call: Call) -> dict[str, Any]:
         1: Missing SMTPUsername
         2: Missing SMTPPassword
         3: Invalid SMTP credentials
-        4: Invalid sender domain
+        4: Invalid sender domain (MailFrom not in it, or the domain was deleted)
         5: Sender domain is not active
         6: Invalid user account
         7: User is not trusted or not enabled
         8: Recipient email address is suppressed
-        9: Message refused (content checks, recipients or send limit; not in the documents)
+        9: Message refused (content checks, recipient syntax or count, send limit; not in the
+            documents)
     """
     p = call.params
     username, password = p.str("SMTPUsername") or "", p.str("SMTPPassword") or ""
