@@ -120,10 +120,12 @@ class Directory:
 
     # -- credentials ------------------------------------------------------------------------
 
-    async def credential(self, username: str) -> CredentialView | None:
+    async def credential(self, username: str, *, retired: bool = False) -> CredentialView | None:
+        """The Enabled credential; with ``retired``, a Deleted or Disabled one too (the policy
+        tells a credential retired with its domain from a wrong one)."""
         hit = self._credentials.get(username)
         if hit is not MISSING:
-            return hit
+            return hit if retired or hit is None or hit.status == "Enabled" else None
         c = t.smtp_credentials
         async with self.db.read() as conn:
             row = (
@@ -138,9 +140,9 @@ class Directory:
                     ).where(c.c.username == username)
                 )
             ).first()
-        view = CredentialView(*row) if row is not None and row.status == "Enabled" else None
+        view = CredentialView(*row) if row is not None else None
         self._credentials.set(username, view)
-        return view
+        return view if retired or view is None or view.status == "Enabled" else None
 
     # -- users --------------------------------------------------------------------------------
 

@@ -67,7 +67,9 @@ DELIVERY_IN_FLIGHT = Gauge(
 QUEUE_DEPTH = Gauge(
     "relay_queue_pending_recipients", "Recipients queued or deferred", multiprocess_mode="livemax"
 )
-API_REQUESTS = Counter("relay_api_requests_total", "Admin API requests", ["command", "status"])
+API_REQUESTS = Counter(
+    "relay_api_requests_total", "Admin API requests", ["command", "status", "error_code"]
+)
 DELIVERY_CONNECTIONS = Counter(
     "relay_delivery_connections_total",
     "Connections to delivery servers: opened, or failed to open (error)",

@@ -13,6 +13,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+# The account's SendLimitPerHour: recipients accepted per sliding hour, counted per user.
+SEND_WINDOW = 3600.0
+
+
+def send_limit_key(user_id: int) -> str:
+    return f"send:{user_id}"
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay import metrics
-from relay.checks import SEND_WINDOW, send_limit_key
 from relay.directory import DomainView, UserView
 from relay.dkim import DkimSigner
 from relay.message import ParsedMessage, date_header, message_id_header, received_header
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
+from relay.ratelimit import SEND_WINDOW, send_limit_key
 from relay.services import Services
 
 

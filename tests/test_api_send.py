@@ -15,9 +15,11 @@ from typing import Any
 
 import dkim
 import pytest
-from sqlalchemy import select, update
+from prometheus_client import REGISTRY
+from sqlalchemy import select, text, update
 
 from relay.directory import Topics
+from relay.smtp import replies
 from relay.store import schema as t
 from tests.apihelpers import bearer
 from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
@@ -334,6 +336,14 @@ async def test_size_suppression_and_send_limit(running: RunningRelay, account: A
         429,
         {"Errors": [{"Code": 17, "Message": "Email sending limit reached"}]},
     )
+    # One limit per account, whichever front end counted it.
+    res = await relay_call(
+        running,
+        SMTPUsername=account.username,
+        SMTPPassword=account.password,
+        RcptTo="c@example.net",
+    )
+    assert answer(res) == (9, replies.SEND_LIMIT)
 
 
 # -- emailgateway.smtprelay ----------------------------------------------------------------------
@@ -344,6 +354,19 @@ RAW = "From: App <app@example.com>\r\nTo: rcpt@example.net\r\nSubject: Test Emai
 
 async def relay_call(running: RunningRelay, **params: Any) -> dict[str, Any]:
     return await running.api.call("emailgateway.smtprelay", admin=True, **params)
+
+
+def answer(res: dict[str, Any]) -> tuple[int, str]:
+    """smtprelay's (ErrorCode, SMTPResponse)."""
+    assert res["Success"] is (res["ErrorCode"] == 0), res
+    return res["ErrorCode"], res["SMTPResponse"]
+
+
+async def all_messages(running: RunningRelay) -> list[Any]:
+    services = running.relay.services
+    assert services is not None
+    async with services.db.read() as conn:
+        return list((await conn.execute(select(t.messages))).all())
 
 
 async def test_smtprelay_documented_examples(running: RunningRelay, account: Account) -> None:
@@ -366,9 +389,9 @@ async def test_smtprelay_documented_examples(running: RunningRelay, account: Acc
         RawEmail=RAW,
     )
     assert res["Success"] is True and res["ErrorCode"] == 0
-    match = re.fullmatch(r"250 2\.0\.0 Ok: queued as ([0-9a-f-]{36})", res["SMTPResponse"])
-    assert match, res
-    msg, rcpts, _ = await queued(running, match.group(1))
+    queue_id = res["SMTPResponse"].rsplit(" ", 1)[-1]
+    assert res["SMTPResponse"] == replies.QUEUED.format(id=queue_id), res
+    msg, rcpts, _ = await queued(running, queue_id)
     assert sorted(r.rcpt for r in rcpts) == ["rcpt@example.net", "second@example.net"]
     assert verify_dkim(account, msg.body)
 
@@ -376,8 +399,8 @@ async def test_smtprelay_documented_examples(running: RunningRelay, account: Acc
 async def test_smtprelay_codes(running: RunningRelay, account: Account) -> None:
     creds = {"SMTPUsername": account.username, "SMTPPassword": account.password}
     res = await relay_call(running, SMTPPassword="x")
-    assert res["ErrorCode"] == 1
-    assert (await relay_call(running, SMTPUsername="x"))["ErrorCode"] == 2
+    assert answer(res) == (1, replies.AUTH_INVALID)
+    assert answer(await relay_call(running, SMTPUsername="x")) == (2, replies.AUTH_INVALID)
     res = await relay_call(running, SMTPUsername=account.username, SMTPPassword="wrong")
     assert res == {
         "Success": False,
@@ -386,31 +409,45 @@ async def test_smtprelay_codes(running: RunningRelay, account: Account) -> None:
         "SMTPResponse": "500 5.0.0 AUTH ERROR",
         "_status": 200,
     }
-    assert (await relay_call(running, **creds, MailFrom="x@elsewhere.com"))["ErrorCode"] == 4
+    res = await relay_call(running, **creds, MailFrom="x@elsewhere.com")
+    assert answer(res) == (4, replies.SENDER_NOT_OWNED)
+    res = await relay_call(running, **creds, MailFrom="x@@example.com")
+    assert answer(res) == (4, replies.SENDER_BAD_SYNTAX)
     res = await relay_call(
         running,
         **creds,
         RcptTo="rcpt@example.net",
         RawEmail=RAW.replace("app@example.com", "app@elsewhere.com"),
     )
-    assert res["ErrorCode"] == 9 and res["SMTPResponse"].startswith("550 5.7.1")
+    assert answer(res) == (9, replies.FROM_DOMAIN)
+    res = await relay_call(running, **creds, RcptTo="rcpt@example.net", RawEmail="no header\r\n")
+    assert answer(res) == (9, replies.MALFORMED.format(detail="invalid header line"))
+    res = await relay_call(running, **creds, RcptTo="bad@")
+    assert answer(res) == (9, replies.RCPT_BAD_SYNTAX)
+    assert res["ErrorText"] == "Invalid recipient bad@"
+    # The same recipient cap as an SMTP transaction.
+    many = ",".join(f"r{i}@example.net" for i in range(MAX_RCPTS + 1))
+    assert answer(await relay_call(running, **creds, RcptTo=many)) == (9, replies.TOO_MANY_RCPTS)
     await running.api.call(
         "emailgateway.addsuppression", APIKey=account.api_key, EmailAddress="blocked@example.net"
     )
     res = await relay_call(running, **creds, RcptTo="ok@example.net,blocked@example.net")
-    assert res["ErrorCode"] == 8 and res["SMTPResponse"].startswith("550 5.7.1")
-    assert (await relay_call(running, **creds, RawEmail=RAW))["ErrorCode"] == 9  # no RcptTo
+    assert answer(res) == (8, replies.RCPT_SUPPRESSED)
+    res = await relay_call(running, **creds, RawEmail=RAW)  # no RcptTo
+    assert answer(res) == (9, replies.NO_RECIPIENTS)
     await running.api.call(
         "emailgateway.setdomainstatus", admin=True, DomainID=account.domain_id, Status="Disabled"
     )
-    assert (await relay_call(running, **creds))["ErrorCode"] == 5
+    assert answer(await relay_call(running, **creds)) == (5, replies.DOMAIN_NOT_ENABLED)
     await set_user(running, account, Trusted=0)
-    assert (await relay_call(running, **creds))["ErrorCode"] == 7
+    assert answer(await relay_call(running, **creds)) == (7, replies.ACCOUNT_BLOCKED)
     await set_user(running, account, Trusted=1, Status="Disabled")
-    assert (await relay_call(running, **creds))["ErrorCode"] == 7
+    assert answer(await relay_call(running, **creds)) == (7, replies.ACCOUNT_BLOCKED)
+    await set_user(running, account, Status="Enabled", Verified=0)
+    assert answer(await relay_call(running, **creds)) == (7, replies.ACCOUNT_BLOCKED)
     await running.api.call("user.delete", admin=True, UserID=account.user_id)
     # Deleting the user deletes its credentials: they are now simply invalid.
-    assert (await relay_call(running, **creds))["ErrorCode"] == 3
+    assert answer(await relay_call(running, **creds)) == (3, replies.RELAY_AUTH_ERROR)
     # Admin only.
     res = await running.api.call("emailgateway.smtprelay", APIKey=account.api_key, **creds)
     assert res["ErrorCode"] == 99998
@@ -426,7 +463,7 @@ async def test_smtprelay_invalid_user_account(running: RunningRelay, account: Ac
             update(t.users).where(t.users.c.id == account.user_id).values(status="Deleted")
         )
     await services.bus.publish(Topics.USER, account.user_id)
-    assert (await relay_call(running, **creds))["ErrorCode"] == 6
+    assert answer(await relay_call(running, **creds)) == (6, replies.ACCOUNT_BLOCKED)
     # And a domain deleted under its credential: "Invalid sender domain".
     async with services.db.write() as conn:
         await conn.execute(
@@ -439,4 +476,86 @@ async def test_smtprelay_invalid_user_account(running: RunningRelay, account: Ac
         )
     await services.bus.publish(Topics.USER, account.user_id)
     await services.bus.publish(Topics.DOMAIN, account.domain_id)
-    assert (await relay_call(running, **creds))["ErrorCode"] == 4
+    assert answer(await relay_call(running, **creds)) == (4, replies.DOMAIN_DELETED)
+
+
+async def test_smtprelay_after_deletedomain(running: RunningRelay, account: Account) -> None:
+    """emailgateway.deletedomain retires the domain's credentials with it: smtprelay answers
+    the deleted sender domain (what SMTP answers at MAIL), not a mere wrong password."""
+    creds = {"SMTPUsername": account.username, "SMTPPassword": account.password}
+    res = await running.api.call(
+        "emailgateway.deletedomain", APIKey=account.api_key, DomainID=account.domain_id
+    )
+    assert res["Success"] is True, res
+    res = await relay_call(running, **creds, RcptTo="r@example.net", RawEmail=RAW)
+    assert res == {
+        "Success": False,
+        "ErrorCode": 4,
+        "ErrorText": "Invalid sender domain",
+        "SMTPResponse": replies.DOMAIN_DELETED,
+        "_status": 200,
+    }
+    # A wrong password stays a wrong password.
+    res = await relay_call(running, SMTPUsername=account.username, SMTPPassword="wrong")
+    assert answer(res) == (3, replies.RELAY_AUTH_ERROR)
+    assert await all_messages(running) == []
+
+
+async def test_storage_unavailable_is_99996_and_503(
+    running: RunningRelay, account: Account
+) -> None:
+    """A database failure while queueing: the documented temporary error, nothing queued."""
+    key = await key_for(running, account)
+    creds = {"SMTPUsername": account.username, "SMTPPassword": account.password}
+    services = running.relay.services
+    assert services is not None
+    async with services.db.write() as conn:
+        await conn.execute(text("ALTER TABLE recipients RENAME TO recipients_away"))
+    try:
+        assert await send(running, key, EXAMPLE) == (
+            503,
+            {"Errors": [{"Code": 99996, "Message": "Temporary failure, please try again later"}]},
+        )
+        res = await relay_call(running, **creds, RcptTo="r@example.net", RawEmail=RAW)
+        assert res == {
+            "Success": False,
+            "ErrorCode": 99996,
+            "ErrorText": "Temporary failure, please try again later",
+            "SMTPResponse": replies.TEMPORARY,
+            "_status": 503,
+        }
+    finally:
+        async with services.db.write() as conn:
+            await conn.execute(text("ALTER TABLE recipients_away RENAME TO recipients"))
+    assert await all_messages(running) == []
+    status, _ = await send(running, key, EXAMPLE)
+    assert status == 200
+
+
+def requests_counted(command: str, status: int, error_code: int) -> float:
+    labels = {"command": command, "status": str(status), "error_code": str(error_code)}
+    return REGISTRY.get_sample_value("relay_api_requests_total", labels) or 0.0
+
+
+async def test_failures_are_counted_under_their_error_code(
+    running: RunningRelay, account: Account
+) -> None:
+    """Legacy errors are HTTP 200 as documented; the metric still shows them as failures."""
+    relay_wrong = ("emailgateway.smtprelay", 200, 3)
+    relay_ok = ("emailgateway.smtprelay", 200, 0)
+    send_refused = ("emailgateway.sendemail.public", 400, 3)
+    unknown = ("(unknown)", 200, 99997)
+    before = [requests_counted(*c) for c in (relay_wrong, relay_ok, send_refused, unknown)]
+    await relay_call(running, SMTPUsername=account.username, SMTPPassword="wrong")
+    await relay_call(running, SMTPUsername=account.username, SMTPPassword=account.password)
+    key = await key_for(running, account)
+    await send(running, key, {**EXAMPLE, "From": {"email": "x@elsewhere.com"}})
+    res = await running.api.call("no.such.command")
+    assert res == {
+        "Success": False,
+        "ErrorCode": 99997,
+        "ErrorText": "Invalid command",
+        "_status": 200,
+    }
+    after = [requests_counted(*c) for c in (relay_wrong, relay_ok, send_refused, unknown)]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1]

@@ -17,6 +17,7 @@ import dns.asyncresolver
 import pytest
 from sqlalchemy import select
 
+from relay.smtp import replies
 from relay.store import schema as t
 from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
 from tests.smtpclient import RawSMTP
@@ -38,7 +39,7 @@ async def send(running: RunningRelay, acct: Account, data: bytes) -> bytes:
     await c.cmd("DATA")
     await c.send(data + b".\r\n")
     reply = await c.reply()
-    assert reply.startswith("250 2.0.0"), reply
+    assert reply == replies.QUEUED.format(id=reply.rsplit(" ", 1)[-1]), reply
     await c.close()
     services = running.relay.services
     assert services is not None

@@ -345,7 +345,7 @@ def test_metrics_cover_every_process(tmp_path: Path, nodes: list[Node]) -> None:
         text = resp.read().decode()
     # Set only by the delivery worker, which runs in the child process.
     assert "relay_delivery_worker_up 1.0" in text, text[:3000]
-    assert 'relay_api_requests_total{command="user.create",status="200"} 1.0' in text
+    assert 'relay_api_requests_total{command="user.create",error_code="0",status="200"} 1.0' in text
     code, _, err = node.stop()
     assert code == 0, err[-2000:]
 

@@ -1,6 +1,9 @@
 """SMTP submission end to end: real relay on loopback, real clients, SQLite and PostgreSQL.
 
-Every reply of CONTRACT.md's table is provoked here for real.
+Every reply of the relay's reply table (docs/smtp.md) is provoked here for real, and compared
+whole with its constant in relay.smtp.replies (aiosmtpd's own replies with aiosmtpd's
+testing.statuscodes, as the relay rewrites them), so a wrong check whose reply merely shares a
+code with the right one fails.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+from aiosmtpd.testing.statuscodes import SMTP_STATUS_CODES as S
+from aiosmtpd.testing.statuscodes import StatusCode
 from sqlalchemy import select, text, update
 
 from relay.directory import Topics
+from relay.smtp import replies
 from relay.store import schema as t
 from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
 from tests.smtpclient import RawSMTP
@@ -46,20 +52,36 @@ def msg(
     return (f"From: App <{frm}>\r\nTo: {to}\r\nSubject: test\r\n{extra}\r\n{body}").encode()
 
 
+def aio(status: StatusCode) -> str:
+    """One of aiosmtpd's own replies, as the relay sends it (with an enhanced code)."""
+    return replies.enhanced(status.to_str())
+
+
+def queued_id(reply: str) -> str:
+    """The queue id of a whole "250 2.0.0 Ok: queued as <id>" reply."""
+    queue_id = reply.rsplit(" ", 1)[-1]
+    assert reply == replies.QUEUED.format(id=queue_id), reply
+    assert len(queue_id) == 36, reply
+    return queue_id
+
+
 async def session(running: RunningRelay, acct: Account) -> RawSMTP:
     c, greeting = await RawSMTP.connect(running.smtp_port)
-    assert greeting.startswith("220 ")
-    assert (await c.cmd("EHLO client.test")).startswith("250")
-    assert (await c.login(acct.username, acct.password)).startswith("235 2.7.0")
+    assert greeting == f"220 {running.settings.hostname} relay ESMTP"
+    ehlo = (await c.cmd("EHLO client.test")).split("\n")
+    assert ehlo[0] == f"250-{running.settings.hostname}"
+    assert replies.EHLO_PIPELINING in ehlo and replies.EHLO_ENHANCED_CODES in ehlo
+    assert await c.login(acct.username, acct.password) == replies.AUTH_OK
     return c
 
 
 async def transaction(c: RawSMTP, frm: str, rcpts: list[str], data: bytes) -> list[str]:
     out = [await c.cmd(f"MAIL FROM:<{frm}>")]
     out += [await c.cmd(f"RCPT TO:<{r}>") for r in rcpts]
-    if not any(r.startswith("250") for r in out[1:]):
+    if replies.RCPT_OK not in out[1:]:
         return out
     out.append(await c.cmd("DATA"))
+    assert out[-1] == replies.DATA_GO_AHEAD
     await c.send(data + b".\r\n")
     out.append(await c.reply())
     return out
@@ -119,8 +141,8 @@ async def test_accepts_with_smtplib_and_queues_durably(
 async def test_queued_reply_names_the_message(running: RunningRelay, account: Account) -> None:
     c = await session(running, account)
     out = await transaction(c, "app@example.com", ["r@example.net"], msg())
-    assert out[-1].startswith("250 2.0.0 Ok: queued as ")
-    queue_id = out[-1].rsplit(" ", 1)[1]
+    assert out[:2] == [replies.SENDER_OK, replies.RCPT_OK]
+    queue_id = queued_id(out[-1])
     assert [m.id for m in await rows(running, t.messages)] == [queue_id]
     await c.close()
 
@@ -193,13 +215,13 @@ async def test_swaks(running: RunningRelay, account: Account) -> None:
 async def test_auth_failures(running: RunningRelay, account: Account) -> None:
     c, _ = await RawSMTP.connect(running.smtp_port)
     await c.cmd("EHLO client.test")
-    assert (await c.cmd("MAIL FROM:<app@example.com>")).startswith("530 5.7.0")
-    assert (await c.login(account.username, "wrong")).startswith("535 5.7.8")
-    assert (await c.login("nobody", account.password)).startswith("535 5.7.8")
+    assert await c.cmd("MAIL FROM:<app@example.com>") == replies.AUTH_REQUIRED
+    assert await c.login(account.username, "wrong") == replies.AUTH_INVALID
+    assert await c.login("nobody", account.password) == replies.AUTH_INVALID
     # AUTH LOGIN, interactive, with a wrong password: the third failure closes the connection.
-    assert (await c.cmd("AUTH LOGIN")).startswith("334 ")
-    assert (await c.cmd("bm9ib2R5")).startswith("334 ")
-    assert (await c.cmd("d3Jvbmc=")).startswith("421 4.7.0")
+    assert await c.cmd("AUTH LOGIN") == S.S334_AUTH_USERNAME.to_str()
+    assert await c.cmd("bm9ib2R5") == S.S334_AUTH_PASSWORD.to_str()
+    assert await c.cmd("d3Jvbmc=") == replies.AUTH_TOO_MANY
     assert await c.closed()
 
 
@@ -210,11 +232,18 @@ async def test_auth_login_success(running: RunningRelay, account: Account) -> No
     await c.cmd("EHLO client.test")
     assert (
         await c.cmd("AUTH LOGIN " + base64.b64encode(account.username.encode()).decode())
-    ).startswith("334 ")
-    assert (await c.cmd(base64.b64encode(account.password.encode()).decode())).startswith(
-        "235 2.7.0"
+        == S.S334_AUTH_PASSWORD.to_str()
     )
-    await c.close()
+    assert await c.cmd(base64.b64encode(account.password.encode()).decode()) == replies.AUTH_OK
+    # Undecodable or malformed AUTH data.
+    d, _ = await RawSMTP.connect(running.smtp_port)
+    await d.cmd("EHLO client.test")
+    assert await d.cmd("AUTH PLAIN !!!") == replies.AUTH_BAD_BASE64
+    assert await d.cmd("AUTH LOGIN !!!") == replies.AUTH_BAD_BASE64
+    no_nul = base64.b64encode(b"user-and-password").decode()
+    assert await d.cmd(f"AUTH PLAIN {no_nul}") == replies.AUTH_BAD_PLAIN
+    for x in (c, d):
+        await x.close()
 
 
 async def test_auth_requires_tls_outside_plaintext_networks(tmp_path: Path, db_url: str) -> None:
@@ -226,15 +255,15 @@ async def test_auth_requires_tls_outside_plaintext_networks(tmp_path: Path, db_u
         c, _ = await RawSMTP.connect(running.smtp_port)
         ehlo = await c.cmd("EHLO client.test")
         assert "AUTH" not in ehlo and "STARTTLS" in ehlo
-        assert (await c.login(acct.username, acct.password)).startswith("538 5.7.11")
-        assert (await c.starttls()).startswith("220")
+        assert await c.login(acct.username, acct.password) == replies.AUTH_NEEDS_TLS
+        assert await c.starttls() == aio(S.S220_READY_TLS)
         assert "AUTH" in await c.cmd("EHLO client.test")
-        assert (await c.login(acct.username, acct.password)).startswith("235 2.7.0")
+        assert await c.login(acct.username, acct.password) == replies.AUTH_OK
         await c.close()
         # Implicit TLS (port 465 style) is TLS: AUTH is offered and works at once.
         s, _ = await RawSMTP.connect(running.smtps_port, tls=True)
         assert "AUTH" in await s.cmd("EHLO client.test")
-        assert (await s.login(acct.username, acct.password)).startswith("235 2.7.0")
+        assert await s.login(acct.username, acct.password) == replies.AUTH_OK
         await s.close()
     finally:
         await stop_relay(running, http)
@@ -251,9 +280,11 @@ async def test_reset_or_deleted_credential_stops_at_once(
     )
     assert reset["Success"]
     # The open session authenticated with the old password: its next MAIL is refused.
-    assert (await c.cmd("MAIL FROM:<app@example.com>")).startswith("535 5.7.8")
-    assert (await c.login(account.username, account.password)).startswith("535 5.7.8")
-    assert (await c.login(account.username, reset["SMTP"]["SMTPPassword"])).startswith("235")
+    assert await c.cmd("MAIL FROM:<app@example.com>") == replies.AUTH_INVALID
+    # ...and it must AUTH again.
+    assert await c.cmd("MAIL FROM:<app@example.com>") == replies.AUTH_REQUIRED
+    assert await c.login(account.username, account.password) == replies.AUTH_INVALID
+    assert await c.login(account.username, reset["SMTP"]["SMTPPassword"]) == replies.AUTH_OK
     await c.close()
 
 
@@ -262,27 +293,48 @@ async def test_reset_or_deleted_credential_stops_at_once(
 
 async def test_mail_from_checks(running: RunningRelay, account: Account) -> None:
     c = await session(running, account)
-    assert (await c.cmd("MAIL FROM:<app@other.com>")).startswith("553 5.7.1")
-    assert (await c.cmd("MAIL FROM:<app@notexample.com>")).startswith("553 5.7.1")
-    assert (await c.cmd("MAIL FROM:<a@sub.example.com>")).startswith("250 2.1.0")
-    assert (await c.cmd("RSET")).startswith("250 2.0.0")
-    assert (await c.cmd("MAIL FROM:<app@example.com> SIZE=999999999999")).startswith("552 5.3.4")
-    assert (await c.cmd(b"MAIL FROM:<a\rb@example.com>")).startswith("501 5.1.7")
+    assert await c.cmd("MAIL FROM:<app@other.com>") == replies.SENDER_NOT_OWNED
+    assert await c.cmd("MAIL FROM:<app@notexample.com>") == replies.SENDER_NOT_OWNED
+    assert await c.cmd("MAIL FROM:<>") == replies.SENDER_NOT_OWNED
+    assert await c.cmd("MAIL FROM:<a@sub.example.com>") == replies.SENDER_OK
+    assert await c.cmd("RSET") == aio(S.S250_OK)
+    assert await c.cmd("MAIL FROM:<app@example.com> SIZE=999999999999") == replies.TOO_BIG
+    assert await c.cmd(b"MAIL FROM:<a\rb@example.com>") == replies.SENDER_BAD_SYNTAX
     await c.close()
 
 
 async def test_sender_domain_not_enabled(running: RunningRelay) -> None:
     acct = await running.new_account(domain="pending.example", enable=False)
     c = await session(running, acct)
-    assert (await c.cmd("MAIL FROM:<a@pending.example>")).startswith("550 5.7.1")
+    assert await c.cmd("MAIL FROM:<a@pending.example>") == replies.DOMAIN_NOT_ENABLED
     for status in ("Enabled", "Disabled"):
         await running.api.call(
             "emailgateway.setdomainstatus", admin=True, DomainID=acct.domain_id, Status=status
         )
-        expected = "250" if status == "Enabled" else "550 5.7.1"
-        assert (await c.cmd("MAIL FROM:<a@pending.example>")).startswith(expected)
+        expected = replies.SENDER_OK if status == "Enabled" else replies.DOMAIN_NOT_ENABLED
+        assert await c.cmd("MAIL FROM:<a@pending.example>") == expected
         await c.cmd("RSET")
     await c.close()
+
+
+async def test_deleted_domain(running: RunningRelay, account: Account) -> None:
+    """After emailgateway.deletedomain its credentials fail at AUTH, and a session
+    authenticated before gets the "sender domain not Enabled" refusal at MAIL."""
+    c = await session(running, account)
+    res = await running.api.call(
+        "emailgateway.deletedomain", APIKey=account.api_key, DomainID=account.domain_id
+    )
+    assert res["Success"] is True, res
+    assert await c.cmd("MAIL FROM:<app@example.com>") == replies.DOMAIN_DELETED
+    # Still authenticated: the answer stays the same, and nothing was queued.
+    assert await c.cmd("RSET") == aio(S.S250_OK)
+    assert await c.cmd("MAIL FROM:<app@example.com>") == replies.DOMAIN_DELETED
+    await c.close()
+    d, _ = await RawSMTP.connect(running.smtp_port)
+    await d.cmd("EHLO client.test")
+    assert await d.login(account.username, account.password) == replies.AUTH_INVALID
+    await d.close()
+    assert await rows(running, t.messages) == []
 
 
 @pytest.mark.parametrize(
@@ -293,7 +345,7 @@ async def test_account_not_allowed(
 ) -> None:
     c = await session(running, account)
     await set_user(running, account.user_id, **change)
-    assert (await c.cmd("MAIL FROM:<app@example.com>")).startswith("550 5.7.1")
+    assert await c.cmd("MAIL FROM:<app@example.com>") == replies.ACCOUNT_BLOCKED
     await c.close()
 
 
@@ -316,15 +368,16 @@ async def test_suppressed_recipient_does_not_fail_the_others(
         ["ok@example.net", "GONE@example.net", "global@example.net", "ok2@example.net"],
         msg(),
     )
-    assert out[1].startswith("250") and out[4].startswith("250")
-    assert out[2].startswith("550 5.7.1") and out[3].startswith("550 5.7.1")
-    assert out[-1].startswith("250 2.0.0 Ok: queued as")
+    assert out[1] == out[4] == replies.RCPT_OK
+    assert out[2] == out[3] == replies.RCPT_SUPPRESSED
+    queued_id(out[-1])
     assert sorted(r.rcpt for r in await rows(running, t.recipients)) == [
         "ok2@example.net",
         "ok@example.net",
     ]
     rejected = [e for e in await rows(running, t.events) if e.event == "rejected"]
     assert sorted(e.recipient for e in rejected) == ["global@example.net", "gone@example.net"]
+    assert {(e.smtp_code, e.smtp_response) for e in rejected} == {(550, replies.RCPT_SUPPRESSED)}
     await c.close()
 
 
@@ -336,9 +389,9 @@ async def test_recipient_cap(tmp_path: Path, db_url: str) -> None:
         out = await transaction(
             c, "app@example.com", ["a@x.example", "b@x.example", "c@x.example"], msg()
         )
-        assert out[1].startswith("250") and out[2].startswith("250")
-        assert out[3].startswith("452 4.5.3")
-        assert out[-1].startswith("250 2.0.0")
+        assert out[1] == out[2] == replies.RCPT_OK
+        assert out[3] == replies.TOO_MANY_RCPTS
+        queued_id(out[-1])
         await c.close()
     finally:
         await stop_relay(running, http)
@@ -348,20 +401,23 @@ async def test_send_limit(running: RunningRelay, account: Account) -> None:
     await set_user(running, account.user_id, send_limit_per_hour=3)
     c = await session(running, account)
     out = await transaction(c, "app@example.com", ["a@x.example", "b@x.example"], msg())
-    assert out[-1].startswith("250 2.0.0")
+    queued_id(out[-1])
     out = await transaction(c, "app@example.com", ["c@x.example", "d@x.example"], msg())
-    assert out[1].startswith("250") and out[2].startswith("452 4.5.3")
-    assert out[-1].startswith("250 2.0.0")
+    assert out[1:3] == [replies.RCPT_OK, replies.SEND_LIMIT]
+    queued_id(out[-1])
     out = await transaction(c, "app@example.com", ["e@x.example"], msg())
-    assert out[1].startswith("452 4.5.3")
+    assert out[1] == replies.SEND_LIMIT
     await c.close()
 
 
 async def test_bad_recipient_syntax(running: RunningRelay, account: Account) -> None:
     c = await session(running, account)
     await c.cmd("MAIL FROM:<app@example.com>")
-    assert (await c.cmd(b"RCPT TO:<a\x00b@example.net>")).startswith("501 5.1.3")
-    assert (await c.cmd('RCPT TO:<"quoted">')).startswith(("501 5.1.3", "553 5.1.3"))
+    assert await c.cmd(b"RCPT TO:<a\x00b@example.net>") == replies.RCPT_BAD_SYNTAX
+    assert await c.cmd("RCPT TO:<a..b@example.net>") == replies.RCPT_BAD_SYNTAX
+    assert await c.cmd('RCPT TO:<"quoted">') == replies.RCPT_BAD_SYNTAX
+    # aiosmtpd's own address parser refuses this one before the policy sees it.
+    assert await c.cmd("RCPT TO:<a@b@c>") == aio(S.S553_MALFORMED)
     await c.close()
 
 
@@ -371,13 +427,19 @@ async def test_bad_recipient_syntax(running: RunningRelay, account: Account) -> 
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (b"To: x@example.net\r\nSubject: no from\r\n\r\nbody\r\n", "550 5.7.1"),
-        (msg(extra="From: other@example.com\r\n"), "550 5.7.1"),
-        (msg(frm="app@elsewhere.com"), "550 5.7.1"),
-        (b"From: not an address\r\n\r\nx\r\n", "554 5.6.0"),
-        (b"this is not a header\r\n\r\nx\r\n", "554 5.6.0"),
-        (msg(body="nul \x00 here\r\n"), "554 5.6.0"),
-        (msg(body="x" * 999 + "\r\n"), "554 5.6.0"),
+        (b"To: x@example.net\r\nSubject: no from\r\n\r\nbody\r\n", replies.FROM_COUNT),
+        (msg(extra="From: other@example.com\r\n"), replies.FROM_COUNT),
+        (msg(frm="app@elsewhere.com"), replies.FROM_DOMAIN),
+        (
+            b"From: not an address\r\n\r\nx\r\n",
+            replies.MALFORMED.format(detail="unparseable From header"),
+        ),
+        (
+            b"this is not a header\r\n\r\nx\r\n",
+            replies.MALFORMED.format(detail="invalid header line"),
+        ),
+        (msg(body="nul \x00 here\r\n"), replies.MALFORMED.format(detail="NUL character")),
+        (msg(body="x" * 999 + "\r\n"), replies.LINE_TOO_LONG.format(detail="998")),
     ],
     ids=["no-from", "two-from", "from-domain", "bad-from", "bad-header", "nul", "long-line"],
 )
@@ -386,11 +448,9 @@ async def test_content_checks(
 ) -> None:
     c = await session(running, account)
     out = await transaction(c, "app@example.com", ["r@example.net"], data)
-    assert out[-1].startswith(expected), out
+    assert out[-1] == expected, out
     # The session goes on: the next transaction works.
-    assert (await transaction(c, "app@example.com", ["r@example.net"], msg()))[-1].startswith(
-        "250 2.0.0"
-    )
+    queued_id((await transaction(c, "app@example.com", ["r@example.net"], msg()))[-1])
     await c.close()
 
 
@@ -399,7 +459,7 @@ async def test_from_in_a_subdomain_is_allowed(running: RunningRelay, account: Ac
     out = await transaction(
         c, "app@example.com", ["r@example.net"], msg(frm="news@mail.example.com")
     )
-    assert out[-1].startswith("250 2.0.0")
+    queued_id(out[-1])
     await c.close()
 
 
@@ -408,14 +468,13 @@ async def test_too_big(tmp_path: Path, db_url: str) -> None:
     try:
         acct = await running.new_account()
         c = await session(running, acct)
-        assert "SIZE 4096" in await c.cmd("EHLO client.test")
-        assert (await c.cmd("MAIL FROM:<app@example.com> SIZE=5000")).startswith("552 5.3.4")
+        ehlo = (await c.cmd("EHLO client.test")).split("\n")
+        assert replies.EHLO_SIZE.format(size=4096) in ehlo
+        assert await c.cmd("MAIL FROM:<app@example.com> SIZE=5000") == replies.TOO_BIG
         big = msg(body=("y" * 70 + "\r\n") * 100)
         out = await transaction(c, "app@example.com", ["r@example.net"], big)
-        assert out[-1].startswith("552 5.3.4")
-        assert (await transaction(c, "app@example.com", ["r@example.net"], msg()))[-1].startswith(
-            "250 2.0.0"
-        )
+        assert out[-1] == replies.TOO_BIG
+        queued_id((await transaction(c, "app@example.com", ["r@example.net"], msg()))[-1])
         await c.close()
     finally:
         await stop_relay(running, http)
@@ -425,13 +484,12 @@ async def test_only_crlf_dot_crlf_ends_data(running: RunningRelay, account: Acco
     c = await session(running, account)
     await c.cmd("MAIL FROM:<app@example.com>")
     await c.cmd("RCPT TO:<r@example.net>")
-    assert (await c.cmd("DATA")).startswith("354")
+    assert await c.cmd("DATA") == replies.DATA_GO_AHEAD
     # Bare LF, bare CR and LF.LF look like ends of data to sloppy parsers: not to us.
     await c.send(
         msg(body="line1\n.\nline2\r.\rline3\r\n..dotted\r\n") + b"\n.\n" + b"tail\r\n.\r\n"
     )
-    reply = await c.reply()
-    assert reply.startswith("250 2.0.0"), reply
+    queued_id(await c.reply())
     (m,) = await rows(running, t.messages)
     assert b"line1\r\n.\r\nline2\r\n.\r\nline3\r\n.dotted\r\n\r\n.\r\ntail\r\n" in m.body
     # Every line ending is CRLF now, so the signature survives aiosmtplib's rewriting later.
@@ -443,24 +501,26 @@ async def test_pipelined_transactions(running: RunningRelay, account: Account) -
     c = await session(running, account)
     one = b"MAIL FROM:<app@example.com>\r\nRCPT TO:<r@example.net>\r\nDATA\r\n"
     await c.send(one)
-    for expected in ("250", "250", "354"):
-        assert (await c.reply()).startswith(expected)
+    start = [replies.SENDER_OK, replies.RCPT_OK, replies.DATA_GO_AHEAD]
+    assert [await c.reply() for _ in start] == start
     # End of data and the next transaction in one write (RFC 2920).
     await c.send(msg() + b".\r\n" + one)
-    for expected in ("250 2.0.0 Ok: queued", "250", "250", "354"):
-        assert (await c.reply()).startswith(expected)
+    queued_id(await c.reply())
+    assert [await c.reply() for _ in start] == start
     await c.send(msg() + b".\r\nQUIT\r\n")
-    assert (await c.reply()).startswith("250 2.0.0 Ok: queued")
-    assert (await c.reply()).startswith("221 2.0.0")
+    queued_id(await c.reply())
+    assert await c.reply() == aio(S.S221_BYE)
     assert len(await rows(running, t.messages)) == 2
 
 
 async def test_empty_message_is_refused_cleanly(running: RunningRelay, account: Account) -> None:
     c = await session(running, account)
     await c.cmd("MAIL FROM:<app@example.com>")
+    assert await c.cmd("DATA") == replies.DATA_NEED_RCPT
     await c.cmd("RCPT TO:<r@example.net>")
+    assert await c.cmd("DATA x") == replies.DATA_SYNTAX
     await c.cmd("DATA")
-    assert (await c.cmd(".")).startswith("550 5.7.1")
+    assert await c.cmd(".") == replies.FROM_COUNT
     await c.close()
 
 
@@ -490,9 +550,10 @@ async def test_every_reply_has_an_enhanced_code(running: RunningRelay, account: 
 
 async def test_bad_ehlo_names(running: RunningRelay) -> None:
     c, _ = await RawSMTP.connect(running.smtp_port)
-    assert (await c.cmd(b"EHLO bad\x00name")).startswith("501 5.5.4")
-    assert (await c.cmd(b"HELO bad\rname")).startswith("501 5.5.4")
-    assert (await c.cmd("EHLO good.name")).startswith("250")
+    assert await c.cmd(b"EHLO bad\x00name") == replies.EHLO_BAD
+    assert await c.cmd(b"HELO bad\rname") == replies.EHLO_BAD
+    assert await c.cmd("HELO good.name") == replies.HELO_OK.format(hostname="relay.test")
+    assert (await c.cmd("EHLO good.name")).startswith("250-relay.test\n")
     await c.close()
 
 
@@ -502,12 +563,12 @@ async def test_connection_limit_per_ip(tmp_path: Path, db_url: str) -> None:
         a, _ = await RawSMTP.connect(running.smtp_port)
         b, _ = await RawSMTP.connect(running.smtp_port)
         c, greeting = await RawSMTP.connect(running.smtp_port)
-        assert greeting.startswith("421 4.7.0")
+        assert greeting == replies.TOO_MANY_CONNECTIONS
         assert await c.closed()
         await a.close()
         await asyncio.sleep(0.1)
         d, greeting = await RawSMTP.connect(running.smtp_port)
-        assert greeting.startswith("220")
+        assert greeting == "220 relay.test relay ESMTP"
         for x in (b, d):
             await x.close()
     finally:
@@ -523,13 +584,12 @@ async def test_storage_unavailable_gives_451_never_250(
     async with services.db.write() as conn:
         await conn.execute(text("ALTER TABLE recipients RENAME TO recipients_away"))
     out = await transaction(c, "app@example.com", ["r@example.net"], msg())
-    assert out[-1].startswith("451 4.3.0"), out
-    assert "recipients" not in out[-1]  # no internals leak
+    assert out[-1] == replies.TEMPORARY, out  # no internals leak
     async with services.db.write() as conn:
         await conn.execute(text("ALTER TABLE recipients_away RENAME TO recipients"))
     assert (await rows(running, t.messages)) == []  # nothing half-written
     out = await transaction(c, "app@example.com", ["r@example.net"], msg())
-    assert out[-1].startswith("250 2.0.0")
+    queued_id(out[-1])
     await c.close()
 
 
@@ -543,8 +603,7 @@ async def test_concurrent_sessions_share_commits(running: RunningRelay, account:
         return results
 
     results = [r for rs in await asyncio.gather(*(one() for _ in range(10))) for r in rs]
-    assert all(r.startswith("250 2.0.0 Ok: queued as") for r in results)
-    ids = {r.rsplit(" ", 1)[1] for r in results}
+    ids = {queued_id(r) for r in results}
     assert len(ids) == 50
     assert {m.id for m in await rows(running, t.messages)} == ids
 
@@ -562,7 +621,8 @@ async def test_raw_8bit_headers_do_not_poison_the_batch(
             for i, c in enumerate(clients)
         )
     )
-    assert all(r[-1].startswith("250 2.0.0") for r in results), [r[-1] for r in results]
+    for r in results:
+        queued_id(r[-1])
     subjects = sorted(m.subject for m in await rows(running, t.messages))
     assert subjects == ["caf\ufffd cr\ufffdme"] * 3 + ["test"] * 3
     for c in clients:

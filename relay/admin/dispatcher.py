@@ -9,8 +9,10 @@ Adding a command is adding one decorated function::
 
 The dispatcher reads parameters (JSON body, form body, query string; names case-insensitive),
 authenticates as the command's ``auth`` demands, applies the rate limit where the documents
-set one, runs the command, and turns an ``ApiError`` into the documented error body. Any other
-exception becomes a generic 500 body: no stack trace ever reaches a client.
+set one, runs the command, and turns an ``ApiError`` into the documented error body. This is
+the one place where other exceptions become answers: the database unavailable is 99996 with
+HTTP 503 (or the command's own documented code, ``storage_error``), anything else a generic 500
+body, logged here; no stack trace ever reaches a client.
 """
 
 from __future__ import annotations
@@ -22,18 +24,36 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from relay import metrics
 from relay.admin import auth
-from relay.admin.errors import UNKNOWN_COMMAND, ApiError, auth_failed, not_enough_privileges
+from relay.admin.errors import (
+    ApiError,
+    auth_failed,
+    internal_error,
+    not_enough_privileges,
+    rate_limited,
+    storage_unavailable,
+    unknown_command,
+)
 from relay.admin.params import Params
 from relay.services import Services
+from relay.store.db import StorageUnavailable
 
 SERVICES = web.AppKey("services", Services)
 
 log = structlog.get_logger("relay.admin")
 
-INTERNAL_ERROR = 99996
+# "The database cannot be reached", as a command sees it: the queue's own wrapper, SQLAlchemy's
+# wrapping of such driver errors, and a refused or timed-out connection (asyncpg's connect).
+STORAGE_ERRORS = (
+    StorageUnavailable,
+    OperationalError,
+    InterfaceError,
+    ConnectionError,
+    TimeoutError,
+)
 
 Result = dict[str, Any] | web.StreamResponse
 
@@ -70,6 +90,9 @@ class CommandSpec:
     # auth "sender_key": the error code when no key is given at all. The documents give
     # "1: Missing SenderAPIKey" on some routes; the others only know "13: Invalid SenderAPIKey".
     missing_key: int = 13
+    # The command's documented answer when a database operation fails (any database error:
+    # its transaction rolled back); None: 99996 / 503 when the database is unavailable.
+    storage_error: ApiError | None = None
 
 
 COMMANDS: dict[str, CommandSpec] = {}
@@ -84,9 +107,12 @@ def command(
     routes: tuple[tuple[str, str], ...] = (),
     aliases: tuple[str, ...] = (),
     missing_key: int = 13,
+    storage_error: ApiError | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(func: Handler) -> Handler:
-        spec = CommandSpec(name.lower(), func, auth, style, rate_limited, routes, missing_key)
+        spec = CommandSpec(
+            name.lower(), func, auth, style, rate_limited, routes, missing_key, storage_error
+        )
         for key in (name, *aliases):
             if key.lower() in COMMANDS:
                 raise RuntimeError(f"command registered twice: {key}")
@@ -179,17 +205,31 @@ def _rate_key(spec: CommandSpec, principal: auth.Principal, request: web.Request
     return f"api:{principal.kind}:{request.remote}"
 
 
+def _error_response(err: ApiError, style: str) -> web.Response:
+    return json_response(err.body(style), status=err.status, headers=err.headers)
+
+
+def _count(command: str, status: int, error_code: int) -> None:
+    # Legacy errors are HTTP 200 as the documents require; error_code shows them (0 = success).
+    metrics.API_REQUESTS.labels(command, str(status), str(error_code)).inc()
+
+
 async def run(
     services: Services, request: web.Request, params: Params, spec: CommandSpec
 ) -> web.StreamResponse:
-    response = await _run(services, request, params, spec)
-    metrics.API_REQUESTS.labels(spec.name, str(response.status)).inc()
+    try:
+        response = await _run(services, request, params, spec)
+    except ApiError as err:
+        _count(spec.name, err.status, err.first_code)
+        return _error_response(err, spec.style)
+    _count(spec.name, response.status, 0)
     return response
 
 
 async def _run(
     services: Services, request: web.Request, params: Params, spec: CommandSpec
 ) -> web.StreamResponse:
+    """The command's response; any failure raised as the ApiError to answer."""
     try:
         principal = await authenticate(spec, services, request, params)
         if spec.rate_limited:
@@ -200,30 +240,27 @@ async def _run(
                 settings.rate_limit_window,
             )
             if not decision.allowed:
-                msg = (
-                    f"Too many requests. Wait for {decision.retry_after} seconds for another "
-                    f"{settings.rate_limit_requests} attempts."
-                )
-                return json_response(
-                    {"Errors": [{"Code": 429, "Message": msg}]},
-                    status=429,
-                    headers={"Retry-After": str(decision.retry_after)},
-                )
+                raise rate_limited(decision.retry_after, settings.rate_limit_requests)
         result = await spec.func(Call(services, params, principal, request, spec.name))
-    except ApiError as err:
-        return json_response(err.body(spec.style), status=err.status)
-    except Exception:
-        log.exception("command failed", command=spec.name)
-        if spec.style == "v1":
-            body: dict[str, Any] = {
-                "Errors": [{"Code": INTERNAL_ERROR, "Message": "Internal error"}]
-            }
-        else:
-            body = {"Success": False, "ErrorCode": INTERNAL_ERROR, "ErrorText": "Internal error"}
-        return json_response(body, status=500)
+    except ApiError:
+        raise
+    except Exception as exc:
+        raise _failure(spec, exc) from None
     if isinstance(result, web.StreamResponse):
         return result
     return json_response(result)
+
+
+def _failure(spec: CommandSpec, exc: Exception) -> ApiError:
+    """The answer to an exception a command did not turn into an ApiError itself."""
+    own = spec.storage_error
+    if isinstance(exc, STORAGE_ERRORS) or (own is not None and isinstance(exc, SQLAlchemyError)):
+        # The driver's message only: a statement's parameters may hold secrets.
+        cause = getattr(exc, "orig", None) or exc
+        log.warning("storage unavailable", command=spec.name, error=f"{type(cause).__name__}")
+        return own or storage_unavailable()
+    log.exception("command failed", command=spec.name)
+    return internal_error()
 
 
 async def handle_api_php(request: web.Request) -> web.StreamResponse:
@@ -232,9 +269,10 @@ async def handle_api_php(request: web.Request) -> web.StreamResponse:
     name = (params.str("Command") or "").lower()
     spec = COMMANDS.get(name)
     if spec is None:
-        return json_response(
-            {"Success": False, "ErrorCode": UNKNOWN_COMMAND, "ErrorText": "Invalid command"}
-        )
+        err = unknown_command()
+        # One label for every unknown name: a client must not grow the metric.
+        _count("(unknown)", err.status, err.first_code)
+        return _error_response(err, "legacy")
     return await run(services, request, params, spec)
 
 

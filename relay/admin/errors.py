@@ -6,13 +6,16 @@ Two shapes exist in the documents:
 - v1 REST routes and the user sender-domain commands:
   ``{"Errors": [{"Code": 2, "Message": "..."}]}`` with an HTTP status.
 A command raises ApiError with exactly the codes, list-ness, texts and status its document
-gives; ``render`` below is the only place that builds the body.
+gives; ``ApiError.body`` is the only place that builds an error body. The dispatcher's own
+answers (rate limit, unknown command, storage unavailable, internal error) are ApiErrors made by
+the functions at the end of this module.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+INTERNAL_ERROR = 99996  # not in the documents: internal error or storage unavailable
 AUTH_FAILED = 99998  # Oempro: "Authentication failure or session expired"
 NOT_ENOUGH_PRIVILEGES = 99999  # Oempro: "Not enough privileges"
 UNKNOWN_COMMAND = 99997  # not in the documents; see docs/api.md
@@ -28,6 +31,7 @@ class ApiError(Exception):
         text_key: str = "ErrorText",
         extra: dict[str, Any] | None = None,
         style: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(code)
         self.code = code
@@ -37,6 +41,12 @@ class ApiError(Exception):
         self.extra = extra or {}
         # None = whatever the command's style is; "legacy" | "v1" to force.
         self.style = style
+        self.headers = headers  # HTTP response headers (Retry-After)
+
+    @property
+    def first_code(self) -> int:
+        """The code a metric counts the failure under (the first of a list)."""
+        return self.code[0] if isinstance(self.code, list) else self.code
 
     def body(self, style: str) -> dict[str, Any]:
         style = self.style or style
@@ -62,3 +72,30 @@ def auth_failed(style: str = "legacy") -> ApiError:
 
 def not_enough_privileges() -> ApiError:
     return ApiError(NOT_ENOUGH_PRIVILEGES, "Not enough privileges")
+
+
+def unknown_command() -> ApiError:
+    return ApiError(UNKNOWN_COMMAND, "Invalid command", style="legacy")
+
+
+def rate_limited(retry_after: int, requests: int) -> ApiError:
+    """The documents' 429, in the v1 shape on every route (``/api.php`` access included)."""
+    return ApiError(
+        429,
+        f"Too many requests. Wait for {retry_after} seconds for another {requests} attempts.",
+        status=429,
+        style="v1",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def storage_unavailable(extra: dict[str, Any] | None = None) -> ApiError:
+    """The database cannot be reached: nothing was done, try again (HTTP 503)."""
+    return ApiError(
+        INTERNAL_ERROR, "Temporary failure, please try again later", status=503, extra=extra
+    )
+
+
+def internal_error() -> ApiError:
+    """Anything unexpected: logged by the dispatcher, never shown (HTTP 500)."""
+    return ApiError(INTERNAL_ERROR, "Internal error", status=500)

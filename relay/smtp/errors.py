@@ -1,33 +1,33 @@
-"""The one place where exceptions become SMTP replies.
+"""The one place where exceptions become SMTP replies, and where refusals are counted.
 
-Checks raise ``Reject(reply)`` with a reply from ``replies``. Storage trouble becomes
-``451 4.3.0`` (never 250, never 5xx: the client must retry). Anything unexpected becomes
-``451 4.3.0`` too, logged here with its traceback and never shown to the client.
+A policy refusal (``relay.policy.Refused``) becomes its reply from ``replies.REFUSALS``.
+Storage trouble becomes ``451 4.3.0`` (never 250, never 5xx: the client must retry). Anything
+unexpected becomes ``451 4.3.0`` too, logged here with its traceback and never shown to the
+client.
 """
 
 from __future__ import annotations
 
 import structlog
 
+from relay import metrics
+from relay.policy import Refused
 from relay.smtp import replies
 from relay.store.db import StorageUnavailable
 
 log = structlog.get_logger("relay.smtp")
 
 
-class Reject(Exception):
-    """A policy decision: answer the client with ``reply``."""
-
-    def __init__(self, reply: str) -> None:
-        super().__init__(reply)
-        self.reply = reply
-
-
-def reply_for(exc: BaseException, **context: object) -> str:
-    if isinstance(exc, Reject):
-        return exc.reply
-    if isinstance(exc, StorageUnavailable):
-        log.warning("storage unavailable", error=str(exc), **context)
-        return replies.TEMPORARY
-    log.error("unexpected error in SMTP session", exc_info=exc, **context)
-    return replies.TEMPORARY
+def reply_for(exc: BaseException, stage: str) -> str:
+    """The reply to a command of ``stage`` (auth, mail, rcpt, data, protocol) that raised
+    ``exc``; counted in relay_smtp_rejections_total."""
+    if isinstance(exc, Refused):
+        reply = replies.refusal(exc)
+    elif isinstance(exc, StorageUnavailable):
+        log.warning("storage unavailable", error=str(exc), stage=stage)
+        reply = replies.TEMPORARY
+    else:
+        log.error("unexpected error in SMTP session", exc_info=exc, stage=stage)
+        reply = replies.TEMPORARY
+    metrics.SMTP_REPLIES.labels(stage, reply[:3]).inc()
+    return reply

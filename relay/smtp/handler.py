@@ -15,21 +15,17 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
-from relay import checks, metrics
+from relay import metrics, policy
 from relay.addresses import has_control_chars
+from relay.policy import Reason, Refused
 from relay.queue.model import NewEvent
 from relay.services import Services
 from relay.smtp import replies
-from relay.smtp.errors import Reject, reply_for
+from relay.smtp.errors import reply_for
 from relay.smtp.protocol import RelayEnvelope, RelaySMTP
 from relay.submit import Origin, Submitter
 
 log = structlog.get_logger("relay.smtp")
-
-
-def _rejected(stage: str, reply: str) -> str:
-    metrics.SMTP_REPLIES.labels(stage, reply[:3]).inc()
-    return reply
 
 
 class RelayHandler:
@@ -48,9 +44,9 @@ class RelayHandler:
             return [replies.EHLO_BAD]
         session.host_name = hostname
         extra = [
-            f"250-SIZE {self.settings.smtp.max_message_size}",
-            "250-PIPELINING",  # RFC 2920; DATA leftovers go back to the reader
-            "250-ENHANCEDSTATUSCODES",  # RFC 2034
+            replies.EHLO_SIZE.format(size=self.settings.smtp.max_message_size),
+            replies.EHLO_PIPELINING,  # DATA leftovers go back to the reader
+            replies.EHLO_ENHANCED_CODES,
         ]
         return responses[:-1] + extra + responses[-1:]
 
@@ -60,7 +56,7 @@ class RelayHandler:
         if has_control_chars(hostname) or len(hostname) > 255:
             return replies.EHLO_BAD
         session.host_name = hostname
-        return f"250 {server.hostname}"
+        return replies.HELO_OK.format(hostname=server.hostname)
 
     # -- AUTH (RFC 4954, RFC 4616) -----------------------------------------------------------
 
@@ -73,12 +69,12 @@ class RelayHandler:
             try:
                 blob = b64decode(args[1], validate=True)
             except (binascii.Error, ValueError):
-                await server.push("501 5.5.2 Cannot decode base64")
+                await server.push(replies.AUTH_BAD_BASE64)
                 return AuthResult(success=False, handled=True)
         assert isinstance(blob, bytes)
         parts = blob.split(b"\x00")
         if len(parts) != 3:
-            await server.push("501 5.5.2 Cannot split auth value")
+            await server.push(replies.AUTH_BAD_PLAIN)
             return AuthResult(success=False, handled=True)
         return await self._authenticate(server, parts[1], parts[2])
 
@@ -91,7 +87,7 @@ class RelayHandler:
             try:
                 login = b64decode(args[1], validate=True)
             except (binascii.Error, ValueError):
-                await server.push("501 5.5.2 Cannot decode base64")
+                await server.push(replies.AUTH_BAD_BASE64)
                 return AuthResult(success=False, handled=True)
         password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
         if password is MISSING:
@@ -102,24 +98,26 @@ class RelayHandler:
     async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
         username = login.decode("utf-8", "replace")
         try:
-            cred = await checks.authenticate(
+            cred = await policy.authenticate(
                 self.directory, username, password.decode("utf-8", "replace")
             )
-        except Reject:
+        except Refused as exc:
             metrics.SMTP_AUTH.labels("failure").inc()
             server.auth_failures += 1
             log.info(
                 "auth failed",
                 peer=server.peer_ip,
                 username=username[:64],
+                reason=exc.reason.value,
                 failures=server.auth_failures,
             )
             if server.auth_failures >= self.settings.smtp.max_auth_failures:
                 server.close_now(replies.AUTH_TOO_MANY)
                 return AuthResult(success=False, handled=True)
+            # RFC 4954 6: 535 whatever the reason (a deleted domain's credential included).
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         except Exception as exc:  # storage trouble: temporary, the client retries
-            await server.push(reply_for(exc, stage="auth"))
+            await server.push(reply_for(exc, "auth"))
             return AuthResult(success=False, handled=True)
         metrics.SMTP_AUTH.labels("success").inc()
         server.credential = cred
@@ -141,24 +139,19 @@ class RelayHandler:
             for opt in mail_options:
                 key, _, value = opt.partition("=")
                 # RFC 1870: refuse at MAIL what would be refused after DATA anyway.
-                if (
-                    key == "SIZE"
-                    and value.isdigit()
-                    and int(value) > self.settings.smtp.max_message_size
-                ):
-                    raise Reject(replies.TOO_BIG)
+                if key == "SIZE" and value.isdigit():
+                    policy.check_size(self.settings, int(value))
             assert server.credential is not None  # auth_required: aiosmtpd answered 530 before
-            sender = await checks.check_mail(self.directory, server.credential, address)
+            sender = await policy.check_sender(self.directory, server.credential, address)
         except Exception as exc:
-            reply = reply_for(exc, stage="mail")
-            if reply == replies.AUTH_INVALID:
+            if isinstance(exc, Refused) and exc.reason is Reason.CREDENTIAL_INVALID:
                 session.authenticated = False  # the credential is gone: AUTH again
                 server.credential = None
-            return _rejected("mail", reply)
+            return reply_for(exc, "mail")
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.sender = sender
-        return "250 2.1.0 Sender OK"
+        return replies.SENDER_OK
 
     async def handle_RCPT(
         self,
@@ -171,17 +164,17 @@ class RelayHandler:
         sender = envelope.sender
         assert sender is not None
         try:
-            await checks.check_rcpt(
+            await policy.check_recipient(
                 self.directory,
                 self.services.limiter,
                 self.settings,
-                sender,
+                sender.user,
                 address,
                 len(envelope.rcpt_tos),
             )
         except Exception as exc:
-            reply = reply_for(exc, stage="rcpt")
-            if reply == replies.RCPT_SUPPRESSED:
+            reply = reply_for(exc, "rcpt")
+            if isinstance(exc, Refused) and exc.reason is Reason.RECIPIENT_SUPPRESSED:
                 self.submitter.writer.record(
                     NewEvent(
                         user_id=sender.user.id,
@@ -192,16 +185,16 @@ class RelayHandler:
                         smtp_response=reply,
                     )
                 )
-            return _rejected("rcpt", reply)
+            return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Recipient OK"
+        return replies.RCPT_OK
 
     async def handle_DATA(self, server: RelaySMTP, session: Any, envelope: RelayEnvelope) -> str:
         sender = envelope.sender
         assert sender is not None and isinstance(envelope.content, bytes)
         try:
-            _, message = checks.check_content(self.settings, envelope.content, sender.domain.name)
+            _, message = policy.check_content(self.settings, envelope.content, sender.domain.name)
             queue_id = await self.submitter.accept(
                 user=sender.user,
                 domain=sender.domain,
@@ -218,9 +211,9 @@ class RelayHandler:
                 ),
             )
         except Exception as exc:
-            return _rejected("data", reply_for(exc, stage="data"))
+            return reply_for(exc, "data")
         return replies.QUEUED.format(id=queue_id)
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's last resort: never 500 with the exception text."""
-        return reply_for(error, stage="protocol")
+        return reply_for(error, "protocol")

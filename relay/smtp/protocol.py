@@ -22,20 +22,14 @@ from typing import TYPE_CHECKING, Any, cast
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay import metrics
+from relay.policy import Reason, Refused
 from relay.smtp import replies
+from relay.smtp.errors import reply_for
 
 if TYPE_CHECKING:
-    from relay.checks import Sender
     from relay.directory import CredentialView
+    from relay.policy import Sender
 
-_NEEDS_ENHANCED = re.compile(r"^([245])(\d\d)([ -])(?!\d\.\d{1,3}\.\d{1,3}(?:\s|$))")
-# Enhanced codes for aiosmtpd's own replies (RFC 3463): syntax/sequence errors are X.5.x.
-_ENHANCED_FOR = {
-    "221": "2.0.0", "250": "2.0.0", "252": "2.5.0", "421": "4.3.0", "450": "4.2.0",
-    "451": "4.3.0", "452": "4.3.1", "454": "4.7.0", "500": "5.5.2", "501": "5.5.4",
-    "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "550": "5.7.1", "552": "5.3.4",
-    "553": "5.1.3", "554": "5.7.0", "555": "5.5.4",
-}  # fmt: skip
 _DATA_END = b"\r\n.\r\n"
 # The common path argument: <dot-atom@domain> and optional parameters.
 _SIMPLE_PATH = re.compile(
@@ -101,6 +95,7 @@ class RelaySMTP(SMTP):
         self.credential: CredentialView | None = None
         self.close_after_transaction = False
         self._plain_reply = False
+        self._greeted = False
         self._idle_deadline = 0.0
 
     # -- connection lifecycle ----------------------------------------------------------------
@@ -192,12 +187,10 @@ class RelaySMTP(SMTP):
     # -- replies ------------------------------------------------------------------------------
 
     async def push(self, status: Any) -> None:
-        if isinstance(status, str) and not self._plain_reply:
-            status = _NEEDS_ENHANCED.sub(
-                lambda m: f"{m[1]}{m[2]}{m[3]}{_ENHANCED_FOR.get(m[1] + m[2], m[1] + '.0.0')} ",
-                status,
-                count=1,
-            )
+        if not self._greeted:
+            self._greeted = True  # RFC 2034 3: no enhanced code on the greeting
+        elif isinstance(status, str) and not self._plain_reply:
+            status = replies.enhanced(status)
         await super().push(status)
 
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -232,15 +225,15 @@ class RelaySMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+            await self.push(replies.DATA_NEED_RCPT)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            await self.push(replies.DATA_SYNTAX)
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(replies.DATA_GO_AHEAD)
         content = await self._read_data()
         if content is None:
-            status = replies.TOO_BIG
+            status = reply_for(Refused(Reason.MESSAGE_TOO_BIG), "data")
         else:
             self.envelope.content = self.envelope.original_content = content
             status = await self._call_handler_hook("DATA")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Row
-from sqlalchemy.exc import SQLAlchemyError
 
 from relay.admin.commands.domains import owned_domain
 from relay.admin.dispatcher import Call, command, ok
@@ -144,7 +143,15 @@ async def delete_api(call: Call) -> dict[str, Any]:
     return ok()
 
 
-@command("emailgateway.replaceapi", auth="user")
+@command(
+    "emailgateway.replaceapi",
+    auth="user",
+    # The document's answer to a failed transaction (the dispatcher gives it, see CommandSpec).
+    storage_error=ApiError(
+        4,
+        "Atomic rotate failed — the transaction rolled back; no key was persisted. Safe to retry.",
+    ),
+)
 async def replace_api(call: Call) -> dict[str, Any]:
     """Atomically rotate a sender domain's API key: every prior key row of the
     (user, domain) slot is hard-deleted and one new Enabled key inserted, in a single
@@ -172,25 +179,18 @@ async def replace_api(call: Call) -> dict[str, Any]:
         raise ApiError(2, "Missing required parameter (DomainID)")
     description = (p.str("Description") or "")[:MAX_DESCRIPTION]
     key = new_api_key()
-    try:
-        async with call.services.db.write() as conn:
-            if not await repo.lock_owned_domain(conn, domain_id, call.user_id):
-                raise ApiError(3, "Domain not found or not owned by the caller")
-            await repo.delete_slot(conn, call.user_id, domain_id)
-            row = await repo.create(
-                conn,
-                user_id=call.user_id,
-                domain_id=domain_id,
-                description=description,
-                key_hash=hash_secret(key),
-                key_hint=mask_secret(key),
-            )
-    except SQLAlchemyError:
-        raise ApiError(
-            4,
-            "Atomic rotate failed — the transaction rolled back; no key was persisted. "
-            "Safe to retry.",
-        ) from None
+    async with call.services.db.write() as conn:
+        if not await repo.lock_owned_domain(conn, domain_id, call.user_id):
+            raise ApiError(3, "Domain not found or not owned by the caller")
+        await repo.delete_slot(conn, call.user_id, domain_id)
+        row = await repo.create(
+            conn,
+            user_id=call.user_id,
+            domain_id=domain_id,
+            description=description,
+            key_hash=hash_secret(key),
+            key_hint=mask_secret(key),
+        )
     return ok(
         NewAPIKeyID=row.id,
         APIKey={
