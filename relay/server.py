@@ -2,6 +2,7 @@
 
 Start: storage (migrated on the embedded default; checked at head otherwise), caches and bus,
 the queue writer, SMTP listeners, delivery workers, the admin app; then READY=1 to systemd.
+Reload (SIGHUP): relay.reload, in every process of the tree.
 Stop (SIGTERM/SIGINT): stop accepting connections, let SMTP sessions finish within the bound,
 commit what is queued, let in-flight deliveries finish within the bound and release the rest of
 their leases, stop the admin app, close storage. A second signal skips the waiting.
@@ -23,7 +24,9 @@ import structlog
 from relay import log as relay_log
 from relay.admin.app import AdminServer
 from relay.config import ConfigError, Settings, parse_hostport
+from relay.diagnose import StartupError, describe_database, describe_redis
 from relay.queue.ingest import QueueWriter
+from relay.reload import Reloader
 from relay.secrets import new_admin_api_key
 from relay.services import Services
 from relay.store import migrate
@@ -77,6 +80,7 @@ class Relay:
         self.failed = asyncio.Event()
         # Set by a second signal: stop waiting for sessions and deliveries to finish.
         self.hurry = asyncio.Event()
+        self.reloader = Reloader(settings)
 
     async def start(self) -> None:
         s = self.settings
@@ -87,18 +91,24 @@ class Relay:
         services = self.services = await Services.create(
             s, multi_process=children + smtp_children > 0
         )
-        if s.is_embedded_default:
-            await migrate.upgrade(services.db)
-        else:
-            current = await migrate.current_revision(services.db)
-            if current != migrate.head_revision():
-                raise ConfigError(
-                    [
-                        f"database schema is at {current or 'nothing'}, this version needs "
-                        f"{migrate.head_revision()}: run `relay migrate` first"
-                    ]
-                )
+        current: str | None
+        try:
+            if s.is_embedded_default:
+                await migrate.upgrade(services.db)
+                current = migrate.head_revision()
+            else:
+                current = await migrate.current_revision(services.db)
+        except Exception as exc:
+            raise StartupError(describe_database(exc, s.database_url)) from None
+        if current != migrate.head_revision():
+            raise ConfigError(
+                [
+                    f"database schema is at {current or 'nothing'}, this version needs "
+                    f"{migrate.head_revision()}: run `relay migrate` first"
+                ]
+            )
         await services.start()
+        redis_state = await self._redis_state()
         self.writer = QueueWriter(services)
         await self.writer.start()
 
@@ -106,6 +116,7 @@ class Relay:
 
         self.smtp = SmtpServer(services, self.writer)
         await self.smtp.start()
+        self.reloader.tls_hooks.append(self.smtp.reload_tls)
         if children or smtp_children:
             from relay.procs import ChildProcesses
 
@@ -133,9 +144,31 @@ class Relay:
             smtps=[f"{h}:{p}" for h, p in self.smtp.bound("smtps")],
             admin=f"{host}:{self.admin.port}",
             database=services.db.dialect,
-            redis=bool(services.redis),
+            redis=redis_state,
         )
         sd_notify("READY=1")
+
+    async def _redis_state(self) -> str:
+        """ "off" (not configured), "up", or "down": the node runs without Redis until it
+        answers (caches fall back on their TTLs); the warning says why."""
+        services = self.services
+        if services is None or services.redis is None:
+            return "off"
+        try:
+            await asyncio.wait_for(services.redis.ping(), 3)
+        except Exception as exc:
+            log.warning(
+                "Redis unavailable at start; running without it until it answers",
+                error=describe_redis(exc, self.settings.redis.url, 3),
+            )
+            return "down"
+        return "up"
+
+    async def reload(self) -> None:
+        """SIGHUP: this process reloads, and tells its worker processes to."""
+        if self.children is not None:
+            self.children.reload()
+        await self.reloader.reload()
 
     async def stop(self) -> None:
         if self._stopping:
@@ -174,8 +207,16 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(relay.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     try:
         await relay.start()
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(relay.failed.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
@@ -185,9 +226,10 @@ async def serve(settings: Settings) -> int:
             return 1
         return 0
     finally:
-        # A second signal during the drain cuts it short.
+        # A second signal during the drain cuts it short; a hangup now is ignored.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, relay.hurry.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
         await relay.stop()
 
 
@@ -216,6 +258,9 @@ def run(settings: Settings) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
