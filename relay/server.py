@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from relay import datadir
 from relay import log as relay_log
 from relay.admin.app import AdminServer
 from relay.config import ConfigError, Settings, parse_hostport
@@ -30,6 +31,7 @@ from relay.reload import Reloader
 from relay.secrets import new_admin_api_key
 from relay.services import Services
 from relay.store import migrate
+from relay.store.repos import sealing
 
 log = structlog.get_logger("relay.server")
 
@@ -48,7 +50,7 @@ def sd_notify(state: str) -> None:
 
 def ensure_admin_key(settings: Settings) -> None:
     """Use RELAY_ADMIN_API_KEY, else the stored key, else generate one and print it once."""
-    Path(settings.server.data_dir).mkdir(parents=True, exist_ok=True)
+    Path(settings.server.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     if settings.admin.api_key:
         return
     path = Path(settings.server.data_dir) / "admin_api_key"
@@ -84,6 +86,7 @@ class Relay:
 
     async def start(self) -> None:
         s = self.settings
+        datadir.secure(s)
         ensure_admin_key(s)
         children = s.delivery.processes if s.delivery.enabled else 0
         has_listeners = bool(s.smtp.listen or s.smtp.smtps_listen)
@@ -107,6 +110,7 @@ class Relay:
                     f"{migrate.head_revision()}: run `relay migrate` first"
                 ]
             )
+        await self._seal_stored_secrets()
         await services.start()
         redis_state = await self._redis_state()
         self.writer = QueueWriter(services)
@@ -147,6 +151,20 @@ class Relay:
             redis=redis_state,
         )
         sd_notify("READY=1")
+
+    async def _seal_stored_secrets(self) -> None:
+        """Secrets stored before a key-encryption key was in use get sealed now (they were
+        readable all along: an unsealed value is used as it is)."""
+        services = self.services
+        if services is None or not services.box.sealing:
+            return
+        try:
+            async with services.db.write() as conn:
+                count = await sealing.seal_plaintext(conn, services.box.seal)
+        except Exception as exc:
+            raise StartupError(describe_database(exc, self.settings.database_url)) from None
+        if count:
+            log.info("sealed stored secrets with the key-encryption key", count=count)
 
     async def _redis_state(self) -> str:
         """ "off" (not configured), "up", or "down": the node runs without Redis until it
