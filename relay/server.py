@@ -26,6 +26,7 @@ from relay import log as relay_log
 from relay.admin.app import AdminServer
 from relay.config import ConfigError, Settings, parse_hostport
 from relay.diagnose import StartupError, describe_database, describe_redis
+from relay.health import StorageProbe
 from relay.queue.ingest import QueueWriter
 from relay.reload import Reloader
 from relay.secrets import new_admin_api_key
@@ -76,6 +77,7 @@ class Relay:
         self.children: Any = None
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
+        self.probe: StorageProbe | None = None
         self._stopping = False
         # Set when delivery in this process died: the node stops (exit 1) rather than accept
         # mail nobody delivers; systemd restarts it.
@@ -139,8 +141,12 @@ class Relay:
             failed = self.delivery.failed
             self._watcher = asyncio.create_task(failed.wait(), name="delivery-watch")
             self._watcher.add_done_callback(lambda _t: self.failed.set())
+        self.probe = StorageProbe(services)
+        await self.probe.start()
         host, port = parse_hostport(s.admin.listen)
-        self.admin = AdminServer(services, host, port, submitter=self.smtp.submitter)
+        self.admin = AdminServer(
+            services, host, port, submitter=self.smtp.submitter, probe=self.probe
+        )
         await self.admin.start()
         log.info(
             "relay started",
@@ -213,6 +219,8 @@ class Relay:
             await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
         if self.admin is not None:
             await self.admin.stop()
+        if self.probe is not None:
+            await self.probe.stop()
         if self.services is not None:
             await self.services.close()
         log.info("relay stopped")
