@@ -11,24 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import IN_CI
+from tests.tools import need
 
 ROOT = Path(__file__).parent.parent
 UNITS = ROOT / "systemd"
 SYSTEM_PYTHON = "/usr/bin/python3"
 STATE_DIR = "/var/lib/relay"  # the units' data directory, replaced by a test directory
-
-
-def need(what: str, ok: bool, how: str) -> None:
-    """Fail in CI (.ci/run installs it), skip with a message elsewhere."""
-    if ok:
-        return
-    message = f"{what} missing: {how}"
-    if IN_CI:
-        pytest.fail(f"{message} (required in CI)")
-    pytest.skip(message)
 
 
 def need_sandbox_tools() -> None:
