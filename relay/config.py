@@ -63,7 +63,7 @@ class SmtpSettings:
     max_connections: int = 2000
     max_connections_per_ip: int = 100
     command_timeout: float = 300.0
-    advertised_ports: list[int] = field(default_factory=lambda: [25, 587, 2525])
+    advertised_ports: list[int] = field(default_factory=list)
     advertised_host: str = ""
 
 

@@ -6,9 +6,10 @@ certificate and key, the admin key, the key-encryption key, metrics files) is re
 own user only: the process runs with umask 077 (relay.cli), and at start the directory is made
 0700 and files left by older versions or another umask are made 0600.
 
-On the embedded default with no ``security.key_encryption_key`` configured, one is generated
-into ``<data_dir>/key_encryption_key`` on first start and used to seal DKIM private keys (and
-the other secrets stored sealed). It protects copies of the database file (backups, a stray
+On the embedded default (no ``database.url``: SQLite in the data directory) with no
+``security.key_encryption_key`` configured, one is generated into
+``<data_dir>/key_encryption_key`` on first start and used to seal DKIM private keys (and the
+other secrets stored sealed). It protects copies of the database file (backups, a stray
 ``relay.sqlite3``), not the directory as a whole: keep backups of the database apart from it.
 """
 
@@ -71,10 +72,12 @@ def sqlite_path(settings: Settings) -> Path | None:
 
 
 def use_generated_kek(settings: Settings) -> None:
-    """On the embedded default without a configured key-encryption key: read the generated
-    one, generating it first if there is none, into ``settings.security.key_encryption_key``.
-    Elsewhere (PostgreSQL, or a key configured) nothing changes."""
-    if settings.security.key_encryption_key or not settings.is_embedded_default:
+    """On the embedded default (no database.url: SQLite in the data directory) without a
+    configured key-encryption key: read the generated one, generating it first if there is
+    none, into ``settings.security.key_encryption_key``. Elsewhere nothing changes."""
+    if settings.security.key_encryption_key or settings.database.url:
+        # Only the database the data directory holds gets a key from the data directory: an
+        # explicit database URL may be shared by nodes with other data directories.
         return
     path = settings.data_path / KEK_FILE
     try:
