@@ -23,6 +23,9 @@ log = structlog.get_logger("relay.reload")
 
 # (section, key) of the settings a reload applies.
 LIVE = {("log", "level"), ("smtp", "tls_cert"), ("smtp", "tls_key")}
+# Filled in at start when not configured (a generated admin key, the embedded default's
+# generated key-encryption key): left empty in the file, they have not changed.
+GENERATED = {("admin", "api_key"), ("security", "key_encryption_key")}
 
 
 def changed_settings(old: config.Settings, new: config.Settings) -> list[str]:
@@ -34,7 +37,10 @@ def changed_settings(old: config.Settings, new: config.Settings) -> list[str]:
         if not dataclasses.is_dataclass(a):
             continue
         for fld in dataclasses.fields(a):
-            if getattr(a, fld.name) != getattr(b, fld.name):
+            before, after = getattr(a, fld.name), getattr(b, fld.name)
+            if (section.name, fld.name) in GENERATED and not after:
+                continue
+            if before != after:
                 out.append(f"{section.name}.{fld.name}")
     return out
 

@@ -64,7 +64,7 @@ def test_sighup_reloads_certificate_and_log_level_everywhere(tmp_path: Path) -> 
             f'[server]\ndata_dir = "{tmp_path / "var"}"\n'
             f'[smtp]\nlisten = ["127.0.0.1:{smtp_port}"]\nsmtps_listen = []\nprocesses = 3\n'
             f'tls_cert = "{live / "cert.pem"}"\ntls_key = "{live / "key.pem"}"\n{extra}'
-            f'[admin]\nlisten = "127.0.0.1:{admin_port}"\napi_key = "adm_reload"\n'
+            f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
             f'[log]\nformat = "json"\nlevel = "{level}"\n'
         )
 
