@@ -118,8 +118,22 @@ class LocalBus:
         return None
 
 
+def redis_address(client: Any) -> str:
+    """Where a redis-py client connects, for log lines (never its password)."""
+    try:
+        kw = client.connection_pool.connection_kwargs
+    except AttributeError:
+        return "redis"
+    if kw.get("path"):
+        return f"unix://{kw['path']}"
+    return f"redis://{kw.get('host', '?')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
 class RedisBus(LocalBus):
     CHANNEL = "relay:invalidate"
+    # Reconnect attempts back off from 1 s to this, so an outage costs a log line per attempt
+    # at a slowing rate, not one per second.
+    MAX_BACKOFF = 30.0
 
     def __init__(self, redis: Any) -> None:
         super().__init__()
@@ -133,9 +147,15 @@ class RedisBus(LocalBus):
         payload = json.dumps({"o": self._origin, "t": topic, "k": str(key)})
         try:
             await self._redis.publish(self.CHANNEL, payload)
-        except Exception:
+        except Exception as exc:
             # Other nodes fall back on TTL expiry; this node is already consistent.
-            log.warning("invalidation publish failed", topic=topic)
+            log.warning(
+                "invalidation publish failed; other nodes see the change when their cache "
+                "entry expires",
+                topic=topic,
+                redis=redis_address(self._redis),
+                error=_reason(exc),
+            )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="redis-invalidation")
@@ -144,13 +164,22 @@ class RedisBus(LocalBus):
 
     async def _listen(self) -> None:
         first = True
+        backoff = 1.0
+        down_since: float | None = None
         while True:
+            pubsub = self._redis.pubsub()
             try:
-                pubsub = self._redis.pubsub()
                 await pubsub.subscribe(self.CHANNEL)
                 if not first:
+                    # Invalidations published while we were away are lost: start afresh.
                     self._reset_all()
-                first = False
+                if down_since is not None:
+                    log.info(
+                        "Redis invalidation subscription restored; caches cleared",
+                        redis=redis_address(self._redis),
+                        down_seconds=round(time.monotonic() - down_since, 1),
+                    )
+                first, backoff, down_since = False, 1.0, None
                 self._ready.set()
                 async for msg in pubsub.listen():
                     if msg.get("type") != "message":
@@ -160,12 +189,29 @@ class RedisBus(LocalBus):
                         self._deliver(data["t"], data["k"], "redis")
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("invalidation subscription lost; reconnecting")
-                await asyncio.sleep(1)
+            except Exception as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                log.warning(
+                    "Redis invalidation subscription unavailable; caches fall back on expiry",
+                    redis=redis_address(self._redis),
+                    error=_reason(exc),
+                    retry_in=backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _reason(exc: BaseException) -> str:
+    from relay.diagnose import reason
+
+    return reason(exc)

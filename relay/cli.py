@@ -1,9 +1,12 @@
-"""``relay serve | migrate | check-config`` (CONTRACT.md: Running it)."""
+"""``relay serve | migrate | check-config``, ``relay --version``: see docs/operations.md."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
+import os
+import signal
 import sys
 
 from relay import config
@@ -31,23 +34,72 @@ async def _migrate(settings: config.Settings) -> str:
         await db.close()
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("relay")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover (not installed)
+        return "unknown"
+
+
+async def _check_network(settings: config.Settings) -> tuple[list[str], list[str]]:
+    """Listeners free to bind, database and Redis answering: (problems, notes)."""
+    from relay import diagnose
+
+    problems, notes = diagnose.check_listeners(settings)
+    checks = [diagnose.check_database(settings.database_url)]
+    if settings.redis.url:
+        checks.append(diagnose.check_redis(settings.redis.url))
+    problems += [p for p in await asyncio.gather(*checks) if p]
+    return problems, notes
+
+
+def _check_config(settings: config.Settings, network: bool) -> int:
+    problems: list[str] = []
+    notes: list[str] = []
+    if network:
+        problems, notes = asyncio.run(_check_network(settings))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if problems:
+        print("configuration error:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    checked = "" if network else "; ports, database and Redis not checked"
+    print(f"configuration ok ({settings.source or 'defaults and environment'}{checked})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Everything the relay writes (database, keys, certificate, metrics files) is for its own
+    # user only, whatever umask it was started with.
+    os.umask(0o077)
     parser = argparse.ArgumentParser(prog="relay", description="SMTP relay and MTA integration")
+    parser.add_argument("--version", action="version", version=f"relay {version()}")
     sub = parser.add_subparsers(dest="cmd", required=True)
+    parsers = {}
     for name, text in (
         ("serve", "run SMTP listeners, delivery workers and the admin app"),
         ("migrate", "create or upgrade the database schema"),
         ("check-config", "validate the configuration and exit 0, or print problems and exit 2"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = parsers[name] = sub.add_parser(name, help=text)
         p.add_argument("-c", "--config", help="TOML file (default: $RELAY_CONFIG)")
+    parsers["check-config"].add_argument(
+        "--no-network",
+        action="store_true",
+        help="skip the checks that bind the listeners and connect to the database and Redis",
+    )
     # Worker processes of `relay serve` (smtp.processes, delivery.processes); not for direct use.
-    child = sub.add_parser("worker")
+    child = sub.add_parser("worker", help="a worker process of `relay serve` (not for direct use)")
     child.add_argument("-c", "--config")
     child.add_argument("--role", choices=("smtp", "delivery"), required=True)
     child.add_argument("--ipc-fd", type=int, required=True)
     child.add_argument("--listen", action="append", default=[], help="KIND:FD")
     args = parser.parse_args(argv)
+    if args.cmd in ("serve", "worker"):
+        # SIGHUP reloads once the node runs (relay.server); until then it must not kill it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = _load(args.config)
     if args.cmd == "worker":
         from relay.procs import run_child
@@ -56,13 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         listen = [(k, int(fd)) for k, _, fd in (item.partition(":") for item in args.listen)]
         return run_async(settings, run_child(settings, args.role, args.ipc_fd, listen))
     if args.cmd == "check-config":
-        print(f"configuration ok ({settings.source or 'defaults and environment'})")
-        return 0
+        return _check_config(settings, network=not args.no_network)
     if args.cmd == "migrate":
         try:
             revision = asyncio.run(_migrate(settings))
         except Exception as exc:
-            print(f"migration failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            from relay.diagnose import describe_database
+
+            print(
+                f"migration failed: {describe_database(exc, settings.database_url)}",
+                file=sys.stderr,
+            )
             return 1
         print(f"schema at revision {revision}")
         return 0

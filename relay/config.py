@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import socket
 import tomllib
@@ -62,7 +63,7 @@ class SmtpSettings:
     max_connections: int = 2000
     max_connections_per_ip: int = 100
     command_timeout: float = 300.0
-    advertised_ports: list[int] = field(default_factory=lambda: [25, 587, 2525])
+    advertised_ports: list[int] = field(default_factory=list)
     advertised_host: str = ""
 
 
@@ -208,13 +209,9 @@ def _convert(raw: Any, typ: Any, where: str, problems: list[str]) -> Any:
                 return False
             raise ValueError("expected true or false")
         if typ is int:
-            if isinstance(raw, bool):
-                raise ValueError("expected an integer")
-            return int(raw)
+            return _whole_number(raw)
         if typ is float:
-            if isinstance(raw, bool):
-                raise ValueError("expected a number")
-            return float(raw)
+            return _number(raw)
         if typ is str:
             if not isinstance(raw, str | int | float):
                 raise ValueError("expected a string")
@@ -223,6 +220,34 @@ def _convert(raw: Any, typ: Any, where: str, problems: list[str]) -> Any:
         problems.append(f"{where}: {exc} (got {raw!r})")
         return None
     return raw
+
+
+def _whole_number(raw: Any) -> int:
+    """An int from TOML or the environment; 1.5 or "lots" is an error, never truncated."""
+    if isinstance(raw, bool):
+        raise ValueError("expected a whole number")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        if raw.is_integer():
+            return int(raw)
+        raise ValueError("expected a whole number")
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def _number(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("expected a number")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number") from None
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
 
 
 def _apply(
@@ -293,6 +318,8 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
         if default_port is None:
             raise ValueError(f"missing port in {value!r}")
         return host, default_port
+    if not port_text.isdigit():
+        raise ValueError(f"port is not a number in {value!r}")
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError(f"port out of range in {value!r}")

@@ -46,7 +46,6 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
 
 def configure(fmt: str = "", level: str = "info") -> None:
     fmt = fmt or ("console" if sys.stderr.isatty() else "json")
-    lvl = getattr(logging, level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -76,6 +75,12 @@ def configure(fmt: str = "", level: str = "info") -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(lvl)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """The level of every logger (at start, and on reload); chatty libraries keep their floor."""
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.getLogger().setLevel(lvl)
     for name, floor in QUIET.items():
         logging.getLogger(name).setLevel(max(floor, lvl))

@@ -103,6 +103,24 @@ DNS_LOOKUPS = Counter(
     ["type", "status"],  # status: ok | nxdomain | nodata | error
 )
 
+# Set by the main process's storage probe (relay.health); the other processes leave them at 0,
+# so "livemax" is the main process's value.
+STORAGE_UP = Gauge(
+    "relay_storage_up",
+    "1 when the last storage probe could write (and, on SQLite, found room for a message)",
+    multiprocess_mode="livemax",
+)
+STORAGE_PROBE_FAILURES = Counter(
+    "relay_storage_probe_failures_total",
+    "Storage probes that failed, by check",
+    ["check"],  # write | free_space
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "relay_queue_oldest_age_seconds",
+    "Age of the oldest recipient waiting for delivery (queued or deferred); 0 when none",
+    multiprocess_mode="livemax",
+)
+
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -17,6 +17,7 @@ Parent and child talk over a socketpair, one JSON object per line:
 - ``{"t": "wake"}`` parent to delivery child: someone committed new recipients (SQLite has no
   LISTEN/NOTIFY; on PostgreSQL the delivery children LISTEN as well).
 - ``{"t": "reset"}`` parent to child: drop every cache (the parent lost its Redis subscription).
+- ``{"t": "reload"}`` parent to child: SIGHUP reached the parent; reload (relay.reload).
 - ``{"t": "ready"}`` child to parent: the child serves.
 A child whose parent goes away (EOF) shuts down; a child that dies is restarted with backoff.
 """
@@ -37,6 +38,7 @@ import structlog
 from relay import metrics
 from relay.cache import LocalBus
 from relay.config import Settings
+from relay.reload import Reloader
 from relay.services import Services
 
 log = structlog.get_logger("relay.procs")
@@ -136,6 +138,10 @@ class ChildProcesses:
         for child in self.children:
             if child.link is not None and child.name != origin:
                 child.link.send(message)
+
+    def reload(self) -> None:
+        """Pass a reload (SIGHUP) on to every running child."""
+        self._broadcast({"t": "reload"})
 
     def _broadcast(self, message: dict[str, Any]) -> None:
         for child in self.children:
@@ -267,6 +273,16 @@ async def run_child(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when we stop.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
+    reloader = Reloader(settings)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        task = asyncio.ensure_future(reloader.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    # A hangup of the terminal reaches the whole group: reload, as the parent does.
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     async def listen_to_parent() -> None:
         while (message := await link.receive()) is not None:
@@ -277,13 +293,15 @@ async def run_child(
                 services.notify_enqueued()
             elif kind == "reset":
                 bus._reset_all()
+            elif kind == "reload":
+                reload()
         stop.set()  # the parent is gone
 
     listener = asyncio.create_task(listen_to_parent(), name="parent-link")
     try:
         if role == DELIVERY:
             return await _delivery_child(services, link, stop)
-        return await _smtp_child(services, link, stop, listen)
+        return await _smtp_child(services, link, stop, listen, reloader)
     finally:
         listener.cancel()
         link.close()
@@ -296,8 +314,12 @@ async def _delivery_child(services: Services, link: Link, stop: asyncio.Event) -
     if services.settings.delivery.nice:
         # Acceptance is what clients wait on; delivery is background work that catches up.
         # When the cores are saturated the scheduler favours the SMTP processes; otherwise
-        # this changes nothing.
-        os.nice(services.settings.delivery.nice)
+        # this changes nothing. os.nice is setpriority(2): relay.service allows that one call
+        # of @resources (lowering our own priority needs no privilege).
+        try:
+            os.nice(services.settings.delivery.nice)
+        except OSError as exc:
+            log.warning("cannot lower the delivery process priority", error=str(exc))
 
     delivery = DeliveryService(services)
     await delivery.start()
@@ -314,7 +336,11 @@ async def _delivery_child(services: Services, link: Link, stop: asyncio.Event) -
 
 
 async def _smtp_child(
-    services: Services, link: Link, stop: asyncio.Event, listen: list[tuple[str, int]]
+    services: Services,
+    link: Link,
+    stop: asyncio.Event,
+    listen: list[tuple[str, int]],
+    reloader: Reloader,
 ) -> int:
     from relay.queue.ingest import QueueWriter
     from relay.smtp.listener import SmtpServer
@@ -340,6 +366,7 @@ async def _smtp_child(
         services, writer, inherited=[(k, socket.socket(fileno=fd)) for k, fd in listen]
     )
     await smtp.start()
+    reloader.tls_hooks.append(smtp.reload_tls)
     link.send({"t": "ready"})
     await stop.wait()
     await smtp.stop(services.settings.server.shutdown_timeout)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _ALNUM = string.ascii_letters + string.digits
 _ENC_PREFIX = "enc:v1:"
+SEALED_PREFIX = _ENC_PREFIX  # what a sealed value starts with
 
 
 def random_string(length: int, alphabet: str = _ALNUM) -> str:
@@ -115,6 +116,11 @@ class SecretBox:
 
     def __init__(self, kek: str = "") -> None:
         self._aead = AESGCM(decode_kek(kek)) if kek else None
+
+    @property
+    def sealing(self) -> bool:
+        """True when values are sealed (a key-encryption key is in use)."""
+        return self._aead is not None
 
     def seal(self, plaintext: str) -> str:
         if self._aead is None:

@@ -2,6 +2,7 @@
 
 Start: storage (migrated on the embedded default; checked at head otherwise), caches and bus,
 the queue writer, SMTP listeners, delivery workers, the admin app; then READY=1 to systemd.
+Reload (SIGHUP): relay.reload, in every process of the tree.
 Stop (SIGTERM/SIGINT): stop accepting connections, let SMTP sessions finish within the bound,
 commit what is queued, let in-flight deliveries finish within the bound and release the rest of
 their leases, stop the admin app, close storage. A second signal skips the waiting.
@@ -20,13 +21,18 @@ from typing import Any
 
 import structlog
 
+from relay import datadir
 from relay import log as relay_log
 from relay.admin.app import AdminServer
 from relay.config import ConfigError, Settings, parse_hostport
+from relay.diagnose import StartupError, describe_database, describe_redis
+from relay.health import StorageProbe
 from relay.queue.ingest import QueueWriter
+from relay.reload import Reloader
 from relay.secrets import new_admin_api_key
 from relay.services import Services
 from relay.store import migrate
+from relay.store.repos import sealing
 
 log = structlog.get_logger("relay.server")
 
@@ -45,7 +51,7 @@ def sd_notify(state: str) -> None:
 
 def ensure_admin_key(settings: Settings) -> None:
     """Use RELAY_ADMIN_API_KEY, else the stored key, else generate one and print it once."""
-    Path(settings.server.data_dir).mkdir(parents=True, exist_ok=True)
+    Path(settings.server.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     if settings.admin.api_key:
         return
     path = Path(settings.server.data_dir) / "admin_api_key"
@@ -71,15 +77,18 @@ class Relay:
         self.children: Any = None
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
+        self.probe: StorageProbe | None = None
         self._stopping = False
         # Set when delivery in this process died: the node stops (exit 1) rather than accept
         # mail nobody delivers; systemd restarts it.
         self.failed = asyncio.Event()
         # Set by a second signal: stop waiting for sessions and deliveries to finish.
         self.hurry = asyncio.Event()
+        self.reloader = Reloader(settings)
 
     async def start(self) -> None:
         s = self.settings
+        datadir.secure(s)
         ensure_admin_key(s)
         children = s.delivery.processes if s.delivery.enabled else 0
         has_listeners = bool(s.smtp.listen or s.smtp.smtps_listen)
@@ -87,18 +96,25 @@ class Relay:
         services = self.services = await Services.create(
             s, multi_process=children + smtp_children > 0
         )
-        if s.is_embedded_default:
-            await migrate.upgrade(services.db)
-        else:
-            current = await migrate.current_revision(services.db)
-            if current != migrate.head_revision():
-                raise ConfigError(
-                    [
-                        f"database schema is at {current or 'nothing'}, this version needs "
-                        f"{migrate.head_revision()}: run `relay migrate` first"
-                    ]
-                )
+        current: str | None
+        try:
+            if s.is_embedded_default:
+                await migrate.upgrade(services.db)
+                current = migrate.head_revision()
+            else:
+                current = await migrate.current_revision(services.db)
+        except Exception as exc:
+            raise StartupError(describe_database(exc, s.database_url)) from None
+        if current != migrate.head_revision():
+            raise ConfigError(
+                [
+                    f"database schema is at {current or 'nothing'}, this version needs "
+                    f"{migrate.head_revision()}: run `relay migrate` first"
+                ]
+            )
+        await self._seal_stored_secrets()
         await services.start()
+        redis_state = await self._redis_state()
         self.writer = QueueWriter(services)
         await self.writer.start()
 
@@ -106,6 +122,7 @@ class Relay:
 
         self.smtp = SmtpServer(services, self.writer)
         await self.smtp.start()
+        self.reloader.tls_hooks.append(self.smtp.reload_tls)
         if children or smtp_children:
             from relay.procs import ChildProcesses
 
@@ -124,8 +141,12 @@ class Relay:
             failed = self.delivery.failed
             self._watcher = asyncio.create_task(failed.wait(), name="delivery-watch")
             self._watcher.add_done_callback(lambda _t: self.failed.set())
+        self.probe = StorageProbe(services)
+        await self.probe.start()
         host, port = parse_hostport(s.admin.listen)
-        self.admin = AdminServer(services, host, port, submitter=self.smtp.submitter)
+        self.admin = AdminServer(
+            services, host, port, submitter=self.smtp.submitter, probe=self.probe
+        )
         await self.admin.start()
         log.info(
             "relay started",
@@ -133,9 +154,45 @@ class Relay:
             smtps=[f"{h}:{p}" for h, p in self.smtp.bound("smtps")],
             admin=f"{host}:{self.admin.port}",
             database=services.db.dialect,
-            redis=bool(services.redis),
+            redis=redis_state,
         )
         sd_notify("READY=1")
+
+    async def _seal_stored_secrets(self) -> None:
+        """Secrets stored before a key-encryption key was in use get sealed now (they were
+        readable all along: an unsealed value is used as it is)."""
+        services = self.services
+        if services is None or not services.box.sealing:
+            return
+        try:
+            async with services.db.write() as conn:
+                count = await sealing.seal_plaintext(conn, services.box.seal)
+        except Exception as exc:
+            raise StartupError(describe_database(exc, self.settings.database_url)) from None
+        if count:
+            log.info("sealed stored secrets with the key-encryption key", count=count)
+
+    async def _redis_state(self) -> str:
+        """ "off" (not configured), "up", or "down": the node runs without Redis until it
+        answers (caches fall back on their TTLs); the warning says why."""
+        services = self.services
+        if services is None or services.redis is None:
+            return "off"
+        try:
+            await asyncio.wait_for(services.redis.ping(), 3)
+        except Exception as exc:
+            log.warning(
+                "Redis unavailable at start; running without it until it answers",
+                error=describe_redis(exc, self.settings.redis.url, 3),
+            )
+            return "down"
+        return "up"
+
+    async def reload(self) -> None:
+        """SIGHUP: this process reloads, and tells its worker processes to."""
+        if self.children is not None:
+            self.children.reload()
+        await self.reloader.reload()
 
     async def stop(self) -> None:
         if self._stopping:
@@ -162,6 +219,8 @@ class Relay:
             await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
         if self.admin is not None:
             await self.admin.stop()
+        if self.probe is not None:
+            await self.probe.stop()
         if self.services is not None:
             await self.services.close()
         log.info("relay stopped")
@@ -174,8 +233,16 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(relay.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     try:
         await relay.start()
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(relay.failed.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
@@ -185,9 +252,10 @@ async def serve(settings: Settings) -> int:
             return 1
         return 0
     finally:
-        # A second signal during the drain cuts it short.
+        # A second signal during the drain cuts it short; a hangup now is ignored.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, relay.hurry.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
         await relay.stop()
 
 
@@ -216,6 +284,9 @@ def run(settings: Settings) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1

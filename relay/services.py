@@ -16,6 +16,7 @@ from typing import Any
 
 from relay.cache import LocalBus, RedisBus
 from relay.config import Settings
+from relay.datadir import use_generated_kek
 from relay.directory import Directory
 from relay.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from relay.secrets import SecretBox
@@ -58,6 +59,8 @@ class Services:
         else:
             bus = bus or LocalBus()
             limiter = MemoryRateLimiter()
+        # The embedded default seals stored secrets with a generated key unless one is set.
+        use_generated_kek(settings)
         box = SecretBox(settings.security.key_encryption_key)
         directory = Directory(db, bus, box)
         node_id = (

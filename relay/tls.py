@@ -1,4 +1,8 @@
-"""TLS for the SMTP listeners: the configured PEM files, or a self-signed pair we generate."""
+"""TLS for the SMTP listeners: the configured PEM files, or a self-signed pair we generate.
+
+The listeners keep one ``ssl.SSLContext`` for their lifetime; a reload (SIGHUP) loads the new
+certificate and key into it, so new connections get them and open sessions are untouched.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from relay.config import Settings
 
 
 def ensure_self_signed(data_dir: Path, hostname: str) -> tuple[Path, Path]:
@@ -49,8 +55,18 @@ def ensure_self_signed(data_dir: Path, hostname: str) -> tuple[Path, Path]:
                 serialization.NoEncryption(),
             )
         )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def tls_files(settings: Settings) -> tuple[Path, Path]:
+    """The certificate and key the listeners use: configured, or generated into the data
+    directory."""
+    if settings.smtp.tls_cert:
+        return Path(settings.smtp.tls_cert), Path(settings.smtp.tls_key)
+    return ensure_self_signed(settings.data_path, settings.hostname)
 
 
 def server_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
@@ -60,3 +76,18 @@ def server_context(cert: Path | str, key: Path | str) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+class ServerTLS:
+    """The listeners' context, and a reload that never leaves it half-loaded."""
+
+    def __init__(self, cert: Path | str, key: Path | str) -> None:
+        self.context = server_context(cert, key)
+        self.cert, self.key = str(cert), str(key)
+
+    def reload(self, cert: Path | str, key: Path | str) -> None:
+        """Load ``cert``/``key`` for new connections. A bad pair (unreadable, not PEM, key not
+        matching) raises ``ssl.SSLError``/``OSError`` and the current pair stays in use."""
+        server_context(cert, key)  # validate on a throwaway context first
+        self.context.load_cert_chain(str(cert), str(key))
+        self.cert, self.key = str(cert), str(key)

@@ -63,6 +63,35 @@ FAMILY_ORDER = (
 
 # -- docstrings ---------------------------------------------------------------------------------
 
+# Docstrings cite where a shape comes from, in the labels the developers' copies of the original
+# API's documents carry ("001: ...", "002 spells it ...", "(004)", the project's contract file).
+# The published reference stands on its own: those citations are rewritten or dropped here
+# (tests/test_docs.py fails on any that get through).
+_DOC = r"(?:seed )?\b00\d\b"
+PUBLIC_WORDING: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(rf"{_DOC} spells it "), "also accepted as "),
+    (re.compile(rf"\(({_DOC}|CONTRACT\.md):\s*"), "("),
+    (re.compile(rf"\s*\(({_DOC}|CONTRACT\.md)\)"), ""),
+    (re.compile(rf"\s*\({_DOC}\s[^()]*\)"), ""),
+    (re.compile(rf"\({_DOC}\)\s*"), ""),
+    (re.compile(rf"{_DOC}'s (\S+) spelling"), r"the \1 spelling"),
+    (re.compile(rf"{_DOC}'s spellings"), "The original API's other spellings"),
+    (re.compile(rf"the shape {_DOC} gives"), "the shape the original API gives"),
+    (re.compile(r"\(CONTRACT\.md\)\s*"), ""),
+    (re.compile(r"each route's document does"), "each route of the original API does"),
+    (re.compile(r"\b([Tt])he documents'"), r"\1he original API's"),
+    (re.compile(r"\b([Tt])he documents\b"), r"\1he original API"),
+    (re.compile(r"\b([Nn])ot in the documents\b"), r"\1ot in the original API"),
+]
+
+
+def public(text: str) -> str:
+    """``text`` without citations of documents outside the repository."""
+    for pattern, replacement in PUBLIC_WORDING:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 _PARAM = re.compile(r"^(?P<name>[^():]+?)\s*(?:\((?P<meta>[^)]*)\))?:\s*(?P<text>.*)$")
 _ERROR = re.compile(r"^(?P<code>\d+(?:-\d+)?):\s*(?P<text>.+)$")
 
@@ -141,12 +170,12 @@ def parse_docstring(text: str | None) -> CommandDoc:
         else:
             notes.append(entry)
     return CommandDoc(
-        summary=paragraphs[0] if paragraphs else "",
-        details=paragraphs[1:],
-        params=params,
-        errors=errors,
+        summary=public(paragraphs[0]) if paragraphs else "",
+        details=[public(p) for p in paragraphs[1:]],
+        params=[Param(p.name, p.type, p.required, public(p.text)) for p in params],
+        errors=[(code, public(text)) for code, text in errors],
         has_errors_section="Errors" in sections,
-        error_notes=notes,
+        error_notes=[public(n) for n in notes],
     )
 
 
@@ -411,6 +440,9 @@ async def example_app() -> AsyncIterator[ExampleSession]:
                 "RELAY_DATA_DIR": tmp,
                 "RELAY_ADMIN_API_KEY": EXAMPLE_ADMIN_KEY,
                 "RELAY_HOSTNAME": "smtp.example.com",
+                # What addsmtp advertises: a relay listening on the submission ports.
+                "RELAY_SMTP_LISTEN": "0.0.0.0:587",
+                "RELAY_SMTPS_LISTEN": "0.0.0.0:465",
                 "RELAY_DKIM_KEY_BITS": "1024",
                 "RELAY_DKIM_SELECTOR": "rl202601",
                 "RELAY_DNS_SPF_INCLUDE": "spf.example.com",
@@ -586,16 +618,32 @@ times replaced by stable placeholders). `tests/test_apidoc.py` fails when this f
   sender domain's API key as a Bearer token; each is also reachable through `/api.php` under
   the command name given with it.
 - Errors: `/api.php` commands answer HTTP 200 with `{"Success": false, "ErrorCode": N}` (a
-  list of codes where the documents show one, with `ErrorText` or `ErrorMessage`); v1 routes
+  list of codes for commands that report every problem at once, with `ErrorText` or
+  `ErrorMessage`); v1 routes
   answer `{"Errors": [{"Code": N, "Message": "..."}]}` with an HTTP status: 400 invalid
   parameters, 401 missing or invalid key, 403 account or domain not allowed, 404 unknown
   object, 422 refused content, 429 rate limit or send limit, 503 storage unavailable.
-- Codes common to every command (not in the documents' per-command lists): 99996 internal
+- Codes common to every command (not repeated in each command's list): 99996 internal
   error or storage unavailable (HTTP 500/503), 99997 unknown command, 99998 authentication
   failure or session expired, 99999 not enough privileges (a user calling an admin command).
 - Rate limit: the routes marked with one allow 100 requests per 60 seconds per API key
   (`admin.rate_limit_requests` / `admin.rate_limit_window`), counted in Redis when configured
   so that all nodes share it; beyond it HTTP 429 with `Retry-After`.
+
+## Compatibility names
+
+The API follows the email-gateway API of Octeth's Oempro (command names, parameters, error
+codes and response shapes), so clients written for it work unchanged; "the original API" below
+means that API. A few of its names appear here although they say nothing about this relay:
+
+- `accepted-by-oempro` is the original API's event name for `accepted` (the relay queued the
+  recipient); `rejected-by-oempro` is its name for `rejected` (refused by the relay's checks).
+  Both are taken wherever an `Event` filter is, and some responses use them.
+- `accepted-by-mta` and `rejected-by-mta` are its names for `delivered` (a delivery server
+  answered 2xx) and `bounced` (it answered 5xx).
+- `X-Octeth-Export-Total`, `X-Octeth-Export-Truncated` and `X-Octeth-Export-Limit` are the
+  response headers of `emailgateway.exportevents` under the original API's names: the number
+  of matching events, and whether and where the export was cut off.
 """
 
 
@@ -603,7 +651,7 @@ def _family_title(spec: CommandSpec) -> tuple[str, str]:
     """(heading, module docstring): the heading is the docstring's first paragraph up to its
     first ":" or " (" ("Webhooks", "The event log")."""
     module = importlib.import_module(spec.func.__module__)
-    doc = inspect.cleandoc(module.__doc__ or family(spec))
+    doc = public(inspect.cleandoc(module.__doc__ or family(spec)))
     first = " ".join(doc.partition("\n\n")[0].split())
     title = re.split(r":| \(", first, maxsplit=1)[0].rstrip(".")
     return title, doc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from aiohttp import web
@@ -16,6 +17,8 @@ from relay.admin.dispatcher import (
     json_response,
     v1_handler,
 )
+from relay.diagnose import reason
+from relay.health import StorageProbe
 from relay.services import Services
 from relay.submit import Submitter
 
@@ -24,20 +27,33 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+PROBE = web.AppKey("storage_probe", StorageProbe)
+
+
 async def readyz(request: web.Request) -> web.Response:
+    """Ready = this node can accept mail: the storage probe's last write succeeded (no write
+    per request; see relay.health). Without a probe (an admin app on its own), a read."""
     services = request.app[SERVICES]
-    problems = []
-    try:
-        await services.db.ping()
-    except Exception:
-        problems.append("database")
+    problems: dict[str, str] = {}
+    probe = request.app.get(PROBE)
+    if probe is not None:
+        problem = probe.status()
+        if problem:
+            problems["database"] = problem
+    else:
+        try:
+            await services.db.ping()
+        except Exception as exc:
+            problems["database"] = reason(exc)
     if services.redis is not None:
         try:
-            await services.redis.ping()
-        except Exception:
-            problems.append("redis")
+            await asyncio.wait_for(services.redis.ping(), 3)
+        except Exception as exc:
+            problems["redis"] = reason(exc, 3)
     if problems:
-        return json_response({"status": "unavailable", "failing": problems}, status=503)
+        return json_response(
+            {"status": "unavailable", "failing": list(problems), "reasons": problems}, status=503
+        )
     return json_response({"status": "ok"})
 
 
@@ -49,14 +65,19 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-def create_app(services: Services, submitter: Submitter | None = None) -> web.Application:
-    """The admin app; ``submitter`` (the node's SMTP submission path) enables the send API."""
+def create_app(
+    services: Services, submitter: Submitter | None = None, probe: StorageProbe | None = None
+) -> web.Application:
+    """The admin app; ``submitter`` (the node's SMTP submission path) enables the send API;
+    ``probe`` answers /readyz."""
     # Room for the HTTP send API's attachments (base64 grows content by a third).
     max_size = int(services.settings.smtp.max_message_size * 1.4) + 65536
     app = web.Application(client_max_size=max_size)
     app[SERVICES] = services
     if submitter is not None:
         app[SUBMITTER] = submitter
+    if probe is not None:
+        app[PROBE] = probe
     resources.install(app, services)
     app.router.add_route("GET", "/api.php", handle_api_php)
     app.router.add_route("POST", "/api.php", handle_api_php)
@@ -75,9 +96,14 @@ def create_app(services: Services, submitter: Submitter | None = None) -> web.Ap
 
 class AdminServer:
     def __init__(
-        self, services: Services, host: str, port: int, submitter: Submitter | None = None
+        self,
+        services: Services,
+        host: str,
+        port: int,
+        submitter: Submitter | None = None,
+        probe: StorageProbe | None = None,
     ) -> None:
-        self.app = create_app(services, submitter)
+        self.app = create_app(services, submitter, probe)
         self.host, self.port = host, port
         self._runner: web.AppRunner | None = None
 

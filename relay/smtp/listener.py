@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from pathlib import Path
 from typing import cast
 
 import structlog
@@ -18,7 +17,7 @@ from relay.services import Services
 from relay.smtp.handler import RelayHandler
 from relay.smtp.protocol import ConnectionLimits, RelaySMTP, plaintext_networks
 from relay.submit import Submitter
-from relay.tls import ensure_self_signed, server_context
+from relay.tls import ServerTLS, tls_files
 
 log = structlog.get_logger("relay.smtp")
 
@@ -45,6 +44,7 @@ class SmtpServer:
         self.sessions: set[RelaySMTP] = set()
         self.draining = False
         self._servers: list[tuple[str, asyncio.Server]] = []
+        self.tls: ServerTLS | None = None
 
     def _factory(self, ctx: ssl.SSLContext, implicit: bool) -> RelaySMTP:
         s = self.services.settings
@@ -63,11 +63,9 @@ class SmtpServer:
 
     async def start(self) -> None:
         s = self.services.settings
-        if s.smtp.tls_cert:
-            cert, key = Path(s.smtp.tls_cert), Path(s.smtp.tls_key)
-        else:
-            cert, key = await asyncio.to_thread(ensure_self_signed, s.data_path, s.hostname)
-        ctx = server_context(cert, key)
+        cert, key = await asyncio.to_thread(tls_files, s)
+        self.tls = ServerTLS(cert, key)
+        ctx = self.tls.context
         loop = asyncio.get_running_loop()
         if self.inherited is not None:
             for kind, sock in self.inherited:
@@ -92,6 +90,12 @@ class SmtpServer:
                     backlog=1024,
                 )
                 self._servers.append((kind, server))
+
+    async def reload_tls(self) -> None:
+        """Load the configured (or generated) certificate and key again, for new connections."""
+        if self.tls is not None:
+            cert, key = await asyncio.to_thread(tls_files, self.services.settings)
+            self.tls.reload(cert, key)
 
     def listening_fds(self) -> list[tuple[str, int]]:
         """(kind, file descriptor) of every listening socket, for SMTP worker processes."""

@@ -1,27 +1,57 @@
-"""SMTP credentials of a gateway domain (001: emailgateway.addsmtp, getsmtps, deletesmtp,
+"""SMTP credentials of a gateway domain (emailgateway.addsmtp, getsmtps, deletesmtp,
 resetsmtppassword).
 
-A credential is the SMTPUsername/SMTPPassword pair applications AUTH with (CONTRACT.md). The
-password is generated (190 bits), returned once and stored as a SHA-256 hash. Deleting a
-credential or resetting its password invalidates it on every relay node at once (the
-``credential`` invalidation topic), not at cache expiry. 002's ``smtpid`` spelling works too.
+A credential is the SMTPUsername/SMTPPassword pair applications AUTH with. The password is
+generated (190 bits), returned once and stored as a SHA-256 hash. Deleting a credential or
+resetting its password invalidates it on every relay node at once (the ``credential``
+invalidation topic), not at cache expiry. ``SMTPHost`` and ``SMTPPorts`` say where to connect:
+``smtp.advertised_host`` and ``smtp.advertised_ports`` when set, otherwise the ports the relay
+listens on (``smtp.listen``, then ``smtp.smtps_listen``) and its hostname (the listeners'
+address when they are all on loopback). ``SMTPID`` may also be spelled ``smtpid``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from relay.admin.commands.domains import domain_id_param, owned_domain
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
+from relay.config import Settings, parse_hostport
 from relay.directory import Topics
 from relay.secrets import hash_secret, new_smtp_password, new_smtp_username
 from relay.store.repos import credentials as repo
 
 
-def smtp_host(call: Call) -> str:
-    s = call.services.settings
-    return s.smtp.advertised_host or s.hostname
+def advertised(settings: Settings) -> tuple[str, list[int]]:
+    """The host and ports addsmtp/getsmtps tell customers to connect to: smtp.advertised_host
+    and smtp.advertised_ports when set, else the listeners' own: their ports (STARTTLS ones
+    first), and the relay's hostname, or the listeners' address when every listener is on a
+    loopback address (nobody else could connect to the hostname)."""
+    bound: list[tuple[str, int]] = []
+    for item in [*settings.smtp.listen, *settings.smtp.smtps_listen]:
+        try:
+            bound.append(parse_hostport(item))
+        except ValueError:
+            continue
+    ports = list(settings.smtp.advertised_ports) or list(
+        dict.fromkeys(port for _, port in bound if port)
+    )
+    host = settings.smtp.advertised_host
+    if not host:
+        hosts = {h for h, _ in bound}
+        host = settings.hostname
+        if len(hosts) == 1 and _is_loopback(next(iter(hosts))):
+            host = next(iter(hosts))
+    return host, ports
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def smtp_id_param(call: Call) -> int:
@@ -58,14 +88,15 @@ async def add_smtp(call: Call) -> dict[str, Any]:
         )
     # A failed AUTH may have cached "no such user" for this name.
     await call.services.bus.publish(Topics.CREDENTIAL, username)
+    host, ports = advertised(call.services.settings)
     return ok(
         NewSMTPID=smtp_id,
         SMTP={
             "SMTPID": smtp_id,
             "SMTPUsername": username,
             "SMTPPassword": password,
-            "SMTPHost": smtp_host(call),
-            "SMTPPorts": list(call.services.settings.smtp.advertised_ports),
+            "SMTPHost": host,
+            "SMTPPorts": ports,
         },
     )
 
@@ -85,7 +116,7 @@ async def get_smtps(call: Call) -> dict[str, Any]:
     async with call.services.db.read() as conn:
         await owned_domain(conn, call, domain_id, 2, "Domain not found or access denied")
         rows = await repo.list_for_domain(conn, domain_id)
-    host, ports = smtp_host(call), list(call.services.settings.smtp.advertised_ports)
+    host, ports = advertised(call.services.settings)
     return ok(
         SMTPs=[
             {"SMTPID": r.id, "SMTPUsername": r.username, "SMTPHost": host, "SMTPPorts": ports}
@@ -99,7 +130,7 @@ async def reset_smtp_password(call: Call) -> dict[str, Any]:
     """Give SMTP credentials a new generated password; the old one stops working at once.
 
     Parameters:
-        SMTPID (Integer, required): the credentials (002 spells it smtpid).
+        SMTPID (Integer, required): the credentials (also accepted as smtpid).
 
     Errors:
         1: Missing required parameter (SMTPID)
@@ -123,7 +154,7 @@ async def delete_smtp(call: Call) -> dict[str, Any]:
     next command on (a MAIL after AUTH gets 535 5.7.8).
 
     Parameters:
-        SMTPID (Integer, required): the credentials (002 spells it smtpid).
+        SMTPID (Integer, required): the credentials (also accepted as smtpid).
 
     Errors:
         1: Missing required parameter (SMTPID)
