@@ -306,3 +306,14 @@ events = Table(
     Index("ix_events_domain_created", "domain_id", "created_at"),
     Index("ix_events_message", "message_id"),
 )
+
+# Secrets every node of an installation must share, generated once by whichever node needs one
+# first (e.g. "tracking": the key behind tracking tokens). Sealed with the key-encryption key
+# when one is configured.
+cluster_secrets = Table(
+    "cluster_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
