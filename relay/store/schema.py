@@ -307,6 +307,15 @@ events = Table(
     Index("ix_events_message", "message_id"),
 )
 
+# Keys of feedback already recorded (relay/queue/feedback.py): a PowerMTA accounting record or
+# a report read twice records its event once.
+feedback_keys = Table(
+    "feedback_keys",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
 # Secrets every node of an installation must share, generated once by whichever node needs one
 # first (e.g. "tracking": the key behind tracking tokens). Sealed with the key-encryption key
 # when one is configured.

@@ -1,0 +1,189 @@
+"""Feedback: the one path for what comes back about a message after it was handed on.
+
+Tracking hits (opened, clicked, unsubscribed), delivery status notifications and complaints
+from the MX listener, PowerMTA accounting records: each becomes a ``Feedback`` item about one
+recipient of one queued message. ``FeedbackWriter`` commits them through a group commit (no
+transaction per hit or per record): the event, with the account and domain read from the
+message row in the same statement; for a suppressing item (hard bounce, complaint,
+unsubscribe) the account's suppression row and a ``suppressed`` event; the suppression is then
+published on the invalidation bus, so every SMTP process refuses the address at once.
+
+An item whose message or recipient is unknown (forged, or its rows are gone) records nothing;
+an item with a ``dedupe_key`` already recorded once (a replayed accounting file, a report sent
+twice) records nothing either. ``record`` says which items were recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from relay.cache import LocalBus
+from relay.directory import Topics
+from relay.queue import sql
+from relay.queue.groupcommit import GroupCommit
+from relay.store.db import Database, SqliteRunner, sqlite_datetime, storable_text, utcnow
+from relay.store.pg import PgConnection, columns
+
+log = structlog.get_logger("relay.queue")
+
+SUPPRESSION_SOURCES = ("bounce", "complaint", "unsubscribe")
+
+
+@dataclass(slots=True)
+class Feedback:
+    message_id: str  # the queue id ("250 2.0.0 Ok: queued as <id>")
+    recipient: str  # an envelope recipient of that message (matched case-insensitively)
+    event: str  # relay.events name: opened, clicked, unsubscribed, bounced, complained, ...
+    smtp_code: int | None = None
+    smtp_response: str | None = None
+    data: dict[str, Any] | None = None
+    # Also suppress the recipient for the message's account, with this source
+    # (SUPPRESSION_SOURCES) and reason.
+    suppress: str | None = None
+    suppress_reason: str | None = None
+    # Recorded at most once per key, ever.
+    dedupe_key: str | None = None
+    created_at: float = 0.0
+
+
+# What the backend says about one item: None = not recorded; else (user_id, email suppressed
+# or None).
+Recorded = tuple[int, str | None] | None
+
+_Row = tuple[Any, ...]
+
+
+def _check(items: Sequence[Feedback]) -> list[Feedback]:
+    for f in items:
+        if f.suppress is not None and f.suppress not in SUPPRESSION_SOURCES:
+            raise ValueError(f"unknown suppression source {f.suppress!r}")
+    return list(items)
+
+
+def _key(key: str | None) -> str | None:
+    """Keys fit the column; a longer one is replaced by its digest."""
+    if key is None or len(key) <= 200:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _row(ordinal: int, f: Feedback, now: float) -> _Row:
+    data = {k: storable_text(v) if isinstance(v, str) else v for k, v in (f.data or {}).items()}
+    return (
+        ordinal,
+        f.message_id[:36],
+        f.recipient[:320],
+        f.event[:32],
+        f.smtp_code,
+        storable_text(f.smtp_response),
+        json.dumps(data) if data else None,
+        f.suppress,
+        (storable_text(f.suppress_reason) or f.event)[:255] if f.suppress else None,
+        _key(f.dedupe_key),
+        f.created_at or now,
+    )
+
+
+def _sqlite_record(conn: sqlite3.Connection, rows: list[_Row], created: str) -> list[Recorded]:
+    out: list[Recorded] = []
+    for _ord, mid, rcpt, event, code, resp, data, suppress, reason, key, ts in rows:
+        match = conn.execute(sql.SQLITE_FEEDBACK_MATCH, (mid, rcpt)).fetchone()
+        if match is None:
+            out.append(None)
+            continue
+        user_id, domain_id, queued_rcpt = match
+        if key is not None and conn.execute(sql.SQLITE_FEEDBACK_KEY, (key, ts)).rowcount == 0:
+            out.append(None)
+            continue
+        conn.execute(
+            sql.SQLITE_INSERT_EVENT,
+            (ts, user_id, domain_id, mid, queued_rcpt, event, code, resp, data),
+        )
+        email = None
+        if suppress is not None:
+            email = queued_rcpt.lower()
+            conn.execute(sql.SQLITE_SUPPRESS, (user_id, email, reason, suppress, created))
+            conn.execute(
+                sql.SQLITE_INSERT_EVENT,
+                (
+                    ts, user_id, domain_id, mid, queued_rcpt, "suppressed", code, resp,
+                    json.dumps({"source": suppress}),
+                ),
+            )  # fmt: skip
+        out.append((user_id, email))
+    return out
+
+
+class FeedbackWriter:
+    """One per process; ``start`` before use, ``stop`` commits what is pending."""
+
+    def __init__(self, db: Database, bus: LocalBus | None = None, *, max_batch: int = 1000):
+        self.db = db
+        self.bus = bus
+        self._sqlite = SqliteRunner(db, "feedback-writer") if db.is_sqlite else None
+        self._pg = None if db.is_sqlite else PgConnection(db.url)
+        self._group: GroupCommit[Feedback, Recorded] = GroupCommit(
+            self._commit, name="feedback-writer", max_batch=max_batch, retry_delays=(0.2, 1.0)
+        )
+
+    def start(self) -> None:
+        self._group.start()
+
+    async def record(self, items: Sequence[Feedback]) -> list[bool]:
+        """Commit ``items``; per item, True if recorded (False: unknown message or recipient,
+        or a dedupe key seen before). Raises StorageUnavailable when it cannot commit."""
+        return [r is not None for r in await self._group.submit(_check(items))]
+
+    def enqueue(self, items: Sequence[Feedback]) -> None:
+        """Commit ``items`` with the next batch without waiting (failures are logged)."""
+        self._group.enqueue(_check(items))
+
+    async def _commit(self, items: list[Feedback]) -> list[Recorded]:
+        now = time.time()
+        rows = [_row(i, f, now) for i, f in enumerate(items)]
+        results: list[Recorded] = [None] * len(rows)
+        # The same key twice in one batch: the first one counts (PostgreSQL's ON CONFLICT
+        # would let both through in one statement).
+        seen: set[str] = set()
+        todo: list[_Row] = []
+        for row in rows:
+            key = row[9]
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            todo.append(row)
+        if self._sqlite is not None:
+            done = await self._sqlite.write(_sqlite_record, todo, sqlite_datetime(utcnow()))
+            for row, result in zip(todo, done, strict=True):
+                results[row[0]] = result
+        else:
+            assert self._pg is not None
+            cols = columns(todo, 11)
+            found = await self._pg.run(lambda conn: conn.fetch(sql.PG_FEEDBACK, *cols, utcnow()))
+            for ordinal, user_id, email in found:
+                suppressed = email if rows[ordinal][7] is not None else None
+                results[ordinal] = (user_id, suppressed)
+        if self.bus is not None:
+            for result in results:
+                if result is not None and result[1] is not None:
+                    try:
+                        await self.bus.publish(Topics.SUPPRESSION, f"{result[0]}:{result[1]}")
+                    except Exception as exc:  # committed: never retry the batch for this
+                        log.warning("suppression not published", error=repr(exc))
+        return results
+
+    async def stop(self) -> None:
+        await self._group.stop()
+        if self._sqlite is not None:
+            await self._sqlite.close()
+        if self._pg is not None:
+            await self._pg.close()
