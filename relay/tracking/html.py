@@ -58,8 +58,8 @@ class HtmlPlan:
 @dataclass(slots=True)
 class _Tag:
     name: str
+    raw: str  # the start tag as written
     href_span: tuple[int, int] | None  # of the raw value, quotes excluded
-    raw_href: str | None
     notrack: bool
 
 
@@ -84,13 +84,13 @@ class _Tokenizer(html.parser.HTMLParser):
             return
         raw = self.get_starttag_text() or ""
         start = self._offset()
-        span, value = _href_in(raw)
+        span = _href_in(raw)
         names = {name for name, _ in attrs}
         self.tags.append(
             _Tag(
                 tag,
+                raw,
                 (start + span[0], start + span[1]) if span else None,
-                value,
                 NOTRACK_ATTRIBUTE in names,
             )
         )
@@ -102,12 +102,12 @@ class _Tokenizer(html.parser.HTMLParser):
             self.html_end = self._offset()
 
 
-def _href_in(raw: str) -> tuple[tuple[int, int] | None, str | None]:
-    """The span and raw text of the first href value of a start tag, found with the very
-    expressions ``HTMLParser.parse_starttag`` uses, so it is the attribute it reported."""
+def _href_in(raw: str) -> tuple[int, int] | None:
+    """The span of the first href value of a start tag, found with the very expressions
+    ``HTMLParser.parse_starttag`` uses, so it is the attribute it reported."""
     match = html.parser.tagfind_tolerant.match(raw, 1)  # type: ignore[attr-defined]
     if match is None:
-        return None, None
+        return None
     k = match.end()
     while k < len(raw):
         m = html.parser.attrfind_tolerant.match(raw, k)  # type: ignore[attr-defined]
@@ -116,13 +116,13 @@ def _href_in(raw: str) -> tuple[tuple[int, int] | None, str | None]:
         name, rest, value = m.group(1, 2, 3)
         if name.lower() == "href":
             if not rest:
-                return None, None
+                return None
             start, end = m.span(3)
             if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:
                 start, end = start + 1, end - 1
-            return (start, end), raw[start:end]
+            return start, end
         k = m.end()
-    return None, None
+    return None
 
 
 def clean_url(href: str) -> str | None:
@@ -156,14 +156,12 @@ def plan_html(
     if not links:
         return plan
     tags = [t for t in tokenizer.tags if t.href_span is not None]
-    seen = [
-        (node.tag, node.attributes.get("href") or "")
-        for node in LexborHTMLParser(text).css("a[href], area[href]")
-    ]
-    if len(seen) != len(tags) or any(
-        name != tag.name or value not in (tag.raw_href, html.unescape(tag.raw_href or ""))
-        for (name, value), tag in zip(seen, tags, strict=True)
-    ):
+    seen = _links(text)
+    # The same links, in the same order, with the same values: the tokenizer's start tags,
+    # alone, read by Lexbor too (so both values follow HTML5's rules).
+    if seen != _links("".join(t.raw for t in tags)) or [n for n, _ in seen] != [
+        t.name for t in tags
+    ]:
         plan.links_skipped = bool(tags or seen)
         return plan
     for (_, value), tag in zip(seen, tags, strict=True):
@@ -177,6 +175,13 @@ def plan_html(
             continue
         plan.links.append(Link(tag.href_span[0], tag.href_span[1], url))
     return plan
+
+
+def _links(text: str) -> list[tuple[str, str]]:
+    return [
+        (node.tag or "", node.attributes.get("href") or "")
+        for node in LexborHTMLParser(text).css("a[href], area[href]")
+    ]
 
 
 def _insertion_point(tokenizer: _Tokenizer, length: int) -> int:

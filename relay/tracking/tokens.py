@@ -121,6 +121,9 @@ class TokenCodec:
             return None
         if len(raw) < 2 or raw[0] != KEY_ID:
             return None
+        # One spelling per token: base64's unused trailing bits must be zero (RFC 4648 3.5).
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+            return None
         try:
             plain = self._siv.decrypt(raw[1:], [kind])
         except (InvalidTag, ValueError):
