@@ -79,6 +79,7 @@ class RelayInstance:
         self.admin_key = "adm_bench_" + secrets.token_urlsafe(24)
         self.smtp_port = free_port()
         self.admin_port = free_port()
+        self.tracking_port = free_port()
         self.log_path = root / "relay.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.pg_database: str | None = None
@@ -91,6 +92,7 @@ class RelayInstance:
             "RELAY_SMTP_LISTEN": f"127.0.0.1:{self.smtp_port}",
             "RELAY_SMTPS_LISTEN": f"127.0.0.1:{free_port()}",
             "RELAY_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+            "RELAY_TRACKING_LISTEN": f"127.0.0.1:{self.tracking_port}",
             "RELAY_ADMIN_API_KEY": self.admin_key,
             "RELAY_HOSTNAME": "relay.bench.test",
             "RELAY_LOG_FORMAT": "json",

@@ -469,7 +469,11 @@ def test_html_insertion_point() -> None:
 
 
 def test_urls_are_made_safe_for_a_location_header() -> None:
-    plan = plan_html('<a href=" https://e.example/a b\tc\u00e9 ">x</a><a href="https:///x">y</a>')
+    long = "https://e.example/" + "x" * 2100
+    plan = plan_html(
+        '<a href=" https://e.example/a b\tc\u00e9 ">x</a><a href="https:///x">y</a>'
+        f'<a href="{long}">too long for a request line once in a token</a>'
+    )
     assert [link.url for link in plan.links] == ["https://e.example/a%20bc%C3%A9"]
 
 

@@ -25,6 +25,8 @@ from urllib.parse import quote, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser
 
+from relay.tracking.tokens import MAX_URL_CHARS
+
 # The attribute that leaves a link alone: <a href="..." data-notrack>.
 NOTRACK_ATTRIBUTE = "data-notrack"
 
@@ -126,7 +128,8 @@ def _href_in(raw: str) -> tuple[int, int] | None:
 
 
 def clean_url(href: str) -> str | None:
-    """An absolute http(s) URL as a browser would follow it, or None if it is not one."""
+    """An absolute http(s) URL as a browser would follow it, or None if it is not one (or is
+    longer than MAX_URL_CHARS: its token would not fit a request line, so it stays as is)."""
     url = _TAB_NEWLINE.sub("", href.strip(_C0_AND_SPACE))
     scheme = url[:8].lower()
     if not (scheme.startswith("http://") or scheme == "https://"):
@@ -137,7 +140,8 @@ def clean_url(href: str) -> str | None:
         return None
     if not parts.hostname:
         return None
-    return quote(url, safe=_URL_SAFE)
+    url = quote(url, safe=_URL_SAFE)
+    return url if len(url) <= MAX_URL_CHARS else None
 
 
 def plan_html(

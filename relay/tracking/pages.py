@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import html
 
-# A 1x1 transparent GIF (GIF89a, 43 bytes).
-PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+# A 1x1 transparent GIF: header, screen 1x1 with a 2-colour table, graphic control extension
+# (colour 0 transparent), image descriptor, LZW data of one pixel, trailer. 43 bytes.
+PIXEL = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00"
+    b"\x00\x00\x00\xff\xff\xff"
+    b"\x21\xf9\x04\x01\x00\x00\x00\x00"
+    b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00"
+    b"\x02\x02\x44\x01\x00"
+    b"\x3b"
+)
 
 # Never cached (the pixel counts every fetch; a cached redirect would skip the click).
 NO_STORE = {

@@ -35,9 +35,10 @@ KINDS = (CLICK, OPEN, UNSUBSCRIBE)
 
 KEY_ID = 1
 SECRET_BYTES = 32
-# A token longer than this is not one of ours (URLs up to a few kilobytes fit): refuse it
-# before any base64 or crypto work.
-MAX_TOKEN_CHARS = 8192
+# A token longer than this is not one of ours (links are rewritten only up to MAX_URL_CHARS):
+# refuse it before any base64 or crypto work.
+MAX_URL_CHARS = 2048
+MAX_TOKEN_CHARS = 4096
 # Recipient addresses are at most 254 octets in practice (RFC 5321 4.5.3.1.3 allows a 256-octet
 # path with its brackets); a longer one is simply not tracked.
 MAX_RECIPIENT_BYTES = 255
