@@ -104,7 +104,7 @@ DNS_LOOKUPS = Counter(
 TRACKING_MESSAGES = Counter(
     "relay_tracking_messages_total",
     "Messages with tracking on, by what was done: tracked, unchanged (nothing to track), "
-    "signed or encrypted (left as they came), no_host, unexpected structure, error",
+    "signed or encrypted (left as they came), no_host, unexpected_structure, error",
     ["result"],
 )
 TRACKING_VARIANTS = Counter(

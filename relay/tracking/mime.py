@@ -171,7 +171,7 @@ def template(
     for mark in markers:
         before, found, body = body.partition(mark)
         if not found:
-            raise Untouchable("unexpected structure")
+            raise Untouchable("unexpected_structure")
         pieces.append(before)
     pieces.append(body)
     return BodyTemplate(pieces, headers)
