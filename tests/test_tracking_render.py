@@ -419,6 +419,8 @@ async def test_untrackable_recipients_share_an_untracked_body(kit: Kit) -> None:
     assert out.body.endswith(alternative().split(b"\r\n\r\n", 1)[1])
     assert await kit.verifies(out.body)
     assert await kit.verifies(out.variants["a@example.net"])
+    alone = await kit.sign(alternative(), [long])
+    assert alone.variants is None and alone.body.endswith(alternative().split(b"\r\n\r\n", 1)[1])
 
 
 async def test_a_large_message_is_planned_off_the_loop(kit: Kit) -> None:

@@ -254,7 +254,7 @@ class Tracker:
         metrics.TRACKING_VARIANTS.inc(len(rendered))
         bodies = dict(zip(rendered, signed, strict=False))
         if untracked:
-            return SignedBodies(signed[-1], bodies)
+            return SignedBodies(signed[-1], bodies or None)
         first = next(iter(bodies))
         body = bodies.pop(first)
         return SignedBodies(body, bodies or None)
