@@ -83,6 +83,9 @@ class RelayInstance:
         self.log_path = root / "relay.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.pg_database: str | None = None
+        # The account made by _setup, for benchmarks that change its options.
+        self.api_key = ""
+        self.domain_id = 0
 
     # -- environment -----------------------------------------------------------------------
 
@@ -222,6 +225,7 @@ class RelayInstance:
             api_key = user["APIKey"]
             domain = await call("emailgateway.adddomain", APIKey=api_key, DomainName=SENDER_DOMAIN)
             domain_id = domain["NewSenderDomainID"]
+            self.api_key, self.domain_id = api_key, int(domain_id)
             await call(
                 "emailgateway.setdomainstatus", admin=True, DomainID=domain_id, Status="Enabled"
             )
