@@ -465,7 +465,10 @@ def test_html_insertion_point() -> None:
     assert plan_html("<p>x</p></BODY>\r\n</html>").insert_at == len("<p>x</p>")
     assert plan_html("<p>x</p></html>").insert_at == len("<p>x</p>")
     assert plan_html("<p>x</p>").insert_at == len("<p>x</p>")
-    # A </body> inside a comment or a script is not the end of the body.
+    trailing = "<p>x</p></body></html>\r\n<!-- x -->"
+    assert plan_html(trailing).insert_at == len(trailing)
+    # A </body> inside a comment or a script is not the end of the body; after one that is
+    # followed by more content, the end of the text is (HTML5 puts what follows into the body).
     text = "<p>x</p><!-- </body> --><script>'</body>'</script>"
     assert plan_html(text).insert_at == len(text)
 
@@ -523,3 +526,26 @@ async def test_the_h_tag_never_breaks_inside_a_header_name(kit: Kit) -> None:
         names = [n.strip() for n in h.replace(b"\r\n", b"").split(b":")]
         assert names == [n.strip() for n in value.split(b":")]
         assert all(b" " not in n and b"\t" not in n for n in names), folded
+
+
+def test_the_fast_scan_is_used_only_when_it_finds_exactly_the_links(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from relay.tracking import html as tracking_html
+
+    calls: list[str] = []
+    tokenize = tracking_html._tokenize
+    monkeypatch.setattr(
+        tracking_html, "_tokenize", lambda text: calls.append(text) or tokenize(text)
+    )
+    simple = "<p><a href=\"https://e.example/1\">1</a> <A\nHREF='https://e.example/2'>2</A></p>"
+    assert [x.url for x in plan_html(simple).links] == [
+        "https://e.example/1",
+        "https://e.example/2",
+    ]
+    assert calls == []
+    commented = '<!-- <a href="https://e.example/old"> --><a href="https://e.example/new">n</a>'
+    plan = plan_html(commented)
+    assert [x.url for x in plan.links] == ["https://e.example/new"]
+    assert commented[plan.links[0].start : plan.links[0].end] == "https://e.example/new"
+    assert calls == [commented]

@@ -3,16 +3,17 @@
 The part is changed by splicing at those positions, never by re-serializing a parsed tree: a
 serializer (lxml, Lexbor, html5lib) rewrites the whole document, dropping a DOCTYPE's public
 identifier, turning Outlook's ``<![if !mso]>`` conditionals into plain comments, adding
-``<tbody>``... all of which changes how mail clients render it. Two parsers share the work:
+``<tbody>``... all of which changes how mail clients render it. So:
 
 - Lexbor (selectolax), an HTML5 parser, says which ``<a>``/``<area>`` elements a browser sees
   and what their href values are (HTML5's character-reference rules in attributes, e.g.
   ``?a=1&not=2`` is not ``?a=1¬=2``);
-- the standard library's tokenizer (``html.parser``), which reports where each start tag is in
-  the source, says where those values are.
-
-Both must list the same links in the same order; where they disagree (markup so broken that
-the tokenizers split it differently), no link of that part is rewritten.
+- their start tags are found in the source by a scan for ``<a``/``<area`` tags, used only when
+  what it finds is exactly those links, one for one (same kind, same decoded value, same
+  order); a link-shaped tag in a comment or a script makes it disagree, and then the standard
+  library's tokenizer (``html.parser``, pure Python and several times slower) finds them;
+- where even that disagrees with Lexbor (markup so broken that the two split it differently),
+  no link of that part is rewritten.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _TAB_NEWLINE = re.compile(r"[\t\n\r]")
 # Printable ASCII stays as written; spaces, controls and non-ASCII are percent-encoded (UTF-8),
 # so the URL is a valid Location header value.
 _URL_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+_UNSAFE = re.compile(r"[^\x21-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,63 +52,65 @@ class Link:
 @dataclass(slots=True)
 class HtmlPlan:
     links: list[Link] = field(default_factory=list)
-    # Where the footer and pixel go: before the last </body>, else before </html>, else at the
-    # end.
+    # Where the footer and pixel go.
     insert_at: int = 0
     # True when the two parsers disagreed and links are left alone.
     links_skipped: bool = False
 
 
-@dataclass(slots=True)
-class _Tag:
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A link as Lexbor (HTML5) reads it."""
+
     name: str
-    raw: str  # the start tag as written
-    href_span: tuple[int, int] | None  # of the raw value, quotes excluded
+    href: str
     notrack: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Tag:
+    """A link start tag as written in the source."""
+
+    name: str
+    href_span: tuple[int, int]  # of the value in the source, quotes excluded
+    written: str  # the value as written, with its quotes if it has any
+
+
+# A whole <a ...> or <area ...> start tag, quoted values kept whole: where links can be. It
+# also finds tags inside comments, scripts and other text, which is why its findings are only
+# used when they match the real links one for one (see plan_html).
+# The first href attribute of a tag, and its value as written (not hreflang=).
+_HREF = re.compile(r"""[\s/]href(?=[\s/>=])(?:\s*=\s*("[^"]*"|'[^']*'|[^\s>]*))?""", re.IGNORECASE)
+_LINK_START = re.compile(r"<(a|area)(?=[\s/>])(?:[^>\"']+|\"[^\"]*\"|'[^']*')*>", re.IGNORECASE)
+# The closing tags of a document, when nothing but whitespace follows them.
+_BODY_END = re.compile(r"(?:</body\s*>\s*)?(?:</html\s*>\s*)?\Z", re.IGNORECASE)
+_TAIL = 512
+
+
 class _Tokenizer(html.parser.HTMLParser):
-    """Start tags of links with their source positions, and the positions of </body> and
-    </html>."""
+    """Link start tags with their source positions, as a real tokenizer splits the text."""
 
     def __init__(self, text: str) -> None:
         super().__init__(convert_charrefs=True)
-        self.text = text
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.tags: list[_Tag] = []
-        self.body_end: int | None = None
-        self.html_end: int | None = None
-
-    def _offset(self) -> int:
-        line, column = self.getpos()
-        return self.line_starts[line - 1] + column
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag not in _LINK_TAGS:
             return
         raw = self.get_starttag_text() or ""
-        start = self._offset()
-        span = _href_in(raw)
-        names = {name for name, _ in attrs}
-        self.tags.append(
-            _Tag(
-                tag,
-                raw,
-                (start + span[0], start + span[1]) if span else None,
-                NOTRACK_ATTRIBUTE in names,
-            )
-        )
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "body":
-            self.body_end = self._offset()
-        elif tag == "html":
-            self.html_end = self._offset()
+        line, column = self.getpos()
+        start = self.line_starts[line - 1] + column
+        found = _href_in(raw)
+        if found is not None:
+            (a, b), written = found
+            self.tags.append(_Tag(tag, (start + a, start + b), written))
 
 
-def _href_in(raw: str) -> tuple[int, int] | None:
-    """The span of the first href value of a start tag, found with the very expressions
-    ``HTMLParser.parse_starttag`` uses, so it is the attribute it reported."""
+def _href_in(raw: str) -> tuple[tuple[int, int], str] | None:
+    """The span of the first href value of a start tag (empty at the name for a bare
+    ``href``) and the value as written, found with the very expressions
+    ``HTMLParser.parse_starttag`` uses."""
     match = html.parser.tagfind_tolerant.match(raw, 1)  # type: ignore[attr-defined]
     if match is None:
         return None
@@ -118,30 +122,31 @@ def _href_in(raw: str) -> tuple[int, int] | None:
         name, rest, value = m.group(1, 2, 3)
         if name.lower() == "href":
             if not rest:
-                return None
+                return (m.end(1), m.end(1)), ""
             start, end = m.span(3)
             if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:
-                start, end = start + 1, end - 1
-            return start, end
+                return (start + 1, end - 1), value
+            return (start, end), value
         k = m.end()
     return None
 
 
-def clean_url(href: str) -> str | None:
-    """An absolute http(s) URL as a browser would follow it, or None if it is not one (or is
-    longer than MAX_URL_CHARS: its token would not fit a request line, so it stays as is)."""
+def clean_url(href: str) -> tuple[str, str] | None:
+    """An absolute http(s) URL as a browser would follow it, and its host; None if it is not
+    one (or is longer than MAX_URL_CHARS: its token would not fit a request line)."""
     url = _TAB_NEWLINE.sub("", href.strip(_C0_AND_SPACE))
     scheme = url[:8].lower()
     if not (scheme.startswith("http://") or scheme == "https://"):
         return None
     try:
-        parts = urlsplit(url)
+        host = urlsplit(url).hostname
     except ValueError:
         return None
-    if not parts.hostname:
+    if not host:
         return None
-    url = quote(url, safe=_URL_SAFE)
-    return url if len(url) <= MAX_URL_CHARS else None
+    if _UNSAFE.search(url):
+        url = quote(url, safe=_URL_SAFE)
+    return (url, host) if len(url) <= MAX_URL_CHARS else None
 
 
 def plan_html(
@@ -150,50 +155,97 @@ def plan_html(
     """Which links of ``text`` to rewrite (none unless ``links``) and where to insert;
     ``skip_hosts`` are the tracking hosts themselves (a link already pointing there, such as
     an unsubscribe link, stays)."""
+    # Before the closing tags; otherwise at the very end, which HTML5 parsing also puts at the
+    # end of the body (text after </body> or </html> still belongs to it). Only the tail is
+    # searched: a search from the start would try the expression at every position.
+    tail = max(0, len(text) - _TAIL)
+    end = _BODY_END.search(text, tail)
+    plan = HtmlPlan(insert_at=end.start() if end else len(text))
+    if not links:
+        return plan
+    seen = _seen(text)
+    if not seen:
+        return plan
+    # Where the links are: the fast scan when its start tags are exactly the real links,
+    # else a real tokenizer's start tags, else (markup the two read differently) nowhere.
+    tags = _scan(text)
+    if not _agree(seen, tags):
+        tags = _tokenize(text)
+        if not _agree(seen, tags):
+            plan.links_skipped = True
+            return plan
+    cleaned: dict[str, tuple[str, str] | None] = {}  # newsletters repeat their URLs
+    for link, tag in zip(seen, tags, strict=True):
+        if link.notrack:
+            continue
+        if link.href not in cleaned:
+            cleaned[link.href] = clean_url(link.href)
+        url = cleaned[link.href]
+        if url is None or url[1].lower() in skip_hosts:
+            continue
+        plan.links.append(Link(tag.href_span[0], tag.href_span[1], url[0]))
+    return plan
+
+
+def _seen(text: str) -> list[_Seen]:
+    tree = LexborHTMLParser(text)
+    # tags() is several times cheaper than a CSS query; document order needs the query only
+    # when both kinds are present.
+    nodes = list(tree.tags("area"))
+    nodes = tree.css("a[href], area[href]") if nodes else list(tree.tags("a"))
+    out = []
+    for node in nodes:
+        attrs = node.attributes
+        if "href" in attrs:
+            out.append(_Seen(node.tag or "", attrs["href"] or "", NOTRACK_ATTRIBUTE in attrs))
+    return out
+
+
+def _scan(text: str) -> list[_Tag]:
+    tags = []
+    for m in _LINK_START.finditer(text):
+        h = _HREF.search(text, m.start(), m.end())
+        if h is None:
+            continue
+        written = h.group(1)
+        if written is None:
+            at = (h.end(), h.end())
+        elif written[:1] in ("'", '"'):
+            at = (h.start(1) + 1, h.end(1) - 1)
+        else:
+            at = h.span(1)
+        tags.append(_Tag(m.group(1).lower(), at, written or ""))
+    return tags
+
+
+def _tokenize(text: str) -> list[_Tag]:
     tokenizer = _Tokenizer(text)
     try:
         tokenizer.feed(text)
         tokenizer.close()
     except Exception:  # the tokenizer is lenient; this is belt and braces
-        return HtmlPlan(insert_at=len(text), links_skipped=True)
-    plan = HtmlPlan(insert_at=_insertion_point(tokenizer, len(text)))
-    if not links:
-        return plan
-    tags = [t for t in tokenizer.tags if t.href_span is not None]
-    seen = _links(text)
-    # The same links, in the same order, with the same values: the tokenizer's start tags,
-    # alone, read by Lexbor too (so both values follow HTML5's rules).
-    if seen != _links("".join(t.raw for t in tags)) or [n for n, _ in seen] != [
-        t.name for t in tags
-    ]:
-        plan.links_skipped = bool(tags or seen)
-        return plan
-    for (_, value), tag in zip(seen, tags, strict=True):
-        if tag.notrack or tag.href_span is None:
-            continue
-        url = clean_url(value)
-        if url is None:
-            continue
-        host = (urlsplit(url).hostname or "").lower()
-        if host in skip_hosts:
-            continue
-        plan.links.append(Link(tag.href_span[0], tag.href_span[1], url))
-    return plan
+        return []
+    return tokenizer.tags
 
 
-def _links(text: str) -> list[tuple[str, str]]:
-    return [
-        (node.tag or "", node.attributes.get("href") or "")
-        for node in LexborHTMLParser(text).css("a[href], area[href]")
-    ]
+def _agree(seen: list[_Seen], tags: list[_Tag]) -> bool:
+    """The start tags are the links, one for one: same kind, same href value (the raw value as
+    written, decoded by HTML5's rules: by Lexbor itself when the plain decodings differ)."""
+    if len(seen) != len(tags):
+        return False
+    pairs = zip(seen, tags, strict=True)
+    return all(link.name == tag.name and _same_value(link, tag) for link, tag in pairs)
 
 
-def _insertion_point(tokenizer: _Tokenizer, length: int) -> int:
-    if tokenizer.body_end is not None:
-        return tokenizer.body_end
-    if tokenizer.html_end is not None:
-        return tokenizer.html_end
-    return length
+def _same_value(link: _Seen, tag: _Tag) -> bool:
+    """The written value at the span decodes to the link's href."""
+    value = tag.written
+    if value[:1] in ("'", '"'):
+        value = value[1:-1]
+    if link.href == value or ("&" in value and link.href == html.unescape(value)):
+        return True
+    alone = _seen(f"<a href={tag.written}>")  # HTML5's decoding, e.g. of "&not=" in a URL
+    return len(alone) == 1 and alone[0].href == link.href
 
 
 def segments(text: str, cuts: list[tuple[int, int]]) -> list[str]:

@@ -250,7 +250,8 @@ class Tracker:
         jobs: list[Any] = [self._sign(domain, h, b, trace) for h, b in rendered.values()]
         if untracked:
             jobs.append(self._sign(domain, message.headers, message.body, trace))
-        signed = await asyncio.gather(*jobs)
+        # One body (the common case) needs no task of its own.
+        signed = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
         metrics.TRACKING_VARIANTS.inc(len(rendered))
         bodies = dict(zip(rendered, signed, strict=False))
         if untracked:
