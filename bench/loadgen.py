@@ -50,6 +50,7 @@ class Config:
     username: str = ""  # empty: no AUTH (Postfix trusts mynetworks instead)
     password: str = ""
     ehlo: str = "loadgen.bench.test"
+    html: bool = False  # a text/html body with a link per line (tracking benchmarks)
 
 
 @dataclass
@@ -95,15 +96,19 @@ def build_message(cfg: Config, session: int) -> tuple[bytes, bytes, bytes]:
         "Subject: relay throughput benchmark\r\n"
         f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
         "MIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=us-ascii\r\n"
+        f"Content-Type: text/{'html' if cfg.html else 'plain'}; charset=us-ascii\r\n"
         f"{BENCH_ID_HEADER.decode()}{bench_id}"
     ).encode()
     b = f"\r\nMessage-ID: <{bench_id}".encode()
     c_head = f"@{cfg.sender_domain}>\r\n\r\n".encode()
     # Body lines never start with "." so no dot-stuffing is needed (RFC 5321 4.5.2).
     line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
+    if cfg.html:
+        line = b'<p><a href="https://shop.example.com/product?id=42">A product</a>, again.</p>\r\n'
     body_len = max(cfg.size - len(a) - len(b) - len(c_head) - 2 * SEQ_WIDTH, len(line))
     body = (line * (body_len // len(line) + 1))[: body_len - 2] + b"\r\n"
+    if cfg.html:
+        body = line * max(1, body_len // len(line))  # whole lines: markup never cut in a tag
     return a, b, c_head + body
 
 

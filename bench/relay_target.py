@@ -79,9 +79,13 @@ class RelayInstance:
         self.admin_key = "adm_bench_" + secrets.token_urlsafe(24)
         self.smtp_port = free_port()
         self.admin_port = free_port()
+        self.tracking_port = free_port()
         self.log_path = root / "relay.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.pg_database: str | None = None
+        # The account made by _setup, for benchmarks that change its options.
+        self.api_key = ""
+        self.domain_id = 0
 
     # -- environment -----------------------------------------------------------------------
 
@@ -91,6 +95,7 @@ class RelayInstance:
             "RELAY_SMTP_LISTEN": f"127.0.0.1:{self.smtp_port}",
             "RELAY_SMTPS_LISTEN": f"127.0.0.1:{free_port()}",
             "RELAY_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+            "RELAY_TRACKING_LISTEN": f"127.0.0.1:{self.tracking_port}",
             "RELAY_ADMIN_API_KEY": self.admin_key,
             "RELAY_HOSTNAME": "relay.bench.test",
             "RELAY_LOG_FORMAT": "json",
@@ -220,6 +225,7 @@ class RelayInstance:
             api_key = user["APIKey"]
             domain = await call("emailgateway.adddomain", APIKey=api_key, DomainName=SENDER_DOMAIN)
             domain_id = domain["NewSenderDomainID"]
+            self.api_key, self.domain_id = api_key, int(domain_id)
             await call(
                 "emailgateway.setdomainstatus", admin=True, DomainID=domain_id, Status="Enabled"
             )

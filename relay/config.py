@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -120,6 +121,60 @@ class DnsSettings:
     default_track_merge: str = "-"
 
 
+# Substrings (case-insensitive) of the User-Agent of link scanners, security gateways, link
+# previewers and HTTP libraries: their hits are recorded with data.machine (docs/tracking.md).
+DEFAULT_MACHINE_USER_AGENTS = (
+    "bot/",
+    "bot-",
+    "bot;",
+    "bot)",
+    "googlebot",
+    "bingbot",
+    "slackbot",
+    "telegrambot",
+    "crawler",
+    "spider",
+    "scanner",
+    "preview",
+    "barracuda",
+    "mimecast",
+    "proofpoint",
+    "forcepoint",
+    "ironport",
+    "symantec",
+    "trend micro",
+    "sophos",
+    "fortiguard",
+    "headlesschrome",
+    "phantomjs",
+    "python-requests",
+    "python-urllib",
+    "aiohttp",
+    "go-http-client",
+    "java/",
+    "okhttp",
+    "libwww-perl",
+    "curl/",
+    "wget/",
+    "facebookexternalhit",
+    "whatsapp",
+)
+
+
+@dataclass
+class TrackingSettings:
+    listen: str = "127.0.0.1:8026"
+    scheme: str = "https"
+    host: str = ""
+    secret: str = ""
+    machine_seconds: float = 3.0
+    machine_user_agents: list[str] = field(
+        default_factory=lambda: list(DEFAULT_MACHINE_USER_AGENTS)
+    )
+    trusted_proxies: list[str] = field(default_factory=list)
+    unsubscribe_text: str = "Unsubscribe"
+
+
 @dataclass
 class LogSettings:
     format: str = ""
@@ -141,6 +196,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     log: LogSettings = field(default_factory=LogSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
@@ -181,6 +237,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "RELAY_HOSTNAME": ("server", "hostname"),
     "RELAY_LOG_FORMAT": ("log", "format"),
     "RELAY_KEY_ENCRYPTION_KEY": ("security", "key_encryption_key"),
+    "RELAY_TRACKING_LISTEN": ("tracking", "listen"),
 }
 
 _SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
@@ -418,4 +475,46 @@ def validate(s: Settings) -> list[str]:
         problems.append("delivery.messages_per_connection: must be at least 1")
     if not 0 <= s.delivery.retry_jitter < 1:
         problems.append("delivery.retry_jitter: between 0 and 1")
+    problems.extend(_validate_tracking(s.tracking))
     return problems
+
+
+def _validate_tracking(t: TrackingSettings) -> list[str]:
+    problems: list[str] = []
+    if t.listen:
+        try:
+            parse_hostport(t.listen)
+        except ValueError as exc:
+            problems.append(f"tracking.listen: {exc}")
+    if t.scheme not in ("https", "http"):
+        problems.append("tracking.scheme: https or http")
+    if t.host and not _is_host(t.host):
+        problems.append(f"tracking.host: not a host name: {t.host!r}")
+    if t.secret:
+        from relay.tracking.tokens import decode_secret
+
+        try:
+            decode_secret(t.secret)
+        except ValueError as exc:
+            problems.append(f"tracking.secret: {exc}")
+    if t.machine_seconds < 0:
+        problems.append("tracking.machine_seconds: 0 (off) or more")
+    for net in t.trusted_proxies:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"tracking.trusted_proxies: not a network: {net!r}")
+    if not t.unsubscribe_text.strip():
+        problems.append("tracking.unsubscribe_text: must not be empty")
+    return problems
+
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+
+
+def _is_host(value: str) -> bool:
+    """A DNS name (RFC 1123 labels), optionally with :port: what goes into a URL's authority."""
+    name, _, port = value.partition(":")
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        return False
+    return len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))

@@ -67,6 +67,9 @@ class DomainView:
     dkim_selector: str
     dkim_key: RSAPrivateKey
     options: dict[str, Any]
+    # Hosts of the domain's DNS records that verification found published (the tracking
+    # links use the domain's own tracking host only once it resolves to us).
+    verified_hosts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,17 @@ class DeliveryServerView:
     enforced_from: str
     senderinfo_as_mfrom: bool
     senderinfo_as_from: bool
+
+
+def _verified_hosts(meta: Any) -> frozenset[str]:
+    records = (meta or {}).get("DNSRecords") or {}
+    if not isinstance(records, dict):
+        return frozenset()
+    return frozenset(
+        host.lower()
+        for host, rec in records.items()
+        if isinstance(rec, list) and len(rec) > 2 and rec[2] is True
+    )
 
 
 class Directory:
@@ -207,6 +221,7 @@ class Directory:
                         d.c.dkim_selector,
                         d.c.dkim_private_key,
                         d.c.options,
+                        d.c.verification_meta,
                     ).where(d.c.id == domain_id)
                 )
             ).first()
@@ -226,6 +241,7 @@ class Directory:
                 row.dkim_selector,
                 key,
                 dict(row.options or {}),
+                _verified_hosts(row.verification_meta),
             )
         self._domains.set(domain_id, view)
         return view

@@ -120,6 +120,26 @@ QUEUE_OLDEST_AGE = Gauge(
     "Age of the oldest recipient waiting for delivery (queued or deferred); 0 when none",
     multiprocess_mode="livemax",
 )
+TRACKING_MESSAGES = Counter(
+    "relay_tracking_messages_total",
+    "Messages with tracking on, by what was done: tracked, unchanged (nothing to track), "
+    "signed or encrypted (left as they came), no_host, unexpected_structure, error",
+    ["result"],
+)
+TRACKING_VARIANTS = Counter(
+    "relay_tracking_variants_total", "Per-recipient tracked bodies rendered and signed"
+)
+TRACKING_PLAN_SECONDS = Histogram(
+    "relay_tracking_plan_seconds",
+    "Parsing one message for tracking (once per message, before per-recipient rendering)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+TRACKING_REQUESTS = Counter(
+    "relay_tracking_requests_total",
+    "Requests to the tracking listener: kind click|open|unsubscribe|page|other, "
+    "result recorded|machine|invalid|error",
+    ["kind", "result"],
+)
 
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -1,9 +1,11 @@
 """Lifecycle of one node: start in order, stop in order.
 
 Start: storage (migrated on the embedded default; checked at head otherwise), caches and bus,
-the queue writer, SMTP listeners, delivery workers, the admin app; then READY=1 to systemd.
+the queue writer, SMTP listeners, delivery workers, the admin app, the feedback writer and the
+tracking listener; then READY=1 to systemd.
 Reload (SIGHUP): relay.reload, in every process of the tree.
-Stop (SIGTERM/SIGINT): stop accepting connections, let SMTP sessions finish within the bound,
+Stop (SIGTERM/SIGINT): stop accepting connections (SMTP and tracking), let SMTP sessions
+finish within the bound,
 commit what is queued, let in-flight deliveries finish within the bound and release the rest of
 their leases, stop the admin app, close storage. A second signal skips the waiting.
 """
@@ -78,6 +80,8 @@ class Relay:
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
         self.probe: StorageProbe | None = None
+        self.feedback: Any = None
+        self.tracking: Any = None
         self._stopping = False
         # Set when delivery in this process died: the node stops (exit 1) rather than accept
         # mail nobody delivers; systemd restarts it.
@@ -148,11 +152,21 @@ class Relay:
             services, host, port, submitter=self.smtp.submitter, probe=self.probe
         )
         await self.admin.start()
+        from relay.queue.feedback import FeedbackWriter
+
+        self.feedback = FeedbackWriter(services.db, services.bus)
+        self.feedback.start()
+        if s.tracking.listen:
+            from relay.tracking.listener import TrackingServer
+
+            self.tracking = await TrackingServer.create(services, self.feedback)
+            await self.tracking.start()
         log.info(
             "relay started",
             smtp=[f"{h}:{p}" for h, p in self.smtp.bound("smtp")],
             smtps=[f"{h}:{p}" for h, p in self.smtp.bound("smtps")],
             admin=f"{host}:{self.admin.port}",
+            tracking=f"{self.tracking.host}:{self.tracking.port}" if self.tracking else None,
             database=services.db.dialect,
             redis=redis_state,
         )
@@ -206,6 +220,8 @@ class Relay:
         # SMTP first, in every process at once (sessions finish their transaction); then what
         # is queued is committed; then delivery drains.
         drains = []
+        if self.tracking is not None:
+            drains.append(self.tracking.stop(min(timeout, 5.0)))
         if self.smtp is not None:
             drains.append(self.smtp.stop(timeout, self.hurry))
         if self.children is not None:
@@ -221,6 +237,8 @@ class Relay:
             await self.admin.stop()
         if self.probe is not None:
             await self.probe.stop()
+        if self.feedback is not None:
+            await self.feedback.stop()
         if self.services is not None:
             await self.services.close()
         log.info("relay stopped")

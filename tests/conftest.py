@@ -134,6 +134,7 @@ def make_settings(tmp_path: Path, db_url: str | None = None, **env: str) -> conf
         "RELAY_SMTP_LISTEN": f"127.0.0.1:{free_port()}",
         "RELAY_SMTPS_LISTEN": f"127.0.0.1:{free_port()}",
         "RELAY_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+        "RELAY_TRACKING_LISTEN": f"127.0.0.1:{free_port()}",
         "RELAY_HOSTNAME": "relay.test",
         "RELAY_LOG_FORMAT": "console",
         # In-process delivery: tests look at the worker's objects (the process tree has its

@@ -39,6 +39,7 @@ class Node:
             RELAY_SMTP_LISTEN=f"127.0.0.1:{self.smtp}",
             RELAY_SMTPS_LISTEN=f"127.0.0.1:{self.smtps}",
             RELAY_ADMIN_LISTEN=f"127.0.0.1:{self.admin}",
+            RELAY_TRACKING_LISTEN=f"127.0.0.1:{free_port()}",
             RELAY_HOSTNAME="relay.test",
             RELAY_LOG_FORMAT="json",
             RELAY_LOG_LEVEL="debug",
@@ -237,6 +238,7 @@ def test_postgres_refuses_to_serve_an_old_schema(tmp_path: Path, pg_url: str) ->
         RELAY_SMTP_LISTEN=f"127.0.0.1:{free_port()}",
         RELAY_SMTPS_LISTEN=f"127.0.0.1:{free_port()}",
         RELAY_ADMIN_LISTEN=f"127.0.0.1:{free_port()}",
+        RELAY_TRACKING_LISTEN=f"127.0.0.1:{free_port()}",
     )
     proc = subprocess.run(
         [sys.executable, "-m", "relay", "serve"],

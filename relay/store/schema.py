@@ -315,3 +315,14 @@ feedback_keys = Table(
     Column("key", String(200), primary_key=True),
     Column("created_at", Float, nullable=False),
 )
+
+# Secrets every node of an installation must share, generated once by whichever node needs one
+# first (e.g. "tracking": the key behind tracking tokens). Sealed with the key-encryption key
+# when one is configured.
+cluster_secrets = Table(
+    "cluster_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)

@@ -1,0 +1,334 @@
+"""Per-recipient tracked, signed bodies: what the Submitter stores for a message.
+
+``Tracker.sign`` is the one call: it parses the message once, renders each recipient's body
+(own click, open and unsubscribe tokens) from the template, and DKIM-signs each body (the RSA
+work runs in the signer's thread). A message without tracking, or one tracking must not
+change, is signed once, exactly as before.
+
+Tracking never costs a message: anything unexpected while planning is logged and the message
+goes out untracked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from relay import metrics
+from relay.config import Settings
+from relay.directory import DomainView
+from relay.dkim import DkimSigner
+from relay.message import Headers, ParsedMessage, header
+from relay.services import Services
+from relay.tracking import html as html_plan
+from relay.tracking import mime
+from relay.tracking.hosts import tracking_base
+from relay.tracking.keys import load_codec
+from relay.tracking.tokens import CLICK, OPEN, UNSUBSCRIBE, TokenCodec
+
+log = structlog.get_logger("relay.tracking")
+
+# RFC 8058 3.1: the one key/value pair of the POST the mailbox provider sends.
+ONE_CLICK = "List-Unsubscribe=One-Click"
+# Bodies this large are planned and rendered in a thread, so the loop keeps serving sessions.
+_LARGE = 256 * 1024
+# Rendering many recipients yields to the loop this often (seconds of work).
+_SLICE = 0.005
+_MAX_LINKS = 0xFFFF
+_INSERT = -1  # slot of the footer and pixel (HTML) or the footer line (text)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What to do to a message: the domain's options, with the send API's overrides."""
+
+    links: bool
+    opens: bool
+    unsubscribe: bool
+
+    @property
+    def any(self) -> bool:
+        return self.links or self.opens or self.unsubscribe
+
+
+def options_for(
+    domain: DomainView, *, track_links: bool | None = None, track_opens: bool | None = None
+) -> Options:
+    """The domain's LinkTracking / OpenTracking / UnsubscribeLink (defaults 1, 1, 0 as the
+    documents give them), TrackLinks / TrackOpens overriding the first two when given."""
+    o = domain.options
+    return Options(
+        links=bool(o.get("LinkTracking", 1)) if track_links is None else track_links,
+        opens=bool(o.get("OpenTracking", 1)) if track_opens is None else track_opens,
+        unsubscribe=bool(o.get("UnsubscribeLink", 0)),
+    )
+
+
+@dataclass(slots=True)
+class SignedBodies:
+    """``body`` is the signed message of every recipient that has no entry in ``variants``.
+
+    With tracking, every recipient gets its own body; the first recipient's is ``body`` (so a
+    message to one recipient stores one body) and the others are in ``variants``. Recipients
+    that cannot be tracked (an address over 255 bytes) share an untracked ``body``.
+    """
+
+    body: bytes
+    variants: dict[str, bytes] | None = None
+
+
+@dataclass(slots=True)
+class _Part:
+    html: bool
+    segments: list[str]  # constant text between the slots
+    slots: list[int]  # a link index, or _INSERT
+    charset: str
+    cte: str
+
+
+@dataclass(slots=True)
+class _Plan:
+    base: str
+    template: mime.BodyTemplate
+    parts: list[_Part]
+    links: list[str]
+    opens: bool
+    unsubscribe: bool
+    footer_text: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Tracker:
+    def __init__(self, settings: Settings, codec: TokenCodec, signer: DkimSigner) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.signer = signer
+
+    @classmethod
+    async def create(cls, services: Services, signer: DkimSigner) -> Tracker:
+        return cls(services.settings, await load_codec(services), signer)
+
+    async def sign(
+        self,
+        *,
+        domain: DomainView,
+        message: ParsedMessage,
+        queue_id: str,
+        recipients: list[str],
+        trace: tuple[bytes, bytes],
+        options: Options | None = None,
+        now: float | None = None,
+    ) -> SignedBodies:
+        """The signed bodies of a message; ``trace`` (the Received header) goes above the
+        signature, outside it. ``options`` defaults to the domain's (``options_for``)."""
+        options = options if options is not None else options_for(domain)
+        plan = None
+        if options.any and recipients:
+            started = time.perf_counter()
+            plan = await self._plan_safely(domain, message, options)
+            metrics.TRACKING_PLAN_SECONDS.observe(time.perf_counter() - started)
+        if plan is None:
+            return SignedBodies(await self._sign(domain, message.headers, message.body, trace))
+        return await self._sign_each(domain, message, plan, queue_id, recipients, trace, now)
+
+    # -- planning (once per message) ---------------------------------------------------------
+
+    async def _plan_safely(
+        self, domain: DomainView, message: ParsedMessage, options: Options
+    ) -> _Plan | None:
+        base = tracking_base(domain, self.settings)
+        if base is None:
+            metrics.TRACKING_MESSAGES.labels("no_host").inc()
+            return None
+        try:
+            if len(message.body) > _LARGE:
+                plan = await asyncio.to_thread(self._plan, base, message, options)
+            else:
+                plan = self._plan(base, message, options)
+        except mime.Untouchable as exc:
+            metrics.TRACKING_MESSAGES.labels(exc.reason).inc()
+            return None
+        except Exception:
+            log.exception("tracking skipped: could not plan the message", domain=domain.name)
+            metrics.TRACKING_MESSAGES.labels("error").inc()
+            return None
+        metrics.TRACKING_MESSAGES.labels("tracked" if plan is not None else "unchanged").inc()
+        return plan
+
+    def _plan(self, base: str, message: ParsedMessage, options: Options) -> _Plan | None:
+        unsubscribe = options.unsubscribe and not message.values(b"list-unsubscribe")
+        root, parts = mime.parse(message)
+        skip_hosts = frozenset({base.partition("://")[2].partition(":")[0]})
+        footer = self.settings.tracking.unsubscribe_text
+        links: list[str] = []
+        planned: list[_Part] = []
+        changed: list[tuple[mime.TextPart, str]] = []
+        first_html = first_text = True
+        for part in parts:
+            insert = False
+            if part.html:
+                insert = first_html and (options.opens or unsubscribe)
+                first_html = False
+            else:
+                insert = first_text and unsubscribe
+                first_text = False
+            cuts: list[tuple[int, int]] = []
+            slots: list[int] = []
+            if part.html and (options.links or insert):
+                hp = html_plan.plan_html(part.text, links=options.links, skip_hosts=skip_hosts)
+                for link in hp.links:
+                    if len(links) >= _MAX_LINKS:
+                        break
+                    cuts.append((link.start, link.end))
+                    slots.append(len(links))
+                    links.append(link.url)
+                insert_at = hp.insert_at
+            else:
+                insert_at = len(part.text)
+            if insert:
+                # Links sit inside tags, the insertion point before one: never the same spot.
+                pos = next((i for i, (s, _) in enumerate(cuts) if s >= insert_at), len(cuts))
+                cuts.insert(pos, (insert_at, insert_at))
+                slots.insert(pos, _INSERT)
+            if not slots:
+                continue
+            cte = _output_cte(part, rewrites=any(s != _INSERT for s in slots), extra=footer)
+            if cte is None:
+                continue
+            changed.append((part, cte))
+            planned.append(
+                _Part(part.html, html_plan.segments(part.text, cuts), slots, part.charset, cte)
+            )
+        if not changed and not unsubscribe:
+            return None
+        tpl = mime.template(message, root, changed) if changed else None
+        return _Plan(
+            base=base,
+            template=tpl or mime.BodyTemplate([message.body], [list(h) for h in message.headers]),
+            parts=planned,
+            links=links,
+            opens=options.opens,
+            unsubscribe=unsubscribe,
+            footer_text=footer,
+        )
+
+    # -- rendering and signing (once per recipient) ------------------------------------------
+
+    async def _sign_each(
+        self,
+        domain: DomainView,
+        message: ParsedMessage,
+        plan: _Plan,
+        queue_id: str,
+        recipients: list[str],
+        trace: tuple[bytes, bytes],
+        now: float | None,
+    ) -> SignedBodies:
+        minted = int(now if now is not None else time.time())
+        large = len(message.body) > _LARGE
+        rendered: dict[str, tuple[Headers, bytes]] = {}
+        untracked: list[str] = []
+        slice_start = time.perf_counter()
+        for rcpt in recipients:
+            if rcpt in rendered:
+                continue
+            prefix = self.codec.prefix(queue_id, rcpt, minted)
+            if prefix is None:
+                untracked.append(rcpt)
+                continue
+            if large:
+                rendered[rcpt] = await asyncio.to_thread(self._render, plan, prefix)
+            else:
+                rendered[rcpt] = self._render(plan, prefix)
+                if time.perf_counter() - slice_start > _SLICE:
+                    await asyncio.sleep(0)
+                    slice_start = time.perf_counter()
+        jobs: list[Any] = [self._sign(domain, h, b, trace) for h, b in rendered.values()]
+        if untracked:
+            jobs.append(self._sign(domain, message.headers, message.body, trace))
+        # One body (the common case) needs no task of its own.
+        signed = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
+        metrics.TRACKING_VARIANTS.inc(len(rendered))
+        bodies = dict(zip(rendered, signed, strict=False))
+        if untracked:
+            return SignedBodies(signed[-1], bodies or None)
+        first = next(iter(bodies))
+        body = bodies.pop(first)
+        return SignedBodies(body, bodies or None)
+
+    def _render(self, plan: _Plan, prefix: bytes) -> tuple[Headers, bytes]:
+        codec, base = self.codec, plan.base
+        unsub = f"{base}/u/{codec.make(UNSUBSCRIBE, prefix)}" if plan.unsubscribe else ""
+        pixel = f"{base}/o/{codec.make(OPEN, prefix)}" if plan.opens else ""
+        pieces = [plan.template.pieces[0]]
+        for part, after in zip(plan.parts, plan.template.pieces[1:], strict=True):
+            out: list[str] = []
+            for seg, slot in zip(part.segments, part.slots, strict=False):
+                out.append(seg)
+                if slot == _INSERT:
+                    if part.html:
+                        out.append(_html_insert(unsub, pixel, plan.footer_text))
+                    else:
+                        out.append(_text_insert(seg, unsub, plan.footer_text))
+                else:
+                    out.append(f"{base}/c/{codec.make(CLICK, prefix, slot, plan.links[slot])}")
+            out.append(part.segments[-1])
+            pieces.append(mime.encode("".join(out).encode(part.charset), part.cte))
+            pieces.append(after)
+        headers = plan.template.headers
+        if plan.unsubscribe:
+            # RFC 8058 3.1: exactly one of each; both are in the DKIM h= list (relay/dkim.py).
+            headers = [
+                *headers,
+                list(header("List-Unsubscribe", f"<{unsub}>")),
+                list(header("List-Unsubscribe-Post", ONE_CLICK)),
+            ]
+        return headers, b"".join(pieces)
+
+    async def _sign(
+        self, domain: DomainView, headers: Headers, body: bytes, trace: tuple[bytes, bytes]
+    ) -> bytes:
+        started = time.perf_counter()
+        signature = await self.signer.sign(
+            domain.dkim_key, headers, body, domain.name, domain.dkim_selector
+        )
+        metrics.DKIM_SIGN_SECONDS.observe(time.perf_counter() - started)
+        return ParsedMessage(headers, body).to_bytes(prepend=[signature, trace])
+
+
+def _output_cte(part: mime.TextPart, *, rewrites: bool, extra: str) -> str | None:
+    """The transfer encoding of the part's new content. Base64 and quoted-printable stay; a
+    part whose links are rewritten becomes quoted-printable (tracking URLs lengthen lines,
+    RFC 5322 2.1.1 caps them at 998); an insertion into a 7bit/8bit part keeps it as it is
+    when what is inserted fits (its own short lines, ASCII for 7bit)."""
+    if part.cte in ("base64", "quoted-printable"):
+        return part.cte
+    if not rewrites and (extra.isascii() or part.cte in ("8bit", "binary")):
+        return part.cte
+    if part.top_level and part.node.get("Content-Type") is None:
+        return None  # not a MIME message: no encoding can be declared without more headers
+    return "quoted-printable"
+
+
+def _html_insert(unsub: str, pixel: str, text: str) -> str:
+    out = "\r\n"
+    if unsub:
+        out += (
+            '<p style="margin:16px 0;text-align:center;font-size:12px">'
+            f'<a href="{unsub}">{html_plan.escape_text(text)}</a></p>\r\n'
+        )
+    if pixel:
+        out += (
+            f'<img src="{pixel}" width="1" height="1" alt="" '
+            'style="display:block;width:1px;height:1px;border:0">\r\n'
+        )
+    return out
+
+
+def _text_insert(before: str, unsub: str, text: str) -> str:
+    lead = "\r\n" if before.endswith("\n") else "\r\n\r\n"
+    return f"{lead}{text}: {unsub}\r\n"
