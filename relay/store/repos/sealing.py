@@ -13,12 +13,13 @@ from sqlalchemy import Column, Table, and_, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.secrets import SEALED_PREFIX
-from relay.store.schema import delivery_servers, gateway_domains
+from relay.store.schema import cluster_secrets, delivery_servers, gateway_domains
 
 SEALED_COLUMNS: list[tuple[Table, Column[Any]]] = [
     (gateway_domains, gateway_domains.c.dkim_private_key),
     (gateway_domains, gateway_domains.c.signing_key),
     (delivery_servers, delivery_servers.c.password),
+    (cluster_secrets, cluster_secrets.c.value),
 ]
 
 
@@ -26,7 +27,7 @@ async def seal_plaintext(conn: AsyncConnection, seal: Callable[[str], str]) -> i
     """Seal every stored secret that is still plaintext; returns how many were sealed."""
     sealed = 0
     for table, column in SEALED_COLUMNS:
-        pk = table.c.id
+        (pk,) = table.primary_key.columns
         plaintext = and_(column.is_not(None), column != "", not_(column.startswith(SEALED_PREFIX)))
         rows = (await conn.execute(select(pk, column).where(plaintext))).all()
         for row_id, value in rows:
