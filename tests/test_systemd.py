@@ -203,7 +203,8 @@ async def test_relay_runs_under_the_units_syscall_filter_as_non_root(sandbox_bas
         pids = [relay.proc.pid, *relay.children()]
         assert len(pids) == 3  # main, one more SMTP process, one delivery process
         assert all(_uid(pid) != 0 for pid in pids) or os.getuid() != 0
-        assert sorted(_nice(pid) for pid in pids) == [0, 0, 10]
+        base = os.nice(0)  # the test may itself run niced
+        assert sorted(_nice(pid) for pid in pids) == [base, base, base + 10]
 
         # SIGHUP reloads in every process and stops none of them.
         relay.proc.send_signal(signal.SIGHUP)
