@@ -116,6 +116,16 @@ class SecretBox:
     def __init__(self, kek: str = "") -> None:
         self._aead = AESGCM(decode_kek(kek)) if kek else None
 
+    @property
+    def encrypts(self) -> bool:
+        """A key-encryption key is configured: ``seal`` encrypts."""
+        return self._aead is not None
+
+    @staticmethod
+    def is_sealed(stored: str) -> bool:
+        """The stored value was written encrypted."""
+        return stored.startswith(_ENC_PREFIX)
+
     def seal(self, plaintext: str) -> str:
         if self._aead is None:
             return plaintext
