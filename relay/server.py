@@ -1,7 +1,8 @@
 """Lifecycle of one node: start in order, stop in order.
 
 Start: storage (migrated on the embedded default; checked at head otherwise), caches and bus,
-the queue writer, SMTP listeners, delivery workers, the admin app; then READY=1 to systemd.
+the queue writer, SMTP listeners, delivery workers, webhook workers, the admin app; then
+READY=1 to systemd.
 Stop (SIGTERM/SIGINT): stop accepting connections, let SMTP sessions finish within the bound,
 commit what is queued, let in-flight deliveries finish within the bound and release the rest of
 their leases, stop the admin app, close storage. A second signal skips the waiting.
@@ -68,6 +69,7 @@ class Relay:
         self.writer: QueueWriter | None = None
         self.smtp: Any = None
         self.delivery: Any = None
+        self.webhooks: Any = None
         self.children: Any = None
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
@@ -124,6 +126,18 @@ class Relay:
             failed = self.delivery.failed
             self._watcher = asyncio.create_task(failed.wait(), name="delivery-watch")
             self._watcher.add_done_callback(lambda _t: self.failed.set())
+        if s.webhooks.enabled:
+            # Webhook workers run where delivery runs: in the delivery processes (relay/procs.py),
+            # else here. The main process is the node's ingest bottleneck; posting webhooks is
+            # background work like delivery, and shares its lower priority.
+            from relay.webhooks.keys import seal_stored_keys
+
+            await seal_stored_keys(services.db, services.box)
+            if not children:
+                from relay.webhooks.worker import WebhookWorker
+
+                self.webhooks = WebhookWorker(services)
+                await self.webhooks.start()
         host, port = parse_hostport(s.admin.listen)
         self.admin = AdminServer(services, host, port, submitter=self.smtp.submitter)
         await self.admin.start()
@@ -160,6 +174,8 @@ class Relay:
             await self.children.stop("delivery", self.settings.delivery.stop_timeout, self.hurry)
         if self.delivery is not None:
             await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
+        if self.webhooks is not None:
+            await self.webhooks.stop(self.settings.webhooks.timeout, self.hurry)
         if self.admin is not None:
             await self.admin.stop()
         if self.services is not None:
