@@ -12,7 +12,6 @@ from sqlalchemy import select
 from relay import config
 from relay.services import Services
 from relay.store import schema as t
-from relay.webhooks.keys import legacy_signing_key
 from tests.apihelpers import bearer, make_account, sender_key
 from tests.conftest import Api, make_settings
 from tests.test_webhook_urls import FORBIDDEN, INVALID
@@ -40,9 +39,19 @@ async def test_addwebhook_documented_example(api: Api) -> None:
     listed = await api.call(
         "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
     )
+    # The documented fields, then the delivery side's (nothing attempted yet).
     assert listed["Webhooks"] == [
-        {"WebhookID": res["NewWebhookID"], "Event": "delivery", "WebhookURL": HOOK}
+        {
+            "WebhookID": res["NewWebhookID"],
+            "Event": "delivery",
+            "WebhookURL": HOOK,
+            "LastAttemptAt": None,
+            "LastStatus": None,
+            "LastError": None,
+            "FailureCount": 0,
+        }
     ]
+    assert list(listed["Webhooks"][0])[:3] == ["WebhookID", "Event", "WebhookURL"]
 
 
 async def test_addwebhook_002_spelling_and_every_event(api: Api) -> None:
@@ -176,37 +185,40 @@ async def test_getwebhooks_errors(api: Api) -> None:
     assert foreign["ErrorCode"] == 2
 
 
-async def test_signing_keys_legacy_then_rotated(api: Api, services: Services) -> None:
+async def test_signing_keys_are_per_domain_then_rotated(api: Api) -> None:
     acct = await make_account(api)
     second = await make_account(api, "two@example.com", "two.example")
     listed = await api.call(
         "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
     )
-    legacy = listed["SigningKey"]
-    assert re.fullmatch(r"[0-9A-F]{4}(-[0-9A-F]{4}){7}", legacy)
-    # Deterministic from installation secrets: same for every domain, every node, every start.
-    assert legacy == legacy_signing_key(services.settings)
+    first_key = listed["SigningKey"]
+    # Every domain has its own random key from its creation: one tenant cannot sign for another.
+    assert re.fullmatch(r"[0-9A-F]{64}", first_key)
     other = await api.call(
         "emailgateway.getwebhooks", APIKey=second.api_key, DomainID=second.domain_id
     )
-    assert other["SigningKey"] == legacy
-    assert legacy.replace("-", "").lower() not in services.settings.admin.api_key.lower()
+    assert re.fullmatch(r"[0-9A-F]{64}", other["SigningKey"])
+    assert other["SigningKey"] != first_key
+    again = await api.call(
+        "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
+    )
+    assert again["SigningKey"] == first_key
 
     rotated = await api.call(
         "emailgateway.regeneratesigningkey", APIKey=acct.api_key, DomainID=acct.domain_id
     )
     assert rotated["Success"] is True and rotated["ErrorCode"] == 0
     key = rotated["SigningKey"]
-    assert re.fullmatch(r"[0-9A-F]{64}", key)
+    assert re.fullmatch(r"[0-9A-F]{64}", key) and key != first_key
     listed = await api.call(
         "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
     )
     assert listed["SigningKey"] == key
-    # Other domains keep the legacy key.
-    other = await api.call(
+    # Other domains keep theirs.
+    unchanged = await api.call(
         "emailgateway.getwebhooks", APIKey=second.api_key, DomainID=second.domain_id
     )
-    assert other["SigningKey"] == legacy
+    assert unchanged["SigningKey"] == other["SigningKey"]
     again = await api.call(
         "emailgateway.regeneratesigningkey", APIKey=acct.api_key, DomainID=acct.domain_id
     )
@@ -258,6 +270,9 @@ async def test_signing_key_stored_sealed_with_a_kek(tmp_path: Path, db_url: str)
 async def test_regeneratesigningkey_errors(api: Api, services: Services) -> None:
     acct = await make_account(api)
     other = await make_account(api, "other@example.com", "other.example")
+    before = await api.call(
+        "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
+    )
     assert (await api.call("emailgateway.regeneratesigningkey", APIKey=acct.api_key))[
         "ErrorCode"
     ] == 1
@@ -289,7 +304,7 @@ async def test_regeneratesigningkey_errors(api: Api, services: Services) -> None
     listed = await api.call(
         "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
     )
-    assert listed["SigningKey"] == legacy_signing_key(services.settings)
+    assert listed["SigningKey"] == before["SigningKey"]
 
 
 # -- the public route ---------------------------------------------------------------------------
