@@ -199,9 +199,7 @@ async def test_signing_keys_are_per_domain_then_rotated(api: Api) -> None:
     )
     assert re.fullmatch(r"[0-9A-F]{64}", other["SigningKey"])
     assert other["SigningKey"] != first_key
-    again = await api.call(
-        "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
-    )
+    again = await api.call("emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id)
     assert again["SigningKey"] == first_key
 
     rotated = await api.call(
@@ -247,6 +245,17 @@ async def test_signing_key_stored_sealed_with_a_kek(tmp_path: Path, db_url: str)
         async with aiohttp.ClientSession() as session:
             api = Api(f"http://127.0.0.1:{server.port}", session)
             acct = await make_account(api)
+            # The key a domain gets at creation is sealed like a rotated one.
+            created = await api.call(
+                "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
+            )
+            async with services.db.read() as conn:
+                first = await conn.scalar(
+                    select(t.gateway_domains.c.signing_key).where(
+                        t.gateway_domains.c.id == acct.domain_id
+                    )
+                )
+            assert first.startswith("enc:v1:") and created["SigningKey"] not in first
             res = await api.call(
                 "emailgateway.regeneratesigningkey", APIKey=acct.api_key, DomainID=acct.domain_id
             )
@@ -452,3 +461,99 @@ async def test_public_webhooks_via_api_php(api: Api) -> None:
     ) as resp:
         assert resp.status == 200
         assert await resp.json() == {"Webhooks": []}
+
+
+async def test_getwebhookdeliveries_errors_and_empty_history(api: Api) -> None:
+    acct = await make_account(api)
+    other = await make_account(api, "other@example.com", "other.example")
+    made = await api.call(
+        "emailgateway.addwebhook",
+        APIKey=acct.api_key,
+        DomainID=acct.domain_id,
+        Event="delivery",
+        WebhookURL=HOOK,
+    )
+    wid = made["NewWebhookID"]
+    foreign = await api.call(
+        "emailgateway.addwebhook",
+        APIKey=other.api_key,
+        DomainID=other.domain_id,
+        Event="delivery",
+        WebhookURL=HOOK,
+    )
+
+    async def code(**params: object) -> object:
+        res = await api.call("emailgateway.getwebhookdeliveries", APIKey=acct.api_key, **params)
+        assert res["Success"] is False and res["_status"] == 200, res
+        return res["ErrorCode"]
+
+    assert await code(DomainID=acct.domain_id) == 1
+    assert await code(WebhookID=wid) == 2
+    assert await code(WebhookID=wid, DomainID=other.domain_id) == 3
+    assert await code(WebhookID=wid, DomainID=2**40) == 3
+    assert await code(WebhookID=wid, DomainID="x") == 3
+    assert await code(WebhookID=foreign["NewWebhookID"], DomainID=acct.domain_id) == 4
+    assert await code(WebhookID=2**63, DomainID=acct.domain_id) == 4
+    assert await code(WebhookID="1e300", DomainID=acct.domain_id) == 4
+    for count in (0, 101, "ten", -1):
+        assert await code(WebhookID=wid, DomainID=acct.domain_id, RetrieveCount=count) == 5
+    res = await api.call(
+        "emailgateway.getwebhookdeliveries",
+        APIKey=acct.api_key,
+        DomainID=acct.domain_id,
+        WebhookID=wid,
+    )
+    assert res == {
+        "Success": True,
+        "ErrorCode": 0,
+        "WebhookID": wid,
+        "PendingDeliveries": 0,
+        "FailureCount": 0,
+        "Attempts": [],
+        "_status": 200,
+    }
+    await api.call(
+        "emailgateway.deletewebhook", APIKey=acct.api_key, WebhookID=wid, DomainID=acct.domain_id
+    )
+    assert await code(WebhookID=wid, DomainID=acct.domain_id) == 4
+
+
+async def test_allow_networks_exempt_literals_at_save_time(tmp_path: Path, db_url: str) -> None:
+    import aiohttp
+
+    from relay.admin.app import AdminServer
+    from relay.store import migrate
+
+    settings = make_settings(
+        tmp_path,
+        db_url,
+        RELAY_DKIM_KEY_BITS="1024",
+        RELAY_WEBHOOKS_ALLOW_NETWORKS="127.0.0.0/8,10.1.0.0/16",
+    )
+    services = await Services.create(settings)
+    await migrate.upgrade(services.db)
+    await services.start()
+    server = AdminServer(services, "127.0.0.1", 0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(f"http://127.0.0.1:{server.port}", session)
+            acct = await make_account(api)
+            params = {"APIKey": acct.api_key, "DomainID": acct.domain_id, "Event": "delivery"}
+            for url in ("http://127.0.0.1:8080/in", "http://0x7f.1/in", "https://10.1.2.3/in"):
+                res = await api.call("emailgateway.addwebhook", **params, WebhookURL=url)
+                assert res["Success"] is True, (url, res)
+            for url in ("http://10.2.0.1/", "http://localhost/", "http://[::1]/"):
+                res = await api.call("emailgateway.addwebhook", **params, WebhookURL=url)
+                assert res["ErrorCode"] == 7, (url, res)
+            key = await sender_key(api, acct)
+            status, body = await api.request(
+                "POST",
+                "/api/v1/webhooks",
+                headers=bearer(key),
+                json={"Event": "delivered", "WebhookURL": "http://127.0.0.1:9/x"},
+            )
+            assert status == 200 and "NewWebhookID" in body
+    finally:
+        await server.stop()
+        await services.close()

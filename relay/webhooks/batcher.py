@@ -81,25 +81,28 @@ class Batcher(Generic[T]):
                 return
 
     async def _commit(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+        error = await self._write([item for item, _ in batch], retry=True)
+        if error is not None and len(batch) > 1:
+            # One bad item must not cost the others their write: each alone, once.
+            for item, fut in batch:
+                _settle(fut, await self._write([item], retry=False))
+            return
+        for _, fut in batch:
+            _settle(fut, error)
+
+    async def _write(self, items: list[T], *, retry: bool) -> Exception | None:
         error: Exception | None = None
-        for delay in (0.0, *RETRY_DELAYS):
+        for delay in (0.0, *RETRY_DELAYS) if retry else (0.0,):
             if delay:
                 await asyncio.sleep(delay)
             try:
-                await self._flush([item for item, _ in batch])
+                await self._flush(items)
             except Exception as exc:  # storage trouble: retried, then reported to the waiters
                 error = exc
                 log.warning("writing a batch failed", batch=self.name, error=repr(exc))
                 continue
-            error = None
-            break
-        for _, fut in batch:
-            if fut.done():
-                continue
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
+            return None
+        return error
 
     async def stop(self) -> None:
         """Write what is pending, then stop."""
@@ -108,3 +111,12 @@ class Batcher(Generic[T]):
         self._full.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _settle(fut: asyncio.Future[None], error: Exception | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
