@@ -24,7 +24,7 @@ from yarl import URL
 from relay.config import DnsSettings, WebhookSettings
 from relay.store.db import storable_text
 from relay.webhooks.resolver import AddressRefused, CheckedResolver, NoAddress, check_address
-from relay.webhooks.urls import UrlRefused, parse_networks, target_host
+from relay.webhooks.urls import Address, UrlRefused, parse_networks, target_host
 
 EXCERPT_CHARS = 1000
 USER_AGENT = "relay-webhooks/1"
@@ -70,6 +70,8 @@ class Sender:
         self.settings = settings
         self.resolver = CheckedResolver(dns, parse_networks(settings.allow_networks))
         self._session: aiohttp.ClientSession | None = None
+        # Parsed URLs (the host's reading does not change; the address check is redone).
+        self._targets: dict[str, tuple[URL, str, Address | None]] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -100,14 +102,20 @@ class Sender:
 
     async def target(self, url: str) -> URL:
         """The URL to request, its host checked; raises AddressRefused, NoAddress, UrlRefused."""
-        host, address = target_host(url)
-        target = URL(url)
+        parsed = self._targets.get(url)
+        if parsed is None:
+            host, address = target_host(url)
+            target = URL(url)
+            if address is not None and target.raw_host != str(address):
+                target = target.with_host(str(address))
+            if len(self._targets) > 10_000:
+                self._targets.clear()
+            parsed = self._targets[url] = (target, host, address)
+        target, host, address = parsed
         if address is not None:
             check_address(address, self.resolver.allow)
-            if target.raw_host != str(address):
-                target = target.with_host(str(address))
-            return target
-        await self.resolver.checked(host)
+        else:
+            await self.resolver.checked(host)
         return target
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> Attempted:
@@ -119,14 +127,12 @@ class Sender:
 
         try:
             target = await self.target(url)
-            # The session's total timeout bounds the request; this bounds the whole attempt
-            # (reading the capped answer included) in case a layer below ignores it.
-            async with asyncio.timeout(self.settings.timeout + 1):
-                async with self._session.post(
-                    target, data=body, headers=headers, allow_redirects=False
-                ) as resp:
-                    status = resp.status
-                    excerpt = await self._read(resp)
+            # The session's total timeout bounds the whole request, reading the answer included.
+            async with self._session.post(
+                target, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                status = resp.status
+                excerpt = await self._read(resp)
         except (AddressRefused, UrlRefused) as exc:
             return Attempted(REFUSED, None, took(), f"refused: {exc}")
         except NoAddress as exc:

@@ -4,11 +4,12 @@ migration 0004).
 Claims are leases, as for mail delivery: a claimed delivery carries ``lease_owner`` and
 ``lease_until`` and nobody else claims it before then; the worker renews the leases of what it
 holds, so a crashed worker's deliveries come back within one lease. On PostgreSQL a claim is
-one statement: for each enabled webhook, its due deliveries up to the webhook's free share
-(``per_endpoint_concurrency`` minus what this worker already holds of it), ``FOR UPDATE SKIP
-LOCKED``, so several workers and nodes claim at once without waiting on each other or taking
-the same delivery. SQLite has one writer: candidates are read first (WAL readers never wait),
-then leased in one short write transaction that re-checks each row.
+one statement: for each enabled webhook, its due deliveries up to the room the worker has for
+that webhook (relay/webhooks/worker.py), ``FOR UPDATE SKIP LOCKED``, so several workers and
+nodes claim at once without waiting on each other or taking the same delivery. SQLite has one
+writer: candidates are read first (WAL readers never wait), then leased in one short write
+transaction that re-checks each row. Webhooks are visited in random order, so one claim's
+limit is not always spent on the same webhooks first.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ DELIVERY_COLUMNS = """d.id, d.webhook_id, d.msg_id, d.event, d.attempts, d.creat
     g.signing_key"""
 
 # -- SQLite (sqlite3 in a SqliteRunner thread) -------------------------------------------------
+
+# Set on the workers' own connection (see relay/webhooks/store.py): WAL commits without fsync;
+# a later synchronous commit of any connection makes them durable with it.
+SQLITE_RELAXED_DURABILITY = "PRAGMA synchronous=NORMAL"
 
 SQLITE_ENABLED_WEBHOOKS = "SELECT id FROM webhooks WHERE status = 'Enabled'"
 
@@ -80,20 +85,21 @@ WHERE id IN ({marks}) AND lease_owner = ? AND state = 'pending'
 # -- PostgreSQL (asyncpg) ------------------------------------------------------------------------
 
 PG_CLAIM = f"""
-WITH held AS (
-    SELECT * FROM unnest($5::int[], $6::int[]) AS h(webhook_id, n)
+WITH room AS (
+    SELECT * FROM unnest($5::int[], $6::int[]) AS r(webhook_id, n)
 ), picked AS (
-    SELECT x.id FROM webhooks AS w
-    LEFT JOIN held ON held.webhook_id = w.id
+    SELECT x.id FROM (
+        SELECT id FROM webhooks WHERE status = 'Enabled' ORDER BY random()
+    ) AS w
+    LEFT JOIN room ON room.webhook_id = w.id
     CROSS JOIN LATERAL (
         SELECT d.id FROM webhook_deliveries AS d
         WHERE d.webhook_id = w.id AND d.state = 'pending' AND d.next_attempt_at <= $3
           AND (d.lease_until IS NULL OR d.lease_until < $3)
         ORDER BY d.next_attempt_at
-        LIMIT GREATEST($4 - COALESCE(held.n, 0), 0)
+        LIMIT COALESCE(room.n, $4)
         FOR UPDATE SKIP LOCKED
     ) AS x
-    WHERE w.status = 'Enabled'
     LIMIT $7
 )
 UPDATE webhook_deliveries AS d SET lease_owner = $1, lease_until = $2

@@ -3,6 +3,13 @@
 One implementation per backend over the SQL in relay/webhooks/sql.py: SQLite runs each call as
 one hop into a SqliteRunner thread (like the queue's hot paths), PostgreSQL as one statement
 (two for recording) on a small asyncpg pool, so a claim never waits behind a recording.
+
+The workers' own writes (leases, attempt results) commit without waiting for the disk (SQLite
+``synchronous=NORMAL`` on their connection, PostgreSQL ``synchronous_commit=off``): losing the
+last of them in a power cut only means a delivery is posted again, which at-least-once allows
+(the receiver sees the same ``webhook-id``). The deliveries themselves are written by the
+outbox trigger in the event's transaction, as durable as the event. This keeps the outbox's
+commits from taking the disk (and on SQLite the single write lock) away from SMTP acceptance.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -46,8 +54,12 @@ class Recorded:
 
 class OutboxStore(Protocol):
     async def claim(
-        self, owner: str, until: float, now: float, share: int, held: dict[int, int], limit: int
-    ) -> list[Delivery]: ...
+        self, owner: str, until: float, now: float, share: int, rooms: dict[int, int], limit: int
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries: of each webhook in ``rooms`` at most its room,
+        of any other at most ``share``."""
+        ...
+
     async def renew(self, owner: str, ids: list[int], until: float) -> None: ...
     async def release(self, owner: str, ids: list[int]) -> int: ...
     async def record(self, owner: str, items: list[Recorded]) -> None: ...
@@ -116,12 +128,13 @@ def _attempt_row(item: Recorded) -> tuple[Any, ...]:
 
 
 def _sqlite_candidates(
-    conn: sqlite3.Connection, now: float, share: int, held: dict[int, int], limit: int
+    conn: sqlite3.Connection, now: float, share: int, rooms: dict[int, int], limit: int
 ) -> list[int]:
     webhook_ids = [row[0] for row in conn.execute(sql.SQLITE_ENABLED_WEBHOOKS)]
+    random.shuffle(webhook_ids)
     out: list[int] = []
     for webhook_id in webhook_ids:
-        room = min(share - held.get(webhook_id, 0), limit - len(out))
+        room = min(rooms.get(webhook_id, share), limit - len(out))
         if room <= 0:
             if len(out) >= limit:
                 break
@@ -140,12 +153,24 @@ def _sqlite_lease(
 
 
 def _sqlite_record(conn: sqlite3.Connection, owner: str, items: list[Recorded]) -> None:
+    now = time.time()
+    conn.executemany(
+        sql.SQLITE_FINISH,
+        [
+            (i.state, i.attempt, i.next_attempt_at, now, i.delivery.id, owner)
+            for i in items
+            if i.state != FAILED
+        ],
+    )
     for item in items:
+        if item.state != FAILED:
+            continue
         cur = conn.execute(
             sql.SQLITE_FINISH,
-            (item.state, item.attempt, item.next_attempt_at, time.time(), item.delivery.id, owner),
+            (item.state, item.attempt, item.next_attempt_at, now, item.delivery.id, owner),
         )
-        if cur.rowcount and item.state == FAILED:
+        # The give-up event only if this worker still held the delivery.
+        if cur.rowcount:
             d = item.delivery
             conn.execute(
                 sql.SQLITE_INSERT_EVENT,
@@ -174,25 +199,35 @@ def _sqlite_purge(conn: sqlite3.Connection, cutoff: float) -> int:
     return int(removed.rowcount) + int(attempts.rowcount)
 
 
+def _relaxed(conn: sqlite3.Connection) -> None:
+    conn.execute(sql.SQLITE_RELAXED_DURABILITY)
+
+
 class SqliteOutbox:
     def __init__(self, db: Database) -> None:
         self._runner = SqliteRunner(db, "webhook-outbox")
+        self._relaxed = False
+
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        if not self._relaxed:
+            await self._runner.read(_relaxed)
+            self._relaxed = True
+        return await self._runner.write(fn, *args)
 
     async def claim(
-        self, owner: str, until: float, now: float, share: int, held: dict[int, int], limit: int
+        self, owner: str, until: float, now: float, share: int, rooms: dict[int, int], limit: int
     ) -> list[Delivery]:
-        ids = await self._runner.read(_sqlite_candidates, now, share, held, limit)
+        ids = await self._runner.read(_sqlite_candidates, now, share, rooms, limit)
         if not ids:
             return []
-        rows = await self._runner.write(_sqlite_lease, owner, until, now, ids)
+        rows = await self._write(_sqlite_lease, owner, until, now, ids)
         return [Delivery(*row) for row in rows]
 
     async def renew(self, owner: str, ids: list[int], until: float) -> None:
         if ids:
-            await self._runner.write(
-                lambda c: c.execute(
-                    sql.SQLITE_RENEW.format(marks=",".join("?" * len(ids))), (until, *ids, owner)
-                )
+            marks = ",".join("?" * len(ids))
+            await self._write(
+                lambda c: c.execute(sql.SQLITE_RENEW.format(marks=marks), (until, *ids, owner))
             )
 
     async def release(self, owner: str, ids: list[int]) -> int:
@@ -200,21 +235,21 @@ class SqliteOutbox:
             return 0
         marks = ",".join("?" * len(ids))
         return int(
-            await self._runner.write(
+            await self._write(
                 lambda c: c.execute(sql.SQLITE_RELEASE.format(marks=marks), (*ids, owner)).rowcount
             )
         )
 
     async def record(self, owner: str, items: list[Recorded]) -> None:
         if items:
-            await self._runner.write(_sqlite_record, owner, items)
+            await self._write(_sqlite_record, owner, items)
 
     async def cancel_orphans(self, now: float) -> int:
         statement = sql.CANCEL_ORPHANS.format(now="?")
-        return int(await self._runner.write(lambda c: c.execute(statement, (now,)).rowcount))
+        return int(await self._write(lambda c: c.execute(statement, (now,)).rowcount))
 
     async def purge(self, cutoff: float) -> int:
-        return int(await self._runner.write(_sqlite_purge, cutoff))
+        return int(await self._write(_sqlite_purge, cutoff))
 
     async def backlog(self) -> tuple[int, float | None]:
         row = await self._runner.read(lambda c: c.execute(sql.BACKLOG).fetchone())
@@ -247,7 +282,11 @@ class PostgresOutbox:
             if self._pool is None:
                 try:
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=1, max_size=3, timeout=10
+                        self._dsn,
+                        min_size=1,
+                        max_size=3,
+                        timeout=10,
+                        server_settings={"synchronous_commit": "off"},
                     )
                 except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                     raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -264,11 +303,11 @@ class PostgresOutbox:
             raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def claim(
-        self, owner: str, until: float, now: float, share: int, held: dict[int, int], limit: int
+        self, owner: str, until: float, now: float, share: int, rooms: dict[int, int], limit: int
     ) -> list[Delivery]:
-        held_ids, held_n = list(held), list(held.values())
+        ids, room = list(rooms), list(rooms.values())
         rows = await self._run(
-            lambda c: c.fetch(sql.PG_CLAIM, owner, until, now, share, held_ids, held_n, limit)
+            lambda c: c.fetch(sql.PG_CLAIM, owner, until, now, share, ids, room, limit)
         )
         return [Delivery(*tuple(row)) for row in rows]
 

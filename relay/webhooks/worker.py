@@ -3,15 +3,19 @@
 Self-contained (``start()``, ``stop(timeout)``), started by relay/server.py in each delivery
 process (or the main process when it delivers itself), so a node builder can adopt it as is.
 
-- **Claims** lease due deliveries (relay/webhooks/sql.py) while this worker holds fewer than
-  ``HOLD_FACTOR`` times its concurrency, each webhook at most ``HOLD_FACTOR`` times its
-  ``per_endpoint_concurrency``. A claim happens when a quarter of the room is free, when a
-  webhook that filled its share has half of it back, on a NOTIFY from the outbox trigger
-  (PostgreSQL), or every ``poll_interval``.
-- **Concurrency**: at most ``concurrency`` POSTs in flight, at most ``per_endpoint_concurrency``
-  per webhook; a webhook that hangs or fails for days holds only its own slots and its own
-  claimed share, never the other webhooks' (each webhook has its own semaphore and its own
-  share in every claim).
+- **Claims** lease due deliveries (relay/webhooks/sql.py), each webhook up to its share of
+  deliveries waiting here to be posted: ``SHARE_FACTOR`` times ``per_endpoint_concurrency``
+  while it answers promptly, just ``per_endpoint_concurrency`` while a POST to it has been
+  waiting more than ``SLOW_AFTER`` seconds. The deliveries of prompt webhooks waiting here are
+  bounded too (twice ``max(concurrency, batch_size)``). A posted delivery stops counting while
+  its result is written, so claiming goes on meanwhile. A claim happens when a quarter of the
+  room is free, when a webhook that filled its share has half of it back, on a NOTIFY from the
+  outbox trigger (PostgreSQL), or every ``poll_interval``.
+- **Concurrency**: at most ``per_endpoint_concurrency`` POSTs in flight per webhook, and at most
+  ``concurrency`` POSTs per process that are younger than ``SLOW_AFTER`` seconds: a POST that
+  waits longer gives its process-wide slot back (it costs a socket, not work). So an endpoint
+  that hangs or fails for days, or many of them, hold only their own slots and their own small
+  share, never what the other webhooks need.
 - **Leases** are renewed every third of ``lease_seconds`` for everything held, claimed deliveries
   that wait for a slot included; a worker that dies stops renewing and its deliveries come back
   within one lease.
@@ -34,7 +38,6 @@ import contextlib
 import os
 import time
 import uuid
-from collections import Counter
 from typing import Any
 
 import structlog
@@ -52,7 +55,10 @@ from relay.webhooks.store import DELIVERED, FAILED, PENDING, Recorded, open_stor
 log = structlog.get_logger("relay.webhooks")
 
 NOTIFY_CHANNEL = "relay_webhooks"  # NOTIFYed by the outbox trigger (migration 0004)
-HOLD_FACTOR = 4
+SHARE_FACTOR = 10
+# A POST without an answer after this long is "slow": it gives back its process-wide slot and
+# its webhook's share shrinks to what fills the webhook's own slots.
+SLOW_AFTER = 2.0
 GAUGE_INTERVAL = 10.0
 UPKEEP_INTERVAL = 60.0
 TRANSIENT: tuple[type[BaseException], ...] = (StorageUnavailable, SQLAlchemyError, OSError)
@@ -69,13 +75,13 @@ class WebhookWorker:
             lambda items: self.store.record(self.owner, items), name="webhook-recorder"
         )
         s = self.settings
-        self.hold_limit = max(s.concurrency, s.batch_size) * HOLD_FACTOR
-        self.share = s.per_endpoint_concurrency * HOLD_FACTOR
+        self.hold_limit = max(s.concurrency, s.batch_size) * 2
         self._slots = asyncio.Semaphore(s.concurrency)
-        self._endpoints: dict[int, asyncio.Semaphore] = {}
+        self._endpoints: dict[int, _Endpoint] = {}
+        # Every delivery leased here (renewed, released at stop); which of them are not posted
+        # yet is counted per webhook in _endpoints.
         self._held: dict[int, Delivery] = {}
-        self._per_webhook: Counter[int] = Counter()
-        self._saturated: set[int] = set()
+        self._unposted: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[None]] = set()
         self._side: list[asyncio.Task[Any]] = []
@@ -146,11 +152,16 @@ class WebhookWorker:
 
     # -- claiming ----------------------------------------------------------------------------
 
+    def _waiting_prompt(self) -> int:
+        """Deliveries waiting here for prompt webhooks (what the hold limit bounds)."""
+        return sum(ep.unposted for ep in self._endpoints.values() if not ep.slow)
+
     async def _claim_loop(self) -> None:
         s = self.settings
         threshold = max(1, self.hold_limit // 4)
+        default_share = s.per_endpoint_concurrency * SHARE_FACTOR
         while True:
-            room = self.hold_limit - len(self._held)
+            room = self.hold_limit - self._waiting_prompt()
             if room < threshold:
                 self._room.clear()
                 self._want_room = True
@@ -159,19 +170,24 @@ class WebhookWorker:
             limit = min(s.batch_size, room)
             self._wake.clear()
             self._room.clear()
+            rooms = {w: max(ep.share - ep.unposted, 0) for w, ep in self._endpoints.items()}
             now = time.time()
             try:
                 claimed = await self.store.claim(
-                    self.owner, now + s.lease_seconds, now, self.share, dict(self._per_webhook),
-                    limit,
-                )  # fmt: skip
+                    self.owner, now + s.lease_seconds, now, default_share, rooms, limit
+                )
             except TRANSIENT as exc:
                 log.warning("claiming webhook deliveries failed; retrying", error=repr(exc))
                 await self._idle(s.poll_interval)
                 continue
+            got: dict[int, int] = {}
             for delivery in claimed:
                 self._hold(delivery)
-            self._saturated = {w for w, n in self._per_webhook.items() if n >= self.share}
+                got[delivery.webhook_id] = got.get(delivery.webhook_id, 0) + 1
+            # A webhook whose room this claim filled (or had none) has more waiting: claim
+            # again for it as soon as half its share is back (see _posted).
+            for webhook_id, ep in self._endpoints.items():
+                ep.saturated = got.get(webhook_id, 0) >= rooms.get(webhook_id, default_share)
             if len(claimed) < limit:
                 await self._idle(s.poll_interval)
 
@@ -185,49 +201,60 @@ class WebhookWorker:
             for w in waits:
                 w.cancel()
 
+    def _endpoint(self, webhook_id: int) -> _Endpoint:
+        ep = self._endpoints.get(webhook_id)
+        if ep is None:
+            ep = self._endpoints[webhook_id] = _Endpoint(self.settings.per_endpoint_concurrency)
+        return ep
+
     def _hold(self, delivery: Delivery) -> None:
         self._held[delivery.id] = delivery
-        self._per_webhook[delivery.webhook_id] += 1
+        self._unposted.add(delivery.id)
+        self._endpoint(delivery.webhook_id).unposted += 1
         task = asyncio.create_task(self._run_one(delivery), name=f"webhook-{delivery.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _forget(self, delivery: Delivery) -> None:
-        if self._held.pop(delivery.id, None) is None:
+    def _posted(self, delivery: Delivery) -> None:
+        """Posted (or abandoned): it no longer counts against the claims."""
+        if delivery.id not in self._unposted:
             return
-        webhook_id = delivery.webhook_id
-        self._per_webhook[webhook_id] -= 1
-        left = self._per_webhook[webhook_id]
-        if left <= 0:
-            del self._per_webhook[webhook_id]
-            sem = self._endpoints.get(webhook_id)
-            if sem is not None and not sem.locked():
-                del self._endpoints[webhook_id]
+        self._unposted.discard(delivery.id)
+        ep = self._endpoint(delivery.webhook_id)
+        ep.unposted -= 1
+        if ep.unposted <= 0 and ep.idle:
+            del self._endpoints[delivery.webhook_id]
         # Wake the claim loop only when a claim is worth it: a webhook that had filled its
         # share has half of it back, or the loop waits for room and a quarter is free.
-        if webhook_id in self._saturated and left <= self.share // 2:
-            self._saturated.discard(webhook_id)
+        if ep.saturated and ep.unposted <= ep.share // 2:
+            ep.saturated = False
             self._room.set()
-        if self._want_room and self.hold_limit - len(self._held) >= max(1, self.hold_limit // 4):
+        self._check_room()
+
+    def _check_room(self) -> None:
+        if self._want_room and self.hold_limit - self._waiting_prompt() >= self.hold_limit // 4:
             self._want_room = False
             self._room.set()
 
-    # -- one delivery --------------------------------------------------------------------------
+    def _forget(self, delivery: Delivery) -> None:
+        """Its result is written (or will never be: its lease then expires)."""
+        self._posted(delivery)
+        self._held.pop(delivery.id, None)
 
-    def _endpoint(self, webhook_id: int) -> asyncio.Semaphore:
-        sem = self._endpoints.get(webhook_id)
-        if sem is None:
-            sem = self._endpoints[webhook_id] = asyncio.Semaphore(
-                self.settings.per_endpoint_concurrency
-            )
-        return sem
+    # -- one delivery --------------------------------------------------------------------------
 
     async def _run_one(self, delivery: Delivery) -> None:
         """Wait for a slot, POST, record. Cancelled at stop (the delivery stays held, and
         stop() releases it); anything else that goes wrong lets the lease expire, so the
         delivery is claimed again (at least once)."""
+        ep = self._endpoint(delivery.webhook_id)
         try:
-            async with self._endpoint(delivery.webhook_id), self._slots:
+            async with ep.sem:
+                await self._slots.acquire()
+                slot = _Slot(self._slots)
+                # Still waiting after SLOW_AFTER: the process-wide slot goes back, and the
+                # webhook counts as slow (a small share) until its slow POSTs end.
+                timer = asyncio.get_running_loop().call_later(SLOW_AFTER, self._slow, ep, slot)
                 task = asyncio.current_task()
                 assert task is not None
                 self._sending.add(task)
@@ -235,8 +262,14 @@ class WebhookWorker:
                 try:
                     item = await self._attempt(delivery)
                 finally:
+                    timer.cancel()
+                    if slot.released:
+                        ep.slow -= 1
+                    else:
+                        slot.release()
                     self._sending.discard(task)
                     metrics.WEBHOOK_IN_FLIGHT.dec()
+            self._posted(delivery)
             await self.recorder.submit([item])
         except TRANSIENT as exc:
             log.error("webhook attempt not recorded; its lease expires", error=repr(exc))
@@ -246,6 +279,11 @@ class WebhookWorker:
             self._forget(delivery)
             return
         self._forget(delivery)
+
+    def _slow(self, ep: _Endpoint, slot: _Slot) -> None:
+        slot.release()
+        ep.slow += 1
+        self._check_room()
 
     async def _attempt(self, d: Delivery) -> Recorded:
         started = time.time()
@@ -373,3 +411,39 @@ async def _wait(tasks: set[asyncio.Task[None]], bound: float, hurry: asyncio.Eve
     finally:
         if hurried is not None:
             hurried.cancel()
+
+
+class _Endpoint:
+    """One webhook's state in this worker."""
+
+    __slots__ = ("cap", "saturated", "sem", "slow", "unposted")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.sem = asyncio.Semaphore(cap)
+        self.unposted = 0  # claimed here, not posted yet
+        self.slow = 0  # POSTs in flight for longer than SLOW_AFTER
+        self.saturated = False  # reached its share at the last claim
+
+    @property
+    def share(self) -> int:
+        return self.cap if self.slow else self.cap * SHARE_FACTOR
+
+    @property
+    def idle(self) -> bool:
+        return not self.slow and not self.sem.locked() and self.unposted <= 0
+
+
+class _Slot:
+    """A process-wide POST slot, released once (at the answer, or early when slow)."""
+
+    __slots__ = ("released", "sem")
+
+    def __init__(self, sem: asyncio.Semaphore) -> None:
+        self.sem = sem
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.sem.release()
