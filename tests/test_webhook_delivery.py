@@ -328,29 +328,33 @@ async def test_given_up_after_the_limit_with_an_event(
         await stop_relay(running, session)
 
 
-async def test_a_hanging_endpoint_does_not_hold_the_others(
+async def test_hanging_endpoints_do_not_hold_the_others(
     tmp_path: Path, db_url: str, receiver: Receiver
 ) -> None:
-    # A hang ends only when the test releases it (webhooks.timeout is a minute): if the other
-    # webhook waited behind it, it would not get its posts before the wait below gives up.
+    # Three endpoints hang, more than the process's two POST slots: a hang ends only when the
+    # test releases it (webhooks.timeout is a minute), so if the healthy webhook waited behind
+    # them it would not get its posts before the wait below gives up.
     running, session = await start_relay(
-        tmp_path, db_url, RELAY_WEBHOOKS_CONCURRENCY="4", RELAY_WEBHOOKS_TIMEOUT="60",
-        RELAY_WEBHOOKS_LEASE_SECONDS="90", RELAY_WEBHOOKS_PER_ENDPOINT_CONCURRENCY="2",
+        tmp_path, db_url, RELAY_WEBHOOKS_CONCURRENCY="2", RELAY_WEBHOOKS_TIMEOUT="60",
+        RELAY_WEBHOOKS_LEASE_SECONDS="90", RELAY_WEBHOOKS_PER_ENDPOINT_CONCURRENCY="1",
         RELAY_WEBHOOKS_BATCH_SIZE="5", **BASE_ENV,
     )  # fmt: skip
+    hanging = ["/hangs1", "/hangs2", "/hangs3"]
     try:
         acct = await running.new_account()
-        await add_webhook(running, acct, "delivery", receiver.url("/hangs"))
-        await add_webhook(running, acct, "delivery", receiver.url("/fine"))
-        receiver.hold("/hangs")
+        for path in [*hanging, "/fine"]:
+            await add_webhook(running, acct, "delivery", receiver.url(path))
+            if path != "/fine":
+                receiver.hold(path)
         for _ in range(12):
             await queue_events(running, acct, [events.DELIVERED])
         await wait_until(lambda: len(receiver.at("/fine")) >= 12, timeout=45, what="/fine")
-        assert receiver.open["/hangs"] == 2 and receiver.max_open["/hangs"] == 2
-        receiver.release("/hangs")
-        await wait_until(lambda: len(receiver.at("/hangs")) >= 12, timeout=45, what="/hangs")
-        await wait_until(lambda: all_in_state(running, "delivered", 24), what="all delivered")
-        assert receiver.max_open["/hangs"] == 2
+        for path in hanging:
+            # Each hangs with exactly its own one slot.
+            assert receiver.open[path] == 1 and receiver.max_open[path] == 1
+            receiver.release(path)
+        await wait_until(lambda: all_in_state(running, "delivered", 48), what="all delivered")
+        assert all(receiver.max_open[path] == 1 for path in hanging)
     finally:
         await stop_relay(running, session)
 

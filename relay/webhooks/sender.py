@@ -1,10 +1,11 @@
 """One HTTP POST of a webhook delivery, and how it went.
 
-One aiohttp session per worker: pooled keep-alive connections (at most ``concurrency``), the
-checked resolver (relay/webhooks/resolver.py) so the address connected to is the address that
-was checked, no redirects (a 3xx is an answer like any non-2xx), a connect and a total timeout,
-no proxies from the environment, no cookies, and at most ``max_response_bytes`` of the answer
-read (the rest is not read; the connection is then closed instead of reused).
+One aiohttp session per worker: pooled keep-alive connections (as many as the worker has POSTs
+in flight; relay/webhooks/worker.py bounds those), the checked resolver
+(relay/webhooks/resolver.py) so the address connected to is the address that was checked, no
+redirects (a 3xx is an answer like any non-2xx), a connect and a total timeout, no proxies
+from the environment, no cookies, and at most ``max_response_bytes`` of the answer read (the
+rest is not read; the connection is then closed instead of reused).
 
 A host written as an IP literal in any notation the save-time check knows (``0x7f.1``,
 ``[::ffff:7f00:1]``, ...) is checked here too (aiohttp does not ask a resolver for literals) and
@@ -78,7 +79,9 @@ class Sender:
         # Loading the CA store reads files: not on the event loop.
         context = await asyncio.to_thread(ssl.create_default_context)
         connector = aiohttp.TCPConnector(
-            limit=s.concurrency,
+            # No limit here: the worker bounds POSTs (per webhook, and per process for those
+            # not yet slow); a pool limit would let hanging endpoints hold every connection.
+            limit=0,
             limit_per_host=0,
             resolver=self.resolver,
             use_dns_cache=False,
