@@ -54,7 +54,7 @@ def _delivery(**over: Any) -> payload.Delivery:
         logged_at=1769885531.25, smtp_code=550, smtp_response="550 5.1.1 no such user",
         data='{"BounceCategory": "bad-mailbox", "server": "internal-name"}',
         header_from="App <app@example.com>", subject="Hi", message_id_header="<1@example.com>",
-        url="https://hooks.example.net/x", domain="example.com", signing_key=None,
+        url="https://hooks.example.net/x", domain="example.com",
     )  # fmt: skip
     values.update(over)
     return payload.Delivery(**values)

@@ -47,7 +47,8 @@ def signature(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 async def domain_key(db: Database, box: SecretBox, domain_id: int, stored: str | None) -> str:
-    """A domain's key in clear; a domain without one gets one now (first writer wins)."""
+    """A domain's key in clear, from its stored value; a domain without one gets one now
+    (first writer wins)."""
     if stored:
         return box.open(stored)
     async with db.write() as conn:
@@ -75,3 +76,14 @@ async def seal_stored_keys(db: Database, box: SecretBox) -> tuple[int, int]:
             if not SecretBox.is_sealed(key):
                 sealed += await repo.replace_key(conn, domain_id, key, box.seal(key))
     return generated, sealed
+
+
+async def current_key(db: Database, box: SecretBox, domain_id: int) -> str:
+    """A domain's key as stored now (what a post is signed with)."""
+    async with db.read() as conn:
+        stored = await repo.stored_key(conn, domain_id)
+    if stored is None:
+        async with db.read() as conn:
+            if not await repo.domain_exists(conn, domain_id):
+                raise LookupError(f"domain {domain_id} is gone")
+    return await domain_key(db, box, domain_id, stored)

@@ -27,7 +27,7 @@ PASSED_THROUGH = ("URL", "BounceCategory", "DSNStatus", "DSNDiag")
 
 @dataclass(slots=True)
 class Delivery:
-    """A claimed delivery, with its webhook's URL and its domain's name and stored key."""
+    """A claimed delivery, with its webhook's URL and its domain's name."""
 
     id: int
     webhook_id: int
@@ -49,7 +49,6 @@ class Delivery:
     message_id_header: str
     url: str
     domain: str
-    signing_key: str | None
 
 
 def iso_utc(ts: float) -> str:

@@ -17,8 +17,7 @@ from __future__ import annotations
 # Columns of a claimed delivery, in relay.webhooks.payload.Delivery's order.
 DELIVERY_COLUMNS = """d.id, d.webhook_id, d.msg_id, d.event, d.attempts, d.created_at, d.user_id,
     d.domain_id, d.event_id, d.message_id, d.recipient, d.logged_at, d.smtp_code,
-    d.smtp_response, d.data, d.header_from, d.subject, d.message_id_header, w.url, g.name,
-    g.signing_key"""
+    d.smtp_response, d.data, d.header_from, d.subject, d.message_id_header, w.url, g.name"""
 
 # -- SQLite (sqlite3 in a SqliteRunner thread) -------------------------------------------------
 

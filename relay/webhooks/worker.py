@@ -20,10 +20,11 @@ process (or the main process when it delivers itself), so a node builder can ado
   that wait for a slot included; a worker that dies stops renewing and its deliveries come back
   within one lease.
 - **Attempts**: the body is built from the delivery row (the same bytes and ``webhook-id`` on
-  every attempt), signed with the domain's key as stored at claim time (so a rotated key is
-  used from the next attempt on), POSTed (relay/webhooks/sender.py), and recorded through a
-  batched writer: status, latency, response excerpt; delivered on 2xx, else retried with
-  backoff (relay/webhooks/retry.py) or given up, which records a ``webhook-failed`` event.
+  every attempt), signed with the domain's current key (cached until the bus announces a
+  change of the domain, so a rotated key signs the next attempt), POSTed
+  (relay/webhooks/sender.py), and recorded through a batched writer: status, latency,
+  response excerpt; delivered on 2xx, else retried with backoff (relay/webhooks/retry.py) or
+  given up, which records a ``webhook-failed`` event.
 - **Stop**: no more claims, deliveries waiting for a slot go back at once, POSTs in flight get
   ``timeout`` seconds to finish (or until ``hurry``), the rest are cancelled, known results are
   written, and every delivery still held is released for any worker to claim.
@@ -44,6 +45,8 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay import metrics
+from relay.cache import MISSING, TTLCache
+from relay.directory import Topics
 from relay.services import Services
 from relay.store.db import StorageUnavailable, asyncpg_dsn
 from relay.webhooks import keys, payload, retry
@@ -59,6 +62,7 @@ SHARE_FACTOR = 10
 # A POST without an answer after this long is "slow": it gives back its process-wide slot and
 # its webhook's share shrinks to what fills the webhook's own slots.
 SLOW_AFTER = 2.0
+KEY_TTL = 300.0
 GAUGE_INTERVAL = 10.0
 UPKEEP_INTERVAL = 60.0
 TRANSIENT: tuple[type[BaseException], ...] = (StorageUnavailable, SQLAlchemyError, OSError)
@@ -82,6 +86,7 @@ class WebhookWorker:
         # yet is counted per webhook in _endpoints.
         self._held: dict[int, Delivery] = {}
         self._unposted: set[int] = set()
+        self._keys: TTLCache[int, bytes] = TTLCache(10_000, KEY_TTL)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[None]] = set()
         self._side: list[asyncio.Task[Any]] = []
@@ -95,6 +100,8 @@ class WebhookWorker:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # A domain change (regeneratesigningkey among them) drops its cached signing key.
+        self.services.bus.subscribe(Topics.DOMAIN, self._forget_key)
         await self.sender.start()
         self.recorder.start()
         self._side = [
@@ -285,12 +292,25 @@ class WebhookWorker:
         ep.slow += 1
         self._check_room()
 
+    def _forget_key(self, domain_id: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._keys.pop(int(domain_id))
+
+    async def _secret(self, domain_id: int) -> bytes:
+        """The HMAC key of a domain: cached until the domain changes (the bus says so; the
+        TTL is a backstop), so a rotated key signs the very next attempt."""
+        hit = self._keys.get(domain_id)
+        if hit is not MISSING:
+            return bytes(hit)
+        key = await keys.current_key(self.services.db, self.services.box, domain_id)
+        secret = keys.secret_bytes(key)
+        self._keys.set(domain_id, secret)
+        return secret
+
     async def _attempt(self, d: Delivery) -> Recorded:
         started = time.time()
         try:
-            key = await keys.domain_key(
-                self.services.db, self.services.box, d.domain_id, d.signing_key
-            )
+            secret = await self._secret(d.domain_id)
         except (LookupError, ValueError) as exc:
             # The domain is gone, or its key cannot be opened (the key-encryption key changed):
             # an attempt that failed for a reason of ours, retried like any other.
@@ -302,9 +322,7 @@ class WebhookWorker:
                 "Content-Type": "application/json",
                 "webhook-id": d.msg_id,
                 "webhook-timestamp": str(timestamp),
-                "webhook-signature": keys.signature(
-                    keys.secret_bytes(key), d.msg_id, timestamp, body
-                ),
+                "webhook-signature": keys.signature(secret, d.msg_id, timestamp, body),
             }
             attempted = await self.sender.post(d.url, headers, body)
         metrics.WEBHOOK_ATTEMPTS.labels(result=attempted.result).inc()

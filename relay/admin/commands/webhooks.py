@@ -47,6 +47,7 @@ from relay.admin.commands.domains import domain_id_param, owned_domain
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.admin.senderkey import sender_scope
+from relay.directory import Topics
 from relay.secrets import new_signing_key
 from relay.store.repos import domains as domains_repo
 from relay.store.repos import webhooks as repo
@@ -221,6 +222,8 @@ async def regenerate_signing_key(call: Call) -> dict[str, Any]:
             3,
             "Rotation failed — the UPDATE matched zero rows. No key was persisted; safe to retry.",
         )
+    # Webhook workers of every process and node drop the old key: the next post uses this one.
+    await call.services.bus.publish(Topics.DOMAIN, domain_id)
     return ok(SigningKey=key)
 
 

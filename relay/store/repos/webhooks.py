@@ -99,6 +99,11 @@ async def stored_key(conn: AsyncConnection, domain_id: int) -> str | None:
     return str(value) if value is not None else None
 
 
+async def domain_exists(conn: AsyncConnection, domain_id: int) -> bool:
+    d = t.gateway_domains
+    return await conn.scalar(select(d.c.id).where(d.c.id == domain_id)) is not None
+
+
 async def domains_without_key(conn: AsyncConnection) -> list[int]:
     d = t.gateway_domains
     return list((await conn.scalars(select(d.c.id).where(d.c.signing_key.is_(None)))).all())
