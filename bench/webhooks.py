@@ -57,6 +57,7 @@ class Run:
     bad_signatures: int = 0
     webhook_rate: float = 0.0  # received / (last webhook - start of the load)
     webhook_drain_rate: float = 0.0  # received / (last webhook - first webhook)
+    receiver_cpu: float = 0.0  # % of one core over the whole run
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -140,6 +141,7 @@ async def one_run(
     urls = [f"http://127.0.0.1:{args.receiver_port}/hooks/{i}" for i in range(args.webhooks)]
     await account.set_webhooks(urls if mode == "on" else [])
     await rx.ask(f"reset {account.signing_key}")
+    before = await rx.ask("stats")
     result = await relay_bench.run_once(bench, target, rep, sink, log_dir)
     run = Run(mode, rep, result)
     if mode == "off":
@@ -154,6 +156,10 @@ async def one_run(
     if run.webhooks:
         run.webhook_rate = run.webhooks / max(stats["last"] - load_start, 1e-9)
         run.webhook_drain_rate = run.webhooks / max(stats["last"] - stats["first"], 1e-9)
+        # The receiver's CPU is the harness's, on the same machine: shown, not subtracted.
+        run.receiver_cpu = relay_bench.pct(
+            stats["cpu"] - before["cpu"], stats["now"] - before["now"]
+        )
     if run.webhooks < run.expected_webhooks:
         run.problems.append(f"{run.expected_webhooks - run.webhooks} webhooks did not arrive")
     if run.bad_signatures:
@@ -173,7 +179,8 @@ def line(run: Run, repeat: int) -> str:
     if run.mode == "on":
         text += (
             f"  webhooks {run.webhooks}/{run.expected_webhooks}: {run.webhook_rate:7.1f}/s end to "
-            f"end, {run.webhook_drain_rate:7.1f}/s first to last"
+            f"end, {run.webhook_drain_rate:7.1f}/s first to last, receiver cpu "
+            f"{run.receiver_cpu:.0f}%"
         )
     problems = run.result.problems + run.problems
     return text + ("  ok" if not problems else "  FAILED: " + "; ".join(problems))
