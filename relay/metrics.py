@@ -118,7 +118,7 @@ WEBHOOK_ATTEMPT_SECONDS = Histogram(
 )
 WEBHOOK_BACKLOG = Gauge(
     "relay_webhook_backlog",
-    "Webhook deliveries not yet delivered nor given up (the whole outbox, every node)",
+    "Webhook deliveries not yet delivered nor given up (the whole outbox; counted up to 1e6)",
     multiprocess_mode="livemax",
 )
 WEBHOOK_OLDEST_SECONDS = Gauge(

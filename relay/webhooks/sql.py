@@ -171,4 +171,11 @@ DELETE FROM webhook_attempts WHERE id IN (
     SELECT id FROM webhook_attempts WHERE attempted_at < {cutoff} LIMIT {limit})
 """
 
-BACKLOG = "SELECT count(*), min(created_at) FROM webhook_deliveries WHERE state = 'pending'"
+# The backlog gauge: pending deliveries counted up to BACKLOG_CAP (a count is a scan of the
+# partial index; beyond that the number only says "very large"), and the oldest one's age.
+BACKLOG_CAP = 1_000_000
+BACKLOG = f"""
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM webhook_deliveries WHERE state = 'pending' LIMIT {BACKLOG_CAP}) AS p),
+       (SELECT min(created_at) FROM webhook_deliveries WHERE state = 'pending')
+"""

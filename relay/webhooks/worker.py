@@ -63,7 +63,7 @@ SHARE_FACTOR = 10
 # its webhook's share shrinks to what fills the webhook's own slots.
 SLOW_AFTER = 2.0
 KEY_TTL = 300.0
-GAUGE_INTERVAL = 10.0
+GAUGE_INTERVAL = 15.0
 UPKEEP_INTERVAL = 60.0
 TRANSIENT: tuple[type[BaseException], ...] = (StorageUnavailable, SQLAlchemyError, OSError)
 
