@@ -256,3 +256,45 @@ async def test_two_workers_never_post_one_delivery_at_once(
 async def _all_delivered(services: Services, count: int) -> bool:
     rows = await _pending(services)
     return len(rows) == count and all(r.state == "delivered" for r in rows)
+
+
+async def test_upkeep_cancels_orphans_and_purges_by_age(api: Api, services: Services) -> None:
+    from relay.webhooks.store import open_store
+
+    acct = await make_account(api)
+    kept = await _webhook(api, acct, "delivery", "https://hooks.example.net/kept")
+    gone = await _webhook(api, acct, "delivery", "https://hooks.example.net/gone")
+    async with services.db.write() as conn:
+        for _ in range(3):
+            await conn.execute(_event_sql(acct.domain_id, acct.user_id, "delivered"))
+        # Deleted by a path that does not go through deletewebhook (user.delete does that).
+        await conn.execute(text(f"UPDATE webhooks SET status = 'Deleted' WHERE id = {gone}"))
+        # Two of the kept webhook's deliveries finished long ago, with their attempts.
+        await conn.execute(
+            text(
+                "UPDATE webhook_deliveries SET state = 'delivered', updated_at = 5.0 "
+                f"WHERE webhook_id = {kept} AND id IN (SELECT id FROM webhook_deliveries "
+                f"WHERE webhook_id = {kept} ORDER BY id LIMIT 2)"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO webhook_attempts (delivery_id, webhook_id, attempt, attempted_at,"
+                f" latency, outcome) VALUES (1, {kept}, 1, 5.0, 0.1, 'delivered'),"
+                f" (2, {kept}, 1, 9e9, 0.1, 'delivered')"
+            )
+        )
+    store = open_store(services.db)
+    try:
+        assert await store.backlog() == (4, (await store.backlog())[1])
+        assert await store.cancel_orphans(100.0) == 3
+        assert (await store.backlog())[0] == 1
+        assert await store.purge(10.0) == 3  # two deliveries, one attempt
+        assert await store.purge(10.0) == 0
+    finally:
+        await store.close()
+    rows = await _pending(services)
+    assert sorted(r.state for r in rows) == ["cancelled"] * 3 + ["pending"]
+    async with services.db.read() as conn:
+        (left,) = (await conn.execute(text("SELECT attempted_at FROM webhook_attempts"))).one()
+    assert left == 9e9

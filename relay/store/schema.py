@@ -202,27 +202,16 @@ webhook_deliveries = Table(
     Column("lease_until", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
-    # Claims: due pending deliveries of one webhook, oldest first.
+    # The only secondary index, kept small because every delivery passes through it: claims
+    # (due pending deliveries of one webhook, oldest first) and the backlog gauge (count and
+    # oldest created_at, from the index alone). Retention purges the oldest rows by id.
     Index(
         "ix_webhook_deliveries_claim",
         "webhook_id",
         "next_attempt_at",
-        sqlite_where=text("state = 'pending'"),
-        postgresql_where=text("state = 'pending'"),
-    ),
-    # Backlog size and age (metrics).
-    Index(
-        "ix_webhook_deliveries_backlog",
         "created_at",
         sqlite_where=text("state = 'pending'"),
         postgresql_where=text("state = 'pending'"),
-    ),
-    # Retention: finished deliveries by age.
-    Index(
-        "ix_webhook_deliveries_finished",
-        "updated_at",
-        sqlite_where=text("state != 'pending'"),
-        postgresql_where=text("state != 'pending'"),
     ),
 )
 
@@ -243,7 +232,6 @@ webhook_attempts = Table(
     Column("error", Text, nullable=False, server_default=""),
     Column("response", Text, nullable=False, server_default=""),
     Index("ix_webhook_attempts_webhook", "webhook_id", "id"),
-    Index("ix_webhook_attempts_attempted", "attempted_at"),
 )
 
 # user_id 0 = global (installation-wide) suppression.

@@ -31,7 +31,7 @@ class Batcher(Generic[T]):
         *,
         name: str,
         max_batch: int = 1000,
-        linger: float = 0.02,
+        linger: float = 0.05,
     ) -> None:
         self._flush = flush
         self.name = name

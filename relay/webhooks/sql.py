@@ -160,15 +160,21 @@ UPDATE webhook_deliveries SET state = 'cancelled', lease_owner = NULL, lease_unt
 WHERE state = 'pending' AND webhook_id IN (SELECT id FROM webhooks WHERE status <> 'Enabled')
 """
 
+# Retention: among the oldest rows (by id, so without an index of their own), those finished
+# before the cutoff. Rows older than the cutoff are finished unless webhooks.max_age exceeds
+# webhooks.retention_days; such a row only delays the purge until it is.
 PURGE_DELIVERIES = """
 DELETE FROM webhook_deliveries WHERE id IN (
-    SELECT id FROM webhook_deliveries WHERE state <> 'pending' AND updated_at < {cutoff}
-    LIMIT {limit})
+    SELECT id FROM (SELECT id, state, updated_at FROM webhook_deliveries ORDER BY id LIMIT {limit})
+        AS oldest
+    WHERE state <> 'pending' AND updated_at < {cutoff})
 """
 
 PURGE_ATTEMPTS = """
 DELETE FROM webhook_attempts WHERE id IN (
-    SELECT id FROM webhook_attempts WHERE attempted_at < {cutoff} LIMIT {limit})
+    SELECT id FROM (SELECT id, attempted_at FROM webhook_attempts ORDER BY id LIMIT {limit})
+        AS oldest
+    WHERE attempted_at < {cutoff})
 """
 
 # The backlog gauge: pending deliveries counted up to BACKLOG_CAP (a count is a scan of the

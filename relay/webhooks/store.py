@@ -192,10 +192,10 @@ def _sqlite_record(conn: sqlite3.Connection, owner: str, items: list[Recorded]) 
 
 
 def _sqlite_purge(conn: sqlite3.Connection, cutoff: float) -> int:
-    removed = conn.execute(
-        sql.PURGE_DELIVERIES.format(cutoff="?", limit="?"), (cutoff, PURGE_BATCH)
-    )
-    attempts = conn.execute(sql.PURGE_ATTEMPTS.format(cutoff="?", limit="?"), (cutoff, PURGE_BATCH))
+    params = {"cutoff": cutoff, "limit": PURGE_BATCH}
+    names = {"cutoff": ":cutoff", "limit": ":limit"}
+    removed = conn.execute(sql.PURGE_DELIVERIES.format(**names), params)
+    attempts = conn.execute(sql.PURGE_ATTEMPTS.format(**names), params)
     return int(removed.rowcount) + int(attempts.rowcount)
 
 

@@ -92,6 +92,7 @@ class WebhookWorker:
         self._side: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
+        self._claiming: asyncio.Future[list[Delivery]] | None = None
         self._want_room = False
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
@@ -132,6 +133,13 @@ class WebhookWorker:
         if claimer is not None:
             claimer.cancel()
             await asyncio.gather(claimer, return_exceptions=True)
+        if self._claiming is not None:
+            # A claim that was under way when the loop stopped: its deliveries are released
+            # below with the others, never left leased until they expire.
+            late = await asyncio.gather(self._claiming, return_exceptions=True)
+            if isinstance(late[0], list):
+                for delivery in late[0]:
+                    self._held.setdefault(delivery.id, delivery)
         # Deliveries still waiting for a slot give up their turn at once; POSTs in flight get
         # the bound to finish.
         for task in self._tasks - self._sending:
@@ -179,10 +187,15 @@ class WebhookWorker:
             self._room.clear()
             rooms = {w: max(ep.share - ep.unposted, 0) for w, ep in self._endpoints.items()}
             now = time.time()
-            try:
-                claimed = await self.store.claim(
+            # Shielded: stop() cancels this loop, but a claim the database already made must
+            # still be known here, so that its deliveries are released (see _stop).
+            self._claiming = asyncio.ensure_future(
+                self.store.claim(
                     self.owner, now + s.lease_seconds, now, default_share, rooms, limit
                 )
+            )
+            try:
+                claimed = await asyncio.shield(self._claiming)
             except TRANSIENT as exc:
                 log.warning("claiming webhook deliveries failed; retrying", error=repr(exc))
                 await self._idle(s.poll_interval)

@@ -108,7 +108,6 @@ FOR EACH STATEMENT EXECUTE FUNCTION webhook_outbox()
 """
 
 PENDING = sa.text("state = 'pending'")
-FINISHED = sa.text("state != 'pending'")
 
 
 def upgrade() -> None:
@@ -149,24 +148,10 @@ def upgrade() -> None:
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
         batch_op.create_index(
             "ix_webhook_deliveries_claim",
-            ["webhook_id", "next_attempt_at"],
+            ["webhook_id", "next_attempt_at", "created_at"],
             unique=False,
             sqlite_where=PENDING,
             postgresql_where=PENDING,
-        )
-        batch_op.create_index(
-            "ix_webhook_deliveries_backlog",
-            ["created_at"],
-            unique=False,
-            sqlite_where=PENDING,
-            postgresql_where=PENDING,
-        )
-        batch_op.create_index(
-            "ix_webhook_deliveries_finished",
-            ["updated_at"],
-            unique=False,
-            sqlite_where=FINISHED,
-            postgresql_where=FINISHED,
         )
 
     op.create_table(
@@ -185,7 +170,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("webhook_attempts", schema=None) as batch_op:
         batch_op.create_index("ix_webhook_attempts_webhook", ["webhook_id", "id"], unique=False)
-        batch_op.create_index("ix_webhook_attempts_attempted", ["attempted_at"], unique=False)
 
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
