@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -135,6 +136,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await services.close()
         await rx.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
         if pg_database:
             import asyncpg
 
