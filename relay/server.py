@@ -126,18 +126,18 @@ class Relay:
             failed = self.delivery.failed
             self._watcher = asyncio.create_task(failed.wait(), name="delivery-watch")
             self._watcher.add_done_callback(lambda _t: self.failed.set())
-        if s.webhooks.enabled:
-            # Webhook workers run where delivery runs: in the delivery processes (relay/procs.py),
-            # else here. The main process is the node's ingest bottleneck; posting webhooks is
-            # background work like delivery, and shares its lower priority.
-            from relay.webhooks.keys import seal_stored_keys
+        # Webhook signing keys in clear (written by a migration) are sealed, missing ones made.
+        from relay.webhooks.keys import seal_stored_keys
 
-            await seal_stored_keys(services.db, services.box)
-            if not children:
-                from relay.webhooks.worker import WebhookWorker
+        await seal_stored_keys(services.db, services.box)
+        # Webhook workers run where delivery runs: in the delivery processes (relay/procs.py),
+        # else here. The main process is the node's ingest bottleneck; posting webhooks is
+        # background work like delivery, and shares its lower priority.
+        if s.webhooks.enabled and not children:
+            from relay.webhooks.worker import WebhookWorker
 
-                self.webhooks = WebhookWorker(services)
-                await self.webhooks.start()
+            self.webhooks = WebhookWorker(services)
+            await self.webhooks.start()
         host, port = parse_hostport(s.admin.listen)
         self.admin = AdminServer(services, host, port, submitter=self.smtp.submitter)
         await self.admin.start()

@@ -39,6 +39,7 @@ import contextlib
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -105,13 +106,13 @@ class WebhookWorker:
         self.services.bus.subscribe(Topics.DOMAIN, self._forget_key)
         await self.sender.start()
         self.recorder.start()
-        self._side = [
-            asyncio.create_task(self._claim_loop(), name="webhook-claim"),
-            asyncio.create_task(self._renew_loop(), name="webhook-renew"),
-            asyncio.create_task(self._upkeep_loop(), name="webhook-upkeep"),
-        ]
+        loops = [self._claim_loop, self._renew_loop, self._upkeep_loop]
         if not self.services.db.is_sqlite:
-            self._side.append(asyncio.create_task(self._listen(), name="webhook-listen"))
+            loops.append(self._listen)
+        self._side = [
+            asyncio.create_task(_supervised(loop), name=f"webhook-{loop.__name__.strip('_')}")
+            for loop in loops
+        ]
         log.info(
             "webhook worker started",
             owner=self.owner,
@@ -423,6 +424,21 @@ class WebhookWorker:
                         await asyncio.wait_for(conn.close(), 5)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+
+async def _supervised(loop: Callable[[], Awaitable[None]]) -> None:
+    """Run a side loop for good: a bug that escapes it is logged and the loop starts again
+    (after a pause), rather than leaving webhooks silently unposted."""
+    delay = 1.0
+    while True:
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook worker loop failed; restarting it", loop=loop.__name__)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 60.0)
 
 
 async def _wait(tasks: set[asyncio.Task[None]], bound: float, hurry: asyncio.Event | None) -> None:
