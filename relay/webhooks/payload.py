@@ -8,7 +8,8 @@
 seconds), ``Message.Headers`` (``From``, ``To``, ``Subject``, ``MessageID``; ``To`` is the
 recipient the event is about, as in the event API), ``SMTPCode`` and ``SMTPResponse`` when the
 event has a reply (delivered, bounced, deferred), and the event's own ``URL`` (clicked),
-``BounceCategory``, ``DSNStatus``, ``DSNDiag`` (bounces) when recorded.
+``UserAgent`` and ``IpAddress`` (opened, clicked, unsubscribed), ``BounceCategory``,
+``DSNStatus``, ``DSNDiag`` (bounces) when recorded.
 
 The body is built from the delivery row only, so every attempt of a delivery sends the same
 bytes (the ``webhook-id`` is the same too; only ``webhook-timestamp`` and the signature change).
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Fields of an event's ``data`` that are part of the public payload when present.
-PASSED_THROUGH = ("URL", "BounceCategory", "DSNStatus", "DSNDiag")
+PASSED_THROUGH = ("URL", "UserAgent", "IpAddress", "BounceCategory", "DSNStatus", "DSNDiag")
 
 
 @dataclass(slots=True)
