@@ -187,6 +187,26 @@ class SecuritySettings:
 
 
 @dataclass
+class WebhookSettings:
+    enabled: bool = True
+    allow_networks: list[str] = field(default_factory=list)
+    concurrency: int = 100
+    per_endpoint_concurrency: int = 10
+    batch_size: int = 200
+    poll_interval: float = 1.0
+    connect_timeout: float = 5.0
+    timeout: float = 15.0
+    lease_seconds: float = 60.0
+    max_response_bytes: int = 65536
+    retry_base: float = 30.0
+    retry_max_interval: float = 4 * 3600.0
+    retry_jitter: float = 0.2
+    max_age: float = 3 * 24 * 3600.0
+    max_attempts: int = 0
+    retention_days: float = 7.0
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -199,6 +219,7 @@ class Settings:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     log: LogSettings = field(default_factory=LogSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     # Derived once by load(); not settings themselves.
     source: str = ""
@@ -476,6 +497,36 @@ def validate(s: Settings) -> list[str]:
     if not 0 <= s.delivery.retry_jitter < 1:
         problems.append("delivery.retry_jitter: between 0 and 1")
     problems.extend(_validate_tracking(s.tracking))
+    problems.extend(_validate_webhooks(s.webhooks))
+    return problems
+
+
+def _validate_webhooks(w: WebhookSettings) -> list[str]:
+    problems: list[str] = []
+    for net in w.allow_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"webhooks.allow_networks: not a network: {net!r}")
+    for name in ("concurrency", "per_endpoint_concurrency", "batch_size"):
+        if getattr(w, name) < 1:
+            problems.append(f"webhooks.{name}: must be at least 1")
+    if w.poll_interval <= 0 or w.connect_timeout <= 0 or w.timeout <= 0:
+        problems.append("webhooks.poll_interval, connect_timeout and timeout: more than 0")
+    # An attempt must end (its total timeout) well before its lease does, or another worker
+    # could claim the delivery while it is still being sent.
+    if w.lease_seconds < w.timeout + 10:
+        problems.append("webhooks.lease_seconds: at least webhooks.timeout + 10")
+    if w.max_response_bytes < 0:
+        problems.append("webhooks.max_response_bytes: 0 or more")
+    if w.retry_base <= 0 or w.retry_max_interval < w.retry_base:
+        problems.append("webhooks.retry_base > 0 and retry_max_interval >= retry_base")
+    if not 0 <= w.retry_jitter < 1:
+        problems.append("webhooks.retry_jitter: between 0 and 1")
+    if w.max_age <= 0 or w.max_attempts < 0:
+        problems.append("webhooks.max_age > 0 and webhooks.max_attempts >= 0")
+    if w.retention_days <= 0:
+        problems.append("webhooks.retention_days: more than 0")
     return problems
 
 

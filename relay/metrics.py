@@ -102,6 +102,35 @@ DNS_LOOKUPS = Counter(
     "DNS lookups made for domain verification (cache misses)",
     ["type", "status"],  # status: ok | nxdomain | nodata | error
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "relay_webhook_attempts_total",
+    "Webhook POST attempts by result",
+    ["result"],  # delivered | http_error | timeout | connection_error | dns_error | refused
+    # | internal_error
+)
+WEBHOOK_DELIVERIES = Counter(
+    "relay_webhook_deliveries_total",
+    "Webhook deliveries finished, by outcome",
+    ["outcome"],  # delivered | given_up
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "relay_webhook_attempt_seconds",
+    "Duration of one webhook POST attempt, answer read included",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WEBHOOK_BACKLOG = Gauge(
+    "relay_webhook_backlog",
+    "Webhook deliveries not yet delivered nor given up (the whole outbox; counted up to 1e6)",
+    multiprocess_mode="livemax",
+)
+WEBHOOK_OLDEST_SECONDS = Gauge(
+    "relay_webhook_oldest_seconds",
+    "Age of the oldest webhook delivery not yet delivered nor given up",
+    multiprocess_mode="livemax",
+)
+WEBHOOK_IN_FLIGHT = Gauge(
+    "relay_webhook_in_flight", "Webhook POSTs in flight now", multiprocess_mode="livesum"
+)
 
 # Set by the main process's storage probe (relay.health); the other processes leave them at 0,
 # so "livemax" is the main process's value.

@@ -323,6 +323,12 @@ async def _delivery_child(services: Services, link: Link, stop: asyncio.Event) -
 
     delivery = DeliveryService(services)
     await delivery.start()
+    webhooks = None
+    if services.settings.webhooks.enabled:
+        from relay.webhooks.worker import WebhookWorker
+
+        webhooks = WebhookWorker(services)
+        await webhooks.start()
     link.send({"t": "ready"})
     failed = asyncio.create_task(delivery.failed.wait(), name="delivery-failed")
     stopping = asyncio.create_task(stop.wait(), name="stop")
@@ -330,6 +336,8 @@ async def _delivery_child(services: Services, link: Link, stop: asyncio.Event) -
     for task in (failed, stopping):
         task.cancel()
     await delivery.stop(services.settings.delivery.stop_timeout)
+    if webhooks is not None:
+        await webhooks.stop(services.settings.webhooks.timeout)
     # A failed worker exits 1 so the parent restarts it: better than a node that accepts mail
     # nobody delivers.
     return 1 if delivery.error is not None else 0

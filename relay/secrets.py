@@ -122,6 +122,11 @@ class SecretBox:
         """True when values are sealed (a key-encryption key is in use)."""
         return self._aead is not None
 
+    @staticmethod
+    def is_sealed(stored: str) -> bool:
+        """The stored value was written encrypted."""
+        return stored.startswith(_ENC_PREFIX)
+
     def seal(self, plaintext: str) -> str:
         if self._aead is None:
             return plaintext

@@ -1,8 +1,8 @@
 """Lifecycle of one node: start in order, stop in order.
 
 Start: storage (migrated on the embedded default; checked at head otherwise), caches and bus,
-the queue writer, SMTP listeners, delivery workers, the admin app, the feedback writer and the
-tracking listener; then READY=1 to systemd.
+the queue writer, SMTP listeners, delivery workers, webhook workers, the admin app, the
+feedback writer and the tracking listener; then READY=1 to systemd.
 Reload (SIGHUP): relay.reload, in every process of the tree.
 Stop (SIGTERM/SIGINT): stop accepting connections (SMTP and tracking), let SMTP sessions
 finish within the bound,
@@ -76,6 +76,7 @@ class Relay:
         self.writer: QueueWriter | None = None
         self.smtp: Any = None
         self.delivery: Any = None
+        self.webhooks: Any = None
         self.children: Any = None
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
@@ -147,6 +148,18 @@ class Relay:
             self._watcher.add_done_callback(lambda _t: self.failed.set())
         self.probe = StorageProbe(services)
         await self.probe.start()
+        # A webhook signing key for every domain (rows from before per-domain keys).
+        from relay.webhooks.keys import ensure_keys
+
+        await ensure_keys(services.db, services.box)
+        # Webhook workers run where delivery runs: in the delivery processes (relay/procs.py),
+        # else here. The main process is the node's ingest bottleneck; posting webhooks is
+        # background work like delivery, and shares its lower priority.
+        if s.webhooks.enabled and not children:
+            from relay.webhooks.worker import WebhookWorker
+
+            self.webhooks = WebhookWorker(services)
+            await self.webhooks.start()
         host, port = parse_hostport(s.admin.listen)
         self.admin = AdminServer(
             services, host, port, submitter=self.smtp.submitter, probe=self.probe
@@ -233,6 +246,8 @@ class Relay:
             await self.children.stop("delivery", self.settings.delivery.stop_timeout, self.hurry)
         if self.delivery is not None:
             await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
+        if self.webhooks is not None:
+            await self.webhooks.stop(self.settings.webhooks.timeout, self.hurry)
         if self.admin is not None:
             await self.admin.stop()
         if self.probe is not None:

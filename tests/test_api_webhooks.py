@@ -12,7 +12,6 @@ from sqlalchemy import select
 from relay import config
 from relay.services import Services
 from relay.store import schema as t
-from relay.webhooks.keys import legacy_signing_key
 from tests.apihelpers import bearer, make_account, sender_key
 from tests.conftest import Api, make_settings
 from tests.test_webhook_urls import FORBIDDEN, INVALID
@@ -40,9 +39,19 @@ async def test_addwebhook_documented_example(api: Api) -> None:
     listed = await api.call(
         "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
     )
+    # The documented fields, then the delivery side's (nothing attempted yet).
     assert listed["Webhooks"] == [
-        {"WebhookID": res["NewWebhookID"], "Event": "delivery", "WebhookURL": HOOK}
+        {
+            "WebhookID": res["NewWebhookID"],
+            "Event": "delivery",
+            "WebhookURL": HOOK,
+            "LastAttemptAt": None,
+            "LastStatus": None,
+            "LastError": None,
+            "FailureCount": 0,
+        }
     ]
+    assert list(listed["Webhooks"][0])[:3] == ["WebhookID", "Event", "WebhookURL"]
 
 
 async def test_addwebhook_002_spelling_and_every_event(api: Api) -> None:
@@ -176,37 +185,38 @@ async def test_getwebhooks_errors(api: Api) -> None:
     assert foreign["ErrorCode"] == 2
 
 
-async def test_signing_keys_legacy_then_rotated(api: Api, services: Services) -> None:
+async def test_signing_keys_are_per_domain_then_rotated(api: Api) -> None:
     acct = await make_account(api)
     second = await make_account(api, "two@example.com", "two.example")
     listed = await api.call(
         "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
     )
-    legacy = listed["SigningKey"]
-    assert re.fullmatch(r"[0-9A-F]{4}(-[0-9A-F]{4}){7}", legacy)
-    # Deterministic from installation secrets: same for every domain, every node, every start.
-    assert legacy == legacy_signing_key(services.settings)
+    first_key = listed["SigningKey"]
+    # Every domain has its own random key from its creation: one tenant cannot sign for another.
+    assert re.fullmatch(r"[0-9A-F]{64}", first_key)
     other = await api.call(
         "emailgateway.getwebhooks", APIKey=second.api_key, DomainID=second.domain_id
     )
-    assert other["SigningKey"] == legacy
-    assert legacy.replace("-", "").lower() not in services.settings.admin.api_key.lower()
+    assert re.fullmatch(r"[0-9A-F]{64}", other["SigningKey"])
+    assert other["SigningKey"] != first_key
+    again = await api.call("emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id)
+    assert again["SigningKey"] == first_key
 
     rotated = await api.call(
         "emailgateway.regeneratesigningkey", APIKey=acct.api_key, DomainID=acct.domain_id
     )
     assert rotated["Success"] is True and rotated["ErrorCode"] == 0
     key = rotated["SigningKey"]
-    assert re.fullmatch(r"[0-9A-F]{64}", key)
+    assert re.fullmatch(r"[0-9A-F]{64}", key) and key != first_key
     listed = await api.call(
         "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
     )
     assert listed["SigningKey"] == key
-    # Other domains keep the legacy key.
-    other = await api.call(
+    # Other domains keep theirs.
+    unchanged = await api.call(
         "emailgateway.getwebhooks", APIKey=second.api_key, DomainID=second.domain_id
     )
-    assert other["SigningKey"] == legacy
+    assert unchanged["SigningKey"] == other["SigningKey"]
     again = await api.call(
         "emailgateway.regeneratesigningkey", APIKey=acct.api_key, DomainID=acct.domain_id
     )
@@ -235,6 +245,17 @@ async def test_signing_key_stored_sealed_with_a_kek(tmp_path: Path, db_url: str)
         async with aiohttp.ClientSession() as session:
             api = Api(f"http://127.0.0.1:{server.port}", session)
             acct = await make_account(api)
+            # The key a domain gets at creation is sealed like a rotated one.
+            created = await api.call(
+                "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
+            )
+            async with services.db.read() as conn:
+                first = await conn.scalar(
+                    select(t.gateway_domains.c.signing_key).where(
+                        t.gateway_domains.c.id == acct.domain_id
+                    )
+                )
+            assert first.startswith("enc:v1:") and created["SigningKey"] not in first
             res = await api.call(
                 "emailgateway.regeneratesigningkey", APIKey=acct.api_key, DomainID=acct.domain_id
             )
@@ -258,6 +279,9 @@ async def test_signing_key_stored_sealed_with_a_kek(tmp_path: Path, db_url: str)
 async def test_regeneratesigningkey_errors(api: Api, services: Services) -> None:
     acct = await make_account(api)
     other = await make_account(api, "other@example.com", "other.example")
+    before = await api.call(
+        "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
+    )
     assert (await api.call("emailgateway.regeneratesigningkey", APIKey=acct.api_key))[
         "ErrorCode"
     ] == 1
@@ -289,7 +313,7 @@ async def test_regeneratesigningkey_errors(api: Api, services: Services) -> None
     listed = await api.call(
         "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
     )
-    assert listed["SigningKey"] == legacy_signing_key(services.settings)
+    assert listed["SigningKey"] == before["SigningKey"]
 
 
 # -- the public route ---------------------------------------------------------------------------
@@ -437,3 +461,99 @@ async def test_public_webhooks_via_api_php(api: Api) -> None:
     ) as resp:
         assert resp.status == 200
         assert await resp.json() == {"Webhooks": []}
+
+
+async def test_getwebhookdeliveries_errors_and_empty_history(api: Api) -> None:
+    acct = await make_account(api)
+    other = await make_account(api, "other@example.com", "other.example")
+    made = await api.call(
+        "emailgateway.addwebhook",
+        APIKey=acct.api_key,
+        DomainID=acct.domain_id,
+        Event="delivery",
+        WebhookURL=HOOK,
+    )
+    wid = made["NewWebhookID"]
+    foreign = await api.call(
+        "emailgateway.addwebhook",
+        APIKey=other.api_key,
+        DomainID=other.domain_id,
+        Event="delivery",
+        WebhookURL=HOOK,
+    )
+
+    async def code(**params: object) -> object:
+        res = await api.call("emailgateway.getwebhookdeliveries", APIKey=acct.api_key, **params)
+        assert res["Success"] is False and res["_status"] == 200, res
+        return res["ErrorCode"]
+
+    assert await code(DomainID=acct.domain_id) == 1
+    assert await code(WebhookID=wid) == 2
+    assert await code(WebhookID=wid, DomainID=other.domain_id) == 3
+    assert await code(WebhookID=wid, DomainID=2**40) == 3
+    assert await code(WebhookID=wid, DomainID="x") == 3
+    assert await code(WebhookID=foreign["NewWebhookID"], DomainID=acct.domain_id) == 4
+    assert await code(WebhookID=2**63, DomainID=acct.domain_id) == 4
+    assert await code(WebhookID="1e300", DomainID=acct.domain_id) == 4
+    for count in (0, 101, "ten", -1):
+        assert await code(WebhookID=wid, DomainID=acct.domain_id, RetrieveCount=count) == 5
+    res = await api.call(
+        "emailgateway.getwebhookdeliveries",
+        APIKey=acct.api_key,
+        DomainID=acct.domain_id,
+        WebhookID=wid,
+    )
+    assert res == {
+        "Success": True,
+        "ErrorCode": 0,
+        "WebhookID": wid,
+        "PendingDeliveries": 0,
+        "FailureCount": 0,
+        "Attempts": [],
+        "_status": 200,
+    }
+    await api.call(
+        "emailgateway.deletewebhook", APIKey=acct.api_key, WebhookID=wid, DomainID=acct.domain_id
+    )
+    assert await code(WebhookID=wid, DomainID=acct.domain_id) == 4
+
+
+async def test_allow_networks_exempt_literals_at_save_time(tmp_path: Path, db_url: str) -> None:
+    import aiohttp
+
+    from relay.admin.app import AdminServer
+    from relay.store import migrate
+
+    settings = make_settings(
+        tmp_path,
+        db_url,
+        RELAY_DKIM_KEY_BITS="1024",
+        RELAY_WEBHOOKS_ALLOW_NETWORKS="127.0.0.0/8,10.1.0.0/16",
+    )
+    services = await Services.create(settings)
+    await migrate.upgrade(services.db)
+    await services.start()
+    server = AdminServer(services, "127.0.0.1", 0)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(f"http://127.0.0.1:{server.port}", session)
+            acct = await make_account(api)
+            params = {"APIKey": acct.api_key, "DomainID": acct.domain_id, "Event": "delivery"}
+            for url in ("http://127.0.0.1:8080/in", "http://0x7f.1/in", "https://10.1.2.3/in"):
+                res = await api.call("emailgateway.addwebhook", **params, WebhookURL=url)
+                assert res["Success"] is True, (url, res)
+            for url in ("http://10.2.0.1/", "http://localhost/", "http://[::1]/"):
+                res = await api.call("emailgateway.addwebhook", **params, WebhookURL=url)
+                assert res["ErrorCode"] == 7, (url, res)
+            key = await sender_key(api, acct)
+            status, body = await api.request(
+                "POST",
+                "/api/v1/webhooks",
+                headers=bearer(key),
+                json={"Event": "delivered", "WebhookURL": "http://127.0.0.1:9/x"},
+            )
+            assert status == 200 and "NewWebhookID" in body
+    finally:
+        await server.stop()
+        await services.close()

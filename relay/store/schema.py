@@ -161,6 +161,77 @@ webhooks = Table(
     Column("url", Text, nullable=False),
     Column("status", String(32), nullable=False, server_default="Enabled"),
     Column("created_at", DateTime, nullable=False),
+    # What getwebhooks shows of the delivery side: the last attempt (epoch seconds, HTTP
+    # status or NULL when no answer, our reason when it failed) and the failed attempts since
+    # the last success.
+    Column("last_attempt_at", Float, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("failures", Integer, nullable=False, server_default="0"),
+)
+
+# The webhook outbox: one row per (event, webhook) to post, written by a trigger on `events` in
+# the event's own transaction (relay/webhooks/outbox.py), so every writer of events is covered
+# and nothing is posted for an event that rolled back. The event and its message's headers are
+# copied in: the post does not depend on the event log's retention.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("webhook_id", Integer, nullable=False),
+    Column("user_id", Integer, nullable=False),
+    Column("domain_id", Integer, nullable=False),
+    # The webhook-id header: the same on every attempt (the receiver's idempotency key).
+    Column("msg_id", String(40), nullable=False),
+    Column("event_id", BigInteger, nullable=True),
+    Column("event", String(32), nullable=False),
+    Column("message_id", String(36), nullable=True),
+    Column("recipient", String(320), nullable=True),
+    Column("logged_at", Float, nullable=False),
+    Column("smtp_code", Integer, nullable=True),
+    Column("smtp_response", Text, nullable=True),
+    Column("data", JSON, nullable=True),
+    Column("header_from", String(998), nullable=False, server_default=""),
+    Column("subject", String(998), nullable=False, server_default=""),
+    Column("message_id_header", String(998), nullable=False, server_default=""),
+    # pending | delivered | failed (given up) | cancelled (webhook deleted)
+    Column("state", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", String(96), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    # The only secondary index, kept small because every delivery passes through it: claims
+    # (due pending deliveries of one webhook, oldest first) and the backlog gauge (count and
+    # oldest created_at, from the index alone). Retention purges the oldest rows by id.
+    Index(
+        "ix_webhook_deliveries_claim",
+        "webhook_id",
+        "next_attempt_at",
+        "created_at",
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    ),
+)
+
+# Every attempt to post a delivery (getwebhookdeliveries).
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("delivery_id", BigInteger, nullable=False),
+    Column("webhook_id", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("attempted_at", Float, nullable=False),
+    # HTTP status; NULL when there was no answer (timeout, connection failure, refused).
+    Column("status", Integer, nullable=True),
+    Column("latency", Float, nullable=False),
+    # delivered | retry | failed (given up)
+    Column("outcome", String(16), nullable=False),
+    Column("error", Text, nullable=False, server_default=""),
+    Column("response", Text, nullable=False, server_default=""),
+    Index("ix_webhook_attempts_webhook", "webhook_id", "id"),
 )
 
 # user_id 0 = global (installation-wide) suppression.

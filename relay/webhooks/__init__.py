@@ -1,1 +1,3 @@
-"""Webhooks: URL rules (``urls``) and signing keys (``keys``). Delivery comes later."""
+"""Webhooks: URL rules (``urls``), signing keys and signatures (``keys``), and delivery: the
+outbox worker (``worker``) with its SQL (``sql``, ``store``), send-time address checks
+(``resolver``), posts (``sender``), payloads (``payload``) and retry policy (``retry``)."""

@@ -19,7 +19,11 @@ multicast, reserved and documentation ranges, unique-local and site-local IPv6, 
 IPv4-compatible IPv6, and 6to4/NAT64 addresses embedding a refused IPv4 address.
 
 A name that *resolves* to such an address (DNS rebinding) cannot be judged here: the delivery
-side must check the address it actually connects to, with ``is_forbidden_address``.
+side checks the address it actually connects to (relay/webhooks/resolver.py), with
+``is_refused``, and reads the URL's host with ``target_host``, the same unwrapping as here.
+
+``webhooks.allow_networks`` exempts the operator's own networks: an address inside one of them
+is allowed at save time (an IP literal) and at send time (a literal or a resolved address).
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ _FORBIDDEN_V6 = [
 ]
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 
 class UrlRefused(Exception):
     """``forbidden`` False: not a valid http(s) URL (code 6); True: forbidden host (code 7)."""
@@ -125,7 +132,26 @@ def parse_ipv4(host: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(value)
 
 
-def is_forbidden_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def parse_networks(values: list[str]) -> tuple[Network, ...]:
+    """``webhooks.allow_networks`` as networks (validated by the configuration already)."""
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def is_allowed(ip: Address, allow: tuple[Network, ...]) -> bool:
+    """Inside one of the operator's exempt networks (an IPv4-mapped address counts as its
+    IPv4 address)."""
+    if not allow:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return any(ip in net or (mapped is not None and mapped in net) for net in allow)
+
+
+def is_refused(ip: Address, allow: tuple[Network, ...] = ()) -> bool:
+    """True if a webhook may not reach ``ip``: forbidden and not exempt."""
+    return is_forbidden_address(ip) and not is_allowed(ip, allow)
+
+
+def is_forbidden_address(ip: Address) -> bool:
     """True for any address a webhook must never reach (see the module docstring)."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id:
@@ -162,8 +188,9 @@ def normalize_host(raw: str) -> str:
     return host
 
 
-def check_webhook_url(url: str) -> str:
-    """Return the URL (stripped) if it may be stored; raise UrlRefused otherwise."""
+def check_webhook_url(url: str, allow: tuple[Network, ...] = ()) -> str:
+    """Return the URL (stripped) if it may be stored; raise UrlRefused otherwise. An IP literal
+    inside ``allow`` (``webhooks.allow_networks``) is accepted."""
     url = url.strip()
     if not url or len(url) > MAX_URL_LENGTH:
         raise _invalid("URL missing or too long")
@@ -188,7 +215,7 @@ def check_webhook_url(url: str) -> str:
             ip6 = ipaddress.IPv6Address(unquote(literal))
         except ValueError:
             raise _invalid("malformed IPv6 address") from None
-        if is_forbidden_address(ip6):
+        if is_refused(ip6, allow):
             raise _forbidden("address is not publicly routable")
         return url
     host = normalize_host(hostport.rpartition(":")[0] if ":" in hostport else hostport)
@@ -196,7 +223,7 @@ def check_webhook_url(url: str) -> str:
         raise _invalid("IPv6 addresses must be in brackets")
     ip4 = parse_ipv4(host)
     if ip4 is not None:
-        if is_forbidden_address(ip4):
+        if is_refused(ip4, allow):
             raise _forbidden("address is not publicly routable")
         return url
     if len(host) > 253 or not _NAME.match(host):
@@ -206,3 +233,30 @@ def check_webhook_url(url: str) -> str:
     if "." not in host:
         raise _forbidden("single-label host names resolve to internal hosts")
     return url
+
+
+def target_host(url: str) -> tuple[str, Address | None]:
+    """Send time: the host an HTTP client connects to, read like ``check_webhook_url`` reads it.
+
+    Returns ``(host, address)``: ``address`` is the IP when the host is a literal in any
+    notation (``0x7f.1`` is 127.0.0.1), ``host`` then its canonical text (bracketed for IPv6)
+    for the request URL; otherwise ``(name, None)``, the name to resolve. Raises UrlRefused if
+    the stored URL no longer parses.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _invalid("malformed URL") from None
+    hostport = parts.netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        literal = hostport[1:].partition("]")[0]
+        try:
+            ip6 = ipaddress.IPv6Address(unquote(literal))
+        except ValueError:
+            raise _invalid("malformed IPv6 address") from None
+        return f"[{ip6.compressed}]", ip6
+    host = normalize_host(hostport.rpartition(":")[0] if ":" in hostport else hostport)
+    ip4 = parse_ipv4(host)
+    if ip4 is not None:
+        return str(ip4), ip4
+    return host, None

@@ -20,6 +20,7 @@ from relay.dkim import default_selector, generate_key
 from relay.dns.records import build_records, same_records
 from relay.dns.verify import DnsChecker, status_after, verify_records
 from relay.queue.model import FAILED, PENDING_STATES
+from relay.secrets import new_signing_key
 from relay.store.db import fmt_dt
 from relay.store.repos import domains as repo
 from relay.store.repos import users as users_repo
@@ -220,6 +221,8 @@ async def add_domain(call: Call) -> dict[str, Any]:
             dkim_selector=selector,
             dkim_private_key=services.box.seal(key.private_pem),
             dkim_public_key=key.public_b64,
+            # Its own webhook signing key from the start (relay/webhooks/keys.py).
+            signing_key=services.box.seal(new_signing_key()),
             verification_meta={"DNSRecords": records},
             policy_meta=[],
         )

@@ -1,6 +1,6 @@
-"""Webhooks: where a sender domain's events are posted, and the key that signs them (001:
-emailgateway.addwebhook, getwebhooks, deletewebhook, regeneratesigningkey, and the public
-``/api/v1/webhooks``).
+"""Webhooks: where a sender domain's events are posted, the key that signs them, and what
+happened to each post (001: emailgateway.addwebhook, getwebhooks, deletewebhook,
+regeneratesigningkey, and the public ``/api/v1/webhooks``; emailgateway.getwebhookdeliveries).
 
 Event names: the internal commands take ``delivery``, ``bounce``, ``open``, ``click``,
 ``unsubscribe``, ``complaint``; the public route takes ``delivered``, ``bounced``, ``opened``,
@@ -16,39 +16,79 @@ Refused: ``localhost`` and ``*.localhost``, ``*.local``, ``*.localdomain``, ``*.
 single-label names, and loopback, private (10/8, 172.16/12, 192.168/16), link-local
 (169.254/16, fe80::/10), unspecified (0.0.0.0/8, ::), CGNAT (100.64/10), unique-local
 (fc00::/7), multicast, reserved and documentation addresses, IPv4-mapped and IPv4-compatible
-IPv6, and 6to4/NAT64 addresses embedding one of those. Names are not resolved here; delivery
-checks the address it connects to.
+IPv6, and 6to4/NAT64 addresses embedding one of those. Names are checked again when posting:
+the name is resolved and every address must pass the same rules (so a name that resolves to a
+private address is refused then), and the post goes to the address that was checked. The
+operator's ``webhooks.allow_networks`` exempts addresses inside those networks, at both times.
 
-Signing key: until ``regeneratesigningkey`` is called for a domain, ``getwebhooks`` returns the
-legacy installation-wide key, ``XXXX-XXXX-XXXX-XXXX-XXXX-XXXX-XXXX-XXXX``: the first 32 hex
-digits, upper case, of HMAC-SHA256(key = the admin API key, message = "relay webhook legacy
-signing key v1"). It is the same on every node and across restarts, and changes only if the
-admin key changes. After rotation the domain's own key (64 upper-case hex characters, 256
-random bits) is returned instead; it is stored encrypted when a key-encryption key is set.
+Deliveries: every event a webhook subscribes to is POSTed to its URL as JSON
+(``{"type": "delivered", "timestamp": "<ISO 8601 UTC>", "data": {...}}``), signed the Standard
+Webhooks way (``webhook-id``, ``webhook-timestamp``, ``webhook-signature: v1,<base64
+HMAC-SHA256>`` over ``<id>.<timestamp>.<body>``, keyed with the SigningKey's UTF-8 bytes). A
+2xx answer delivers it; anything else (and a timeout or a connection failure) is retried with
+exponential backoff, the same ``webhook-id`` every time, for three days by default, then given
+up (a ``webhook-failed`` event). Redirects are not followed. getwebhooks shows each webhook's
+last attempt and its failures since the last success; getwebhookdeliveries lists the attempts.
+
+Signing key: every sender domain has its own key, 64 upper-case hex characters (256 random
+bits), made with the domain and stored encrypted when a key-encryption key is set; getwebhooks
+returns it. regeneratesigningkey replaces it; the next post (retries included) is signed with
+the new key. Other domains keep theirs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Row
+
 from relay import events
 from relay.admin.commands.domains import domain_id_param, owned_domain
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.admin.senderkey import sender_scope
+from relay.directory import Topics
 from relay.secrets import new_signing_key
 from relay.store.repos import domains as domains_repo
 from relay.store.repos import webhooks as repo
-from relay.webhooks.keys import signing_key
-from relay.webhooks.urls import UrlRefused, check_webhook_url
+from relay.webhooks.keys import domain_key
+from relay.webhooks.payload import iso_utc
+from relay.webhooks.urls import UrlRefused, check_webhook_url, parse_networks
 
 PUBLIC_ROUTE = "/api/v1/webhooks"
 INTERNAL_EVENTS = ", ".join(events.WEBHOOK_EVENTS)
+DEFAULT_ATTEMPTS = 20
+MAX_ATTEMPTS = 100
+# The largest id any of our tables hands out on both backends (PostgreSQL integer).
+MAX_ID = 2**31 - 1
 
 
 def _err(code: int, text: str) -> ApiError:
     # addwebhook's error body carries "ErrorMessage" (001).
     return ApiError(code, text, text_key="ErrorMessage")
+
+
+def _checked_url(call: Call, url: str) -> str:
+    allow = parse_networks(call.services.settings.webhooks.allow_networks)
+    return check_webhook_url(url, allow)
+
+
+def _when(ts: float | None) -> str | None:
+    """Epoch seconds as the documents print times (UTC), or None."""
+    return iso_utc(ts)[:19].replace("T", " ") if ts is not None else None
+
+
+def _webhook(row: Row) -> dict[str, Any]:
+    """A getwebhooks entry: the documented fields, then the delivery side's."""
+    return {
+        "WebhookID": row.id,
+        "Event": row.event,
+        "WebhookURL": row.url,
+        "LastAttemptAt": _when(row.last_attempt_at),
+        "LastStatus": row.last_status,
+        "LastError": row.last_error,
+        "FailureCount": row.failures,
+    }
 
 
 @command("emailgateway.addwebhook", auth="user")
@@ -84,7 +124,7 @@ async def add_webhook(call: Call) -> dict[str, Any]:
     if event is None:
         raise _err(3, f"Invalid event type (one of {INTERNAL_EVENTS})")
     try:
-        url = check_webhook_url(p.str("WebhookURL") or "")
+        url = _checked_url(call, p.str("WebhookURL") or "")
     except UrlRefused as exc:
         if exc.forbidden:
             raise _err(7, f"Webhook URL host is forbidden: {exc.reason}.") from None
@@ -100,8 +140,12 @@ async def add_webhook(call: Call) -> dict[str, Any]:
 
 @command("emailgateway.getwebhooks", auth="user")
 async def get_webhooks(call: Call) -> dict[str, Any]:
-    """List a sender domain's webhooks and the key their payloads are signed with (the
-    domain's own key once rotated, the legacy installation key before; see above).
+    """List a sender domain's webhooks and the domain's signing key.
+
+    Each webhook also shows how its deliveries go: LastAttemptAt (UTC, null before the first
+    attempt), LastStatus (the HTTP status of the last attempt, null when there was no answer),
+    LastError (why the last attempt failed, e.g. "HTTP 503" or "timeout"; "" when it
+    succeeded) and FailureCount (failed attempts since the last successful one).
 
     Parameters:
         DomainID (Integer, required): the sender domain.
@@ -117,10 +161,8 @@ async def get_webhooks(call: Call) -> dict[str, Any]:
             raise ApiError(2, "Domain not found or access denied")
         rows = await repo.list_for_domain(conn, domain_id)
     services = call.services
-    return ok(
-        SigningKey=signing_key(services.settings, services.box, domain.signing_key),
-        Webhooks=[{"WebhookID": r.id, "Event": r.event, "WebhookURL": r.url} for r in rows],
-    )
+    key = await domain_key(services.db, services.box, domain_id, domain.signing_key)
+    return ok(SigningKey=key, Webhooks=[_webhook(r) for r in rows])
 
 
 @command("emailgateway.deletewebhook", auth="user")
@@ -156,8 +198,8 @@ async def delete_webhook(call: Call) -> dict[str, Any]:
 @command("emailgateway.regeneratesigningkey", auth="user")
 async def regenerate_signing_key(call: Call) -> dict[str, Any]:
     """Give a sender domain a new webhook signing key (64 upper-case hex characters, 256 bits)
-    and return it once. From now on the domain's payloads are signed with it and getwebhooks
-    returns it; other domains keep their keys.
+    and return it. From the next attempt on (retries of earlier events included) the domain's
+    payloads are signed with it, and getwebhooks returns it; other domains keep their keys.
 
     Parameters:
         DomainID (Integer, required): the sender domain; must be owned by the caller.
@@ -180,7 +222,82 @@ async def regenerate_signing_key(call: Call) -> dict[str, Any]:
             3,
             "Rotation failed — the UPDATE matched zero rows. No key was persisted; safe to retry.",
         )
+    # Webhook workers of every process and node drop the old key: the next post uses this one.
+    await call.services.bus.publish(Topics.DOMAIN, domain_id)
     return ok(SigningKey=key)
+
+
+@command("emailgateway.getwebhookdeliveries", auth="user")
+async def get_webhook_deliveries(call: Call) -> dict[str, Any]:
+    """List a webhook's most recent delivery attempts, newest first, and how many of its
+    deliveries are still to be posted (PendingDeliveries) or retried.
+
+    Each attempt: AttemptID, WebhookMessageID (the webhook-id header, the same on every
+    attempt of one delivery), Event, MessageID, Recipient, Attempt (1 for the first),
+    AttemptedAt (UTC), Result (delivered, retry or failed = given up), HTTPStatus (null when
+    there was no answer), LatencyMs, Error (why it failed; "" when delivered) and Response (the
+    start of the answer's body). Attempts are kept webhooks.retention_days days.
+
+    Parameters:
+        DomainID (Integer, required): the sender domain.
+        WebhookID (Integer, required): the webhook.
+        RetrieveCount (Integer): how many attempts, 1 to 100 (default 20).
+
+    Errors:
+        1: Missing required parameter (WebhookID)
+        2: Missing required parameter (DomainID)
+        3: Domain not found or access denied
+        4: Webhook not found or access denied
+        5: RetrieveCount must be a whole number from 1 to 100
+    """
+    p = call.params
+    try:
+        webhook_id = p.int("WebhookID")
+    except ValueError:
+        raise ApiError(4, "Webhook not found or access denied") from None
+    if webhook_id is None:
+        raise ApiError(1, "Missing required parameter (WebhookID)")
+    domain_id = domain_id_param(call, 2, 3)
+    try:
+        count = p.int("RetrieveCount")
+    except ValueError:
+        count = 0
+    count = DEFAULT_ATTEMPTS if count is None else count
+    if not 1 <= count <= MAX_ATTEMPTS:
+        raise ApiError(5, "RetrieveCount must be a whole number from 1 to 100")
+    if not 0 < domain_id <= MAX_ID:
+        raise ApiError(3, "Domain not found or access denied")
+    if not 0 < webhook_id <= MAX_ID:
+        raise ApiError(4, "Webhook not found or access denied")
+    async with call.services.db.read() as conn:
+        await owned_domain(conn, call, domain_id, 3, "Domain not found or access denied")
+        hook = await repo.get_in_domain(conn, webhook_id, domain_id)
+        if hook is None:
+            raise ApiError(4, "Webhook not found or access denied")
+        rows = await repo.recent_attempts(conn, webhook_id, count)
+        pending = await repo.pending_count(conn, webhook_id)
+    return ok(
+        WebhookID=webhook_id,
+        PendingDeliveries=pending,
+        FailureCount=hook.failures,
+        Attempts=[
+            {
+                "AttemptID": r.id,
+                "WebhookMessageID": r.msg_id,
+                "Event": r.event,
+                "MessageID": r.message_id,
+                "Recipient": r.recipient,
+                "Attempt": r.attempt,
+                "AttemptedAt": _when(r.attempted_at),
+                "Result": r.outcome,
+                "HTTPStatus": r.status,
+                "LatencyMs": round(r.latency * 1000),
+                "Error": r.error,
+                "Response": r.response,
+            }
+            for r in rows
+        ],
+    )
 
 
 # -- public API: /api/v1/webhooks, authenticated by the sender domain's API key ----------------
@@ -224,7 +341,7 @@ async def add_webhook_public(call: Call) -> dict[str, Any]:
         problems.append((5, "WebhookURL is missing"))
     else:
         try:
-            url = check_webhook_url(p.str("WebhookURL") or "")
+            url = _checked_url(call, p.str("WebhookURL") or "")
         except UrlRefused as exc:
             problems.append((3, f"Invalid WebhookURL value: {exc.reason}"))
     if problems:

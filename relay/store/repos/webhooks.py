@@ -1,8 +1,14 @@
-"""Webhook endpoints of gateway domains, and the domains' signing keys."""
+"""Webhook endpoints of gateway domains, their delivery history, and the domains' signing keys.
+
+The delivery side's hot SQL (claims, attempts) is in relay/webhooks/sql.py; this is what the
+admin commands and the key upkeep need.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Row, insert, select, update
+import time
+
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.store import schema as t
@@ -41,8 +47,76 @@ async def get_in_domain(conn: AsyncConnection, webhook_id: int, domain_id: int) 
 
 
 async def disable(conn: AsyncConnection, webhook_id: int) -> None:
-    w = t.webhooks
+    """Delete a webhook: its pending deliveries are cancelled in the same transaction."""
+    w, d = t.webhooks, t.webhook_deliveries
     await conn.execute(update(w).where(w.c.id == webhook_id).values(status="Deleted"))
+    await conn.execute(
+        update(d)
+        .where(d.c.webhook_id == webhook_id, d.c.state == "pending")
+        .values(state="cancelled", lease_owner=None, lease_until=None, updated_at=time.time())
+    )
+
+
+async def recent_attempts(conn: AsyncConnection, webhook_id: int, limit: int) -> list[Row]:
+    """A webhook's latest attempts, newest first, with what each delivery was about."""
+    a, d = t.webhook_attempts, t.webhook_deliveries
+    q = (
+        select(
+            a.c.id,
+            a.c.attempt,
+            a.c.attempted_at,
+            a.c.status,
+            a.c.latency,
+            a.c.outcome,
+            a.c.error,
+            a.c.response,
+            d.c.msg_id,
+            d.c.event,
+            d.c.message_id,
+            d.c.recipient,
+            d.c.state,
+        )
+        .select_from(a.outerjoin(d, d.c.id == a.c.delivery_id))
+        .where(a.c.webhook_id == webhook_id)
+        .order_by(a.c.id.desc())
+        .limit(limit)
+    )
+    return list((await conn.execute(q)).all())
+
+
+async def pending_count(conn: AsyncConnection, webhook_id: int) -> int:
+    d = t.webhook_deliveries
+    q = select(func.count()).where(d.c.webhook_id == webhook_id, d.c.state == "pending")
+    return int(await conn.scalar(q) or 0)
+
+
+# -- signing keys (relay/webhooks/keys.py) ------------------------------------------------------
+
+
+async def stored_key(conn: AsyncConnection, domain_id: int) -> str | None:
+    d = t.gateway_domains
+    value = await conn.scalar(select(d.c.signing_key).where(d.c.id == domain_id))
+    return str(value) if value is not None else None
+
+
+async def domain_exists(conn: AsyncConnection, domain_id: int) -> bool:
+    d = t.gateway_domains
+    return await conn.scalar(select(d.c.id).where(d.c.id == domain_id)) is not None
+
+
+async def domains_without_key(conn: AsyncConnection) -> list[int]:
+    d = t.gateway_domains
+    return list((await conn.scalars(select(d.c.id).where(d.c.signing_key.is_(None)))).all())
+
+
+async def set_key_if_missing(conn: AsyncConnection, domain_id: int, sealed_key: str) -> int:
+    d = t.gateway_domains
+    result = await conn.execute(
+        update(d)
+        .where(d.c.id == domain_id, d.c.signing_key.is_(None))
+        .values(signing_key=sealed_key)
+    )
+    return int(result.rowcount or 0)
 
 
 async def set_signing_key(
