@@ -120,6 +120,12 @@ class DnsSettings:
 
 
 @dataclass
+class EventsSettings:
+    retention_days: int = 90
+    partitions_ahead_days: int = 7
+
+
+@dataclass
 class LogSettings:
     format: str = ""
     level: str = "info"
@@ -140,6 +146,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
 
@@ -391,4 +398,8 @@ def validate(s: Settings) -> list[str]:
         problems.append("delivery.messages_per_connection: must be at least 1")
     if not 0 <= s.delivery.retry_jitter < 1:
         problems.append("delivery.retry_jitter: between 0 and 1")
+    if s.events.retention_days < 0:
+        problems.append("events.retention_days: 0 (keep every event) or more")
+    if not 1 <= s.events.partitions_ahead_days <= 366:
+        problems.append("events.partitions_ahead_days: 1 to 366")
     return problems

@@ -23,6 +23,7 @@ import structlog
 from relay import log as relay_log
 from relay.admin.app import AdminServer
 from relay.config import ConfigError, Settings, parse_hostport
+from relay.event_maintenance import EventMaintenance
 from relay.queue.ingest import QueueWriter
 from relay.secrets import new_admin_api_key
 from relay.services import Services
@@ -71,6 +72,7 @@ class Relay:
         self.children: Any = None
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
+        self.event_maintenance: EventMaintenance | None = None
         self._stopping = False
         # Set when delivery in this process died: the node stops (exit 1) rather than accept
         # mail nobody delivers; systemd restarts it.
@@ -99,6 +101,8 @@ class Relay:
                     ]
                 )
         await services.start()
+        self.event_maintenance = EventMaintenance(services.db, s.events)
+        await self.event_maintenance.start()
         self.writer = QueueWriter(services)
         await self.writer.start()
 
@@ -162,6 +166,8 @@ class Relay:
             await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
         if self.admin is not None:
             await self.admin.stop()
+        if self.event_maintenance is not None:
+            await self.event_maintenance.stop(timeout)
         if self.services is not None:
             await self.services.close()
         log.info("relay stopped")

@@ -70,6 +70,11 @@ PG_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
 # Only one node does partition work at a time (the others skip that run).
 PG_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('relay.events.partitions'))"
 PG_NEW_TABLE = "CREATE TABLE {schema}.{name} (LIKE events INCLUDING DEFAULTS)"
+# The Query filter's trigram index of an event's own text (when pg_trgm is installed; the
+# expression is the one the search query uses, migration 0003).
+EVENT_SEARCH = "lower(coalesce(recipient, '') || chr(1) || coalesce(smtp_response, ''))"
+PG_HAS_TRIGRAMS = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm')"
+PG_SEARCH_INDEX = "CREATE INDEX {name}_search ON {schema}.{name} USING gin (({expr}) gin_trgm_ops)"
 PG_MOVE_FROM_DEFAULT = """
 WITH moved AS (
     DELETE FROM {schema}.{default} WHERE created_at >= {low} AND created_at < {high}
@@ -156,6 +161,8 @@ async def ensure_partitions(db: Database, first_day: int, last_day: int) -> list
                 "high": high,
             }
             await conn.exec_driver_sql(PG_NEW_TABLE.format(**fmt))
+            if await conn.scalar(text(PG_HAS_TRIGRAMS)):
+                await conn.exec_driver_sql(PG_SEARCH_INDEX.format(expr=EVENT_SEARCH, **fmt))
             await conn.exec_driver_sql(PG_MOVE_FROM_DEFAULT.format(**fmt))
             await conn.exec_driver_sql(PG_ATTACH.format(**fmt))
         made.append(str(fmt["name"]))
@@ -196,6 +203,7 @@ ROLLUP_TABLES = ("event_counts", "event_rcpt_domains", "event_tags")
 DELETE_ROLLUP_DAYS = "DELETE FROM {name} WHERE day < {day}"
 # Bookkeeping kept by created_at, deleted in batches like the events.
 DATED_TABLES = ("event_firsts", "event_message_tags")
+PG_DATED_TABLES = (*DATED_TABLES, f"{PARTITION_SCHEMA}.message_search")
 
 
 async def delete_events_before(db: Database, cutoff: float, batch: int = 5000) -> int:
@@ -242,7 +250,7 @@ async def delete_bookkeeping_before(db: Database, cutoff: float, batch: int = 50
         for name in ROLLUP_TABLES:
             await conn.exec_driver_sql(DELETE_ROLLUP_DAYS.format(name=name, day=day_of(cutoff)))
     sql = SQLITE_DELETE_BATCH if db.is_sqlite else PG_TABLE_DELETE_BATCH
-    for name in DATED_TABLES:
+    for name in DATED_TABLES if db.is_sqlite else PG_DATED_TABLES:
         while True:
             async with db.write() as conn:
                 n = (await conn.exec_driver_sql(sql.format(name=name), (cutoff, batch))).rowcount
@@ -291,10 +299,17 @@ PG_FOLD = (
     ),
     _fold_sql(
         "event_rcpt_domains",
-        ("domain_id", "day", "rcpt_domain", "event"),
-        ("n", "uniq", "timed", "sum_seconds", *(f"h{i}" for i in range(8))),
-        mins=("min_seconds",),
-        maxes=("max_seconds",),
+        ("domain_id", "day", "rcpt_domain"),
+        (
+            "n",
+            "accepted",
+            "sent",
+            "failed",
+            *(f"{k}_{c}" for k in ("sent", "failed") for c in ("timed", "seconds")),
+            *(f"{k}_h{i}" for k in ("sent", "failed") for i in range(8)),
+        ),
+        mins=("sent_min", "failed_min"),
+        maxes=("sent_max", "failed_max"),
     ),
     _fold_sql("event_tags", ("domain_id", "day", "tag", "event"), ("n", "uniq")),
 )

@@ -356,6 +356,11 @@ event_counts = Table(
     ),
 )
 
+# The recipient-domain statistics' classes (docs/events.md "Counting"), and per class the
+# delivery-time columns of event_rcpt_domains.
+RCPT_CLASSES = ("sent", "failed")
+RCPT_TIMING = ("timed", "seconds", "min", "max", *(f"h{i}" for i in range(8)))
+
 event_rcpt_domains = Table(
     "event_rcpt_domains",
     metadata,
@@ -363,21 +368,26 @@ event_rcpt_domains = Table(
     Column("day", Integer, nullable=False),
     # The recipient's domain, lower case (the part after the first "@").
     Column("rcpt_domain", String(320), nullable=False),
-    Column("event", String(32), nullable=False),
     Column("seq", BigInteger, nullable=False),
+    # Every event, and the 'accepted' ones.
     Column("n", BigInteger, nullable=False),
-    Column("uniq", BigInteger, nullable=False),
-    # Delivery time (docs/events.md) of the counted-unique events that have one.
-    Column("timed", BigInteger, nullable=False),
-    Column("sum_seconds", Float, nullable=False),
-    Column("min_seconds", Float, nullable=True),
-    Column("max_seconds", Float, nullable=True),
-    # The delivery-speed histogram: counts per bucket (< 1s, 1-5s, 5-10s, 10-30s, 30-60s,
-    # 1-5m, 5-10m, > 10m).
-    *(Column(f"h{i}", BigInteger, nullable=False) for i in range(8)),
-    Index(
-        "uq_event_rcpt_domains_key", "domain_id", "day", "rcpt_domain", "event", "seq", unique=True
+    Column("accepted", BigInteger, nullable=False),
+    # Counted once per recipient: sent = delivered or accepted-by-mta; failed = bounced,
+    # rejected or failed.
+    Column("sent", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    # Per class, of those with a delivery time: how many, their sum, min and max, and the
+    # delivery-speed histogram (h0..h7: < 1s, 1-5s, 5-10s, 10-30s, 30-60s, 1-5m, 5-10m, > 10m).
+    *(
+        Column(
+            f"{k}_{c}",
+            Float if c in ("seconds", "min", "max") else BigInteger,
+            nullable=c in ("min", "max"),
+        )
+        for k in RCPT_CLASSES
+        for c in RCPT_TIMING
     ),
+    Index("uq_event_rcpt_domains_key", "domain_id", "day", "rcpt_domain", "seq", unique=True),
     Index("ix_event_rcpt_domains_rcpt", "domain_id", "rcpt_domain", "day"),
     Index(
         "ix_event_rcpt_domains_unfolded",

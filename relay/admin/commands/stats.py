@@ -188,10 +188,8 @@ async def account_stats(call: Call) -> dict[str, Any]:
     )
 
 
-SENT_FAILED: dict[str, tuple[str, ...]] = {
-    "Sent": DELIVERED_EVENTS,
-    "Failed": events.FAILED_CLASS,
-}
+# The statuses of the recipient-domain statistics and their rollup classes.
+SENT_FAILED = {"Sent": "sent", "Failed": "failed"}
 
 
 @command("emailgateway.recipientdomainstats", auth="user")
@@ -220,19 +218,14 @@ async def recipient_domain_stats(call: Call) -> dict[str, Any]:
     span = period(p, 28)
     async with call.services.db.read() as conn:
         found = await repo.recipient_domains(
-            conn,
-            domain_id,
-            day_of(span.since),
-            day_of(span.until),
-            SENT_FAILED,
-            rcpt_domain=rdomain,
+            conn, domain_id, day_of(span.since), day_of(span.until), rcpt_domain=rdomain
         )
-    by_class = found.get(rdomain, {})
+    counts = found.get(rdomain, repo.RcptDomain())
     summary = []
     speeds: dict[str, list[dict[str, Any]]] = {}
-    for status in SENT_FAILED:
-        row = by_class.get(status)
-        if row is None or not row.total:
+    for status, klass in SENT_FAILED.items():
+        row: repo.Timing = getattr(counts, klass)
+        if not row.total:
             continue
         avg = row.avg
         summary.append(
@@ -287,28 +280,28 @@ async def list_recipient_domains(call: Call) -> dict[str, Any]:
     except ValueError:
         limit = None
     limit = max(1, min(50 if limit is None else limit, 1000))
-    groups = {**SENT_FAILED, "Accepted": events.SENT_CLASS}
     async with call.services.db.read() as conn:
         found = await repo.recipient_domains(
-            conn, domain_id, day_of(span.since), day_of(span.until), groups
+            conn, domain_id, day_of(span.since), day_of(span.until)
         )
 
     def seconds(value: float | None) -> float | None:
         return round(value, 2) if value is not None else None
 
-    empty = repo.Timing()
     rows: list[dict[str, Any]] = []
-    for rdomain, by in found.items():
+    for rdomain, counts in found.items():
         if not rdomain:
             continue
-        sent = by.get("Sent", empty)
-        n_sent, n_failed = sent.total, by.get("Failed", empty).total
+        sent = counts.sent
+        n_sent, n_failed = sent.total, counts.failed.total
+        if not (n_sent or n_failed or counts.accepted):
+            continue
         rows.append(
             {
                 "Domain": rdomain,
                 "Sent": n_sent,
                 "Failed": n_failed,
-                "Sending": max(by.get("Accepted", empty).total - n_sent - n_failed, 0),
+                "Sending": max(counts.accepted - n_sent - n_failed, 0),
                 "AvgDeliverySec": seconds(sent.avg) if n_sent else None,
                 "MinDeliverySec": seconds(sent.min) if n_sent else None,
                 "MaxDeliverySec": seconds(sent.max) if n_sent else None,

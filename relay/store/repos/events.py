@@ -14,31 +14,61 @@ view of every account.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
+    Float,
+    MetaData,
     Row,
     Select,
+    String,
+    Table,
+    Text,
+    and_,
     case,
     exists,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
     tuple_,
+    union,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay.store import eventlog
 from relay.store import schema as t
 from relay.store.eventlog import DAY, KINDS
 from relay.store.repos.suppressions import like_pattern
 
 E, M = t.events, t.messages
 C, RD, TG = t.event_counts, t.event_rcpt_domains, t.event_tags
+
+
+# PostgreSQL's trigram-indexed text of each message (migration 0003; not part of schema.py:
+# a private structure of the PostgreSQL layout, like the partitions).
+_private = MetaData()
+MESSAGE_SEARCH = Table(
+    "message_search",
+    _private,
+    Column("message_id", String(36)),
+    Column("created_at", Float),
+    Column("search", Text),
+    schema=eventlog.PARTITION_SCHEMA,
+)
+# The same expression as the partitions' trigram index.
+EVENT_SEARCH: ColumnElement[str] = literal_column(
+    eventlog.EVENT_SEARCH.replace("coalesce(", "coalesce(events.")
+)
+# What the Query filter searches: the event's own fields, and its message's.
+EVENT_TEXT = (E.c.recipient, E.c.message_id, E.c.smtp_response)
+MESSAGE_TEXT = (M.c.subject, M.c.header_from, M.c.mail_from, M.c.message_id_header, M.c.client_ip)
 
 
 @dataclass(frozen=True)
@@ -58,8 +88,17 @@ class EventQuery:
     def counted_by_rollups(self) -> bool:
         return self.message_ids is None and not self.text
 
-    def scope(self) -> list[ColumnElement[bool]]:
-        """Account, domain and event conditions (no time)."""
+    @property
+    def searching(self) -> bool:
+        return self.message_ids is None and bool(self.text)
+
+    @property
+    def pattern(self) -> str:
+        return like_pattern((self.text or "").lower())
+
+    def scope(self, *, with_text: bool = True) -> list[ColumnElement[bool]]:
+        """Account, domain, event and message conditions (no time); the text condition too
+        unless ``with_text`` is false (it then needs the messages joined)."""
         where: list[ColumnElement[bool]] = []
         if self.domain_ids is not None:
             where.append(E.c.domain_id.in_(list(self.domain_ids)))
@@ -69,22 +108,12 @@ class EventQuery:
             where.append(E.c.event.in_(list(self.events)))
         if self.message_ids is not None:
             where.append(E.c.message_id.in_(list(self.message_ids)))
-        elif self.text:
-            pattern = like_pattern(self.text.lower())
+        elif self.text and with_text:
             where.append(
                 or_(
                     *(
-                        func.lower(col).like(pattern, escape="\\")
-                        for col in (
-                            E.c.recipient,
-                            E.c.message_id,
-                            E.c.smtp_response,
-                            M.c.subject,
-                            M.c.header_from,
-                            M.c.mail_from,
-                            M.c.message_id_header,
-                            M.c.client_ip,
-                        )
+                        func.lower(col).like(self.pattern, escape="\\")
+                        for col in (*EVENT_TEXT, *MESSAGE_TEXT)
                     )
                 )
             )
@@ -92,10 +121,6 @@ class EventQuery:
 
     def conditions(self) -> list[ColumnElement[bool]]:
         return self.scope() + _period(self.since, self.until)
-
-    @property
-    def needs_messages(self) -> bool:
-        return bool(self.text) and self.message_ids is None
 
 
 def _period(since: float | None, until: float | None) -> list[ColumnElement[bool]]:
@@ -107,13 +132,44 @@ def _period(since: float | None, until: float | None) -> list[ColumnElement[bool
     return where
 
 
+def _indexed_search(conn: AsyncConnection, q: EventQuery) -> bool:
+    """PostgreSQL answers a text search from its trigram indexes (the same matches: a field
+    separator in the text is the one thing that would differ, so it is searched plainly)."""
+    return conn.dialect.name == "postgresql" and q.searching and "\x01" not in (q.text or "")
+
+
+def _hits(q: EventQuery) -> Any:
+    """(created_at, id) of the events a text search matches: by their own fields, or by their
+    message's; each arm with its own trigram index."""
+    base = [*q.scope(with_text=False), *_period(q.since, q.until)]
+    own = select(E.c.created_at, E.c.id).where(*base, EVENT_SEARCH.like(q.pattern, escape="\\"))
+    by_message = select(E.c.created_at, E.c.id).where(
+        *base,
+        E.c.message_id.in_(
+            select(MESSAGE_SEARCH.c.message_id).where(
+                MESSAGE_SEARCH.c.search.like(q.pattern, escape="\\")
+            )
+        ),
+    )
+    return union(own, by_message).subquery("hits")
+
+
+def _select(conn: AsyncConnection, q: EventQuery, *columns: Any, messages: bool) -> Select[Any]:
+    """SELECT ``columns`` over the query's events (every condition applied), with their
+    messages joined when ``messages``."""
+    if _indexed_search(conn, q):
+        hits = _hits(q)
+        joined: Any = hits.join(E, and_(E.c.created_at == hits.c.created_at, E.c.id == hits.c.id))
+        if messages:
+            joined = joined.outerjoin(M, M.c.id == E.c.message_id)
+        return select(*columns).select_from(joined)
+    if messages or q.searching:
+        return _joined(*columns).where(*q.conditions())
+    return select(*columns).select_from(E).where(*q.conditions())
+
+
 def _joined(*columns: Any) -> Select[Any]:
     return select(*columns).select_from(E.outerjoin(M, M.c.id == E.c.message_id))
-
-
-def _from(q: EventQuery, *columns: Any) -> Select[Any]:
-    """SELECT over events, joined to messages only when the conditions need it."""
-    return _joined(*columns) if q.needs_messages else select(*columns).select_from(E)
 
 
 _ROW = (
@@ -153,8 +209,7 @@ async def search(
     if total <= offset:
         return total, []
     rows = await conn.execute(
-        _joined(*_ROW)
-        .where(*q.conditions())
+        _select(conn, q, *_ROW, messages=True)
         .order_by(E.c.created_at.desc(), E.c.id.desc())
         .offset(offset)
         .limit(limit)
@@ -167,11 +222,10 @@ async def chunks(
 ) -> AsyncIterator[list[Row]]:
     """Up to ``limit`` events, newest first, ``chunk`` at a time (keyset pagination, so each
     round trip costs the same however deep the export is)."""
-    where = q.conditions()
     after: tuple[float, int] | None = None
     left = limit
     while left > 0:
-        stmt = _joined(*_ROW).where(*where)
+        stmt = _select(conn, q, *_ROW, messages=True)
         if after is not None:
             # The plain bound lets the index range start there; the row comparison breaks ties.
             stmt = stmt.where(
@@ -271,41 +325,48 @@ def counted_once() -> ColumnElement[bool]:
     )
 
 
+def _key(by: Sequence[str], row: Any) -> tuple[Any, ...]:
+    return tuple(0 if k == "smtp_code" and v is None else v for k, v in zip(by, row, strict=False))
+
+
 async def tally(
     conn: AsyncConnection, q: EventQuery, by: Sequence[str] = (), *, unique: bool = False
 ) -> dict[tuple[Any, ...], Tally]:
     """Events of the query counted per ``by`` (a subset of domain_id, event, smtp_code; an
-    event without a code has smtp_code 0). ``unique`` also counts ``uniq`` for partial days
-    (the rollups always have it)."""
+    event without a code has smtp_code 0). Whole days come from the rollups, partial days
+    from the events (``unique``: with ``uniq`` counted there too; the rollups always have
+    it). A text search or a message lookup counts the events."""
     assert set(by) <= set(_TALLY_KEYS), by
     out: dict[tuple[Any, ...], Tally] = {}
     if q.events is not None and not q.events:
         return out
-    if q.counted_by_rollups:
-        s = split(q.since, q.until)
-        if s.whole:
-            keys = [getattr(C.c, k) for k in by]
-            stmt = select(*keys, func.sum(C.c.n), func.sum(C.c.uniq), func.max(C.c.last_at))
-            stmt = stmt.where(*_rollup_where(q, s))
-            if keys:
-                stmt = stmt.group_by(*keys)
-            for r in await conn.execute(stmt):
-                out.setdefault(tuple(r[: len(by)]), Tally()).add(r[-3], r[-2], r[-1])
-        edges = s.edges
-    else:
-        edges = ((q.since, q.until),)
-    for since, until in edges:
-        ekeys = [getattr(E.c, k) for k in by]
-        uniq: Any = func.count().filter(counted_once()) if unique else literal(0)
-        exact = _from(q, *ekeys, func.count(), uniq, func.max(E.c.created_at))
+    ekeys = [getattr(E.c, k) for k in by]
+    if not q.counted_by_rollups:
+        stmt = _select(
+            conn, q, *ekeys, func.count(), literal(0), func.max(E.c.created_at), messages=False
+        )
+        if ekeys:
+            stmt = stmt.group_by(*ekeys)
+        for r in await conn.execute(stmt):
+            out.setdefault(_key(by, r), Tally()).add(r[-3], r[-2], r[-1])
+        return {k: v for k, v in out.items() if v.n}
+    s = split(q.since, q.until)
+    if s.whole:
+        keys = [getattr(C.c, k) for k in by]
+        rolled = select(*keys, func.sum(C.c.n), func.sum(C.c.uniq), func.max(C.c.last_at))
+        rolled = rolled.where(*_rollup_where(q, s))
+        if keys:
+            rolled = rolled.group_by(*keys)
+        for r in await conn.execute(rolled):
+            out.setdefault(tuple(r[: len(by)]), Tally()).add(r[-3], r[-2], r[-1])
+    uniq: Any = func.count().filter(counted_once()) if unique else literal(0)
+    for since, until in s.edges:
+        exact = select(*ekeys, func.count(), uniq, func.max(E.c.created_at)).select_from(E)
         exact = exact.where(*q.scope(), *_period(since, until))
         if ekeys:
             exact = exact.group_by(*ekeys)
         for r in await conn.execute(exact):
-            key = tuple(
-                0 if k == "smtp_code" and v is None else v for k, v in zip(by, r, strict=False)
-            )
-            out.setdefault(key, Tally()).add(r[-3], r[-2], r[-1])
+            out.setdefault(_key(by, r), Tally()).add(r[-3], r[-2], r[-1])
     return {k: v for k, v in out.items() if v.n}
 
 
@@ -348,7 +409,7 @@ async def buckets(
     if field == "recipient-domain":
         s = split(q.since, q.until)
         assert s.whole and not s.edges, "recipient domains are counted per whole day"
-        n = func.sum(RD.c.n).label("n")
+        n = func.sum(RD.c.n).label("n")  # every event of the recipient domain
         stmt = (
             select(RD.c.rcpt_domain, n)
             .where(*_rd_where(q.domain_ids, s))
@@ -361,8 +422,8 @@ async def buckets(
     value = column.label("key")
     cnt = func.count().label("n")
     rows = await conn.execute(
-        _from(q, value, cnt)
-        .where(*q.conditions(), value.is_not(None))
+        _select(conn, q, value, cnt, messages=False)
+        .where(value.is_not(None))
         .group_by(value)
         .order_by(cnt.desc(), value)
         .limit(size)
@@ -373,7 +434,7 @@ async def buckets(
 # -- Recipient domains and delivery times -------------------------------------------------------
 
 # Delivery-speed histogram buckets: (label, lower bound in seconds), ascending (the columns
-# h0..h7 of event_rcpt_domains, in this order).
+# <class>_h0..h7 of event_rcpt_domains, in this order).
 SPEED_BUCKETS = (
     ("< 1s", 0.0),
     ("1-5s", 1.0),
@@ -384,13 +445,12 @@ SPEED_BUCKETS = (
     ("5-10m", 300.0),
     ("> 10m", 600.0),
 )
-_H = tuple(getattr(RD.c, f"h{i}") for i in range(len(SPEED_BUCKETS)))
 
 
 @dataclass(slots=True)
 class Timing:
-    """One class of events of one recipient domain: counted-once events, how many of them
-    have a delivery time, and its sum, min, max and histogram."""
+    """One class of a recipient domain's events (sent, failed): counted once per recipient,
+    how many of them have a delivery time, and its sum, min, max and histogram."""
 
     total: int = 0
     timed: int = 0
@@ -403,16 +463,42 @@ class Timing:
     def avg(self) -> float | None:
         return self.seconds / self.timed if self.timed else None
 
-    def add(self, r: Any) -> None:
-        self.total += int(r.uniq or 0)
-        self.timed += int(r.timed or 0)
-        self.seconds += float(r.sum_seconds or 0)
-        if r.min_seconds is not None:
-            self.min = r.min_seconds if self.min is None else min(self.min, r.min_seconds)
-        if r.max_seconds is not None:
-            self.max = r.max_seconds if self.max is None else max(self.max, r.max_seconds)
-        for i in range(len(SPEED_BUCKETS)):
-            self.histogram[i] += int(getattr(r, f"h{i}") or 0)
+
+@dataclass(slots=True)
+class RcptDomain:
+    n: int = 0  # every event
+    accepted: int = 0
+    sent: Timing = field(default_factory=Timing)
+    failed: Timing = field(default_factory=Timing)
+
+
+def _rd_columns() -> list[Any]:
+    cols: list[Any] = [func.sum(RD.c.n), func.sum(RD.c.accepted)]
+    for k in t.RCPT_CLASSES:
+        cols += [
+            func.sum(RD.c[k]),
+            func.sum(RD.c[f"{k}_timed"]),
+            func.sum(RD.c[f"{k}_seconds"]),
+            func.min(RD.c[f"{k}_min"]),
+            func.max(RD.c[f"{k}_max"]),
+            *(func.sum(RD.c[f"{k}_h{i}"]) for i in range(len(SPEED_BUCKETS))),
+        ]
+    return cols
+
+
+def _rd_row(values: Sequence[Any]) -> RcptDomain:
+    out = RcptDomain(int(values[0] or 0), int(values[1] or 0))
+    i = 2
+    for k in t.RCPT_CLASSES:
+        timing: Timing = getattr(out, k)
+        timing.total = int(values[i] or 0)
+        timing.timed = int(values[i + 1] or 0)
+        timing.seconds = float(values[i + 2] or 0)
+        timing.min = None if values[i + 3] is None else float(values[i + 3])
+        timing.max = None if values[i + 4] is None else float(values[i + 4])
+        timing.histogram = [int(v or 0) for v in values[i + 5 : i + 5 + len(SPEED_BUCKETS)]]
+        i += 5 + len(SPEED_BUCKETS)
+    return out
 
 
 def _rd_where(domain_ids: Sequence[int] | None, s: Split) -> list[ColumnElement[bool]]:
@@ -431,37 +517,16 @@ async def recipient_domains(
     domain_id: int,
     first_day: int,
     end_day: int,
-    groups: Mapping[str, Sequence[str]],
     *,
     rcpt_domain: str | None = None,
-) -> dict[str, dict[str, Timing]]:
-    """{recipient domain: {class: Timing}} of a sender domain over whole days
-    ``first_day`` <= day < ``end_day``; ``groups`` maps class names to event names."""
-    klass = case(
-        *[(RD.c.event.in_(list(names)), name) for name, names in groups.items()], else_=None
-    ).label("klass")
-    all_events = [e for names in groups.values() for e in names]
-    where = [*_rd_where([domain_id], Split(first_day, end_day)), RD.c.event.in_(all_events)]
+) -> dict[str, RcptDomain]:
+    """{recipient domain: its counts} of a sender domain over whole days ``first_day`` <=
+    day < ``end_day`` (only ``rcpt_domain`` if given)."""
+    where = _rd_where([domain_id], Split(first_day, end_day))
     if rcpt_domain is not None:
         where.append(RD.c.rcpt_domain == rcpt_domain)
-    stmt = (
-        select(
-            RD.c.rcpt_domain,
-            klass,
-            func.sum(RD.c.uniq).label("uniq"),
-            func.sum(RD.c.timed).label("timed"),
-            func.sum(RD.c.sum_seconds).label("sum_seconds"),
-            func.min(RD.c.min_seconds).label("min_seconds"),
-            func.max(RD.c.max_seconds).label("max_seconds"),
-            *(func.sum(h).label(h.name) for h in _H),
-        )
-        .where(*where)
-        .group_by(RD.c.rcpt_domain, klass)
-    )
-    out: dict[str, dict[str, Timing]] = {}
-    for r in await conn.execute(stmt):
-        out.setdefault(r.rcpt_domain, {}).setdefault(r.klass, Timing()).add(r)
-    return out
+    stmt = select(RD.c.rcpt_domain, *_rd_columns()).where(*where).group_by(RD.c.rcpt_domain)
+    return {r[0]: _rd_row(r[1:]) for r in await conn.execute(stmt)}
 
 
 async def tag_counts(

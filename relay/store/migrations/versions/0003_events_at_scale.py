@@ -47,10 +47,24 @@ KINDS = {
     "unsubscribed": "unsubscribed",
     "complained": "complained",
 }
-# Events whose delivery time is recorded (recipient-domain statistics).
-TIMED = ("delivered", "accepted-by-mta", "bounced", "rejected", "failed")
+# The recipient-domain statistics' classes: Sent (a recipient's server took it) and Failed
+# (bounced, refused at RCPT, given up), each counted once per recipient, with delivery times.
+CLASSES = {
+    "sent": ("delivered", "accepted-by-mta"),
+    "failed": ("bounced", "rejected", "failed"),
+}
+TIMED = tuple(e for names in CLASSES.values() for e in names)
 # Delivery-speed histogram bucket bounds (seconds): < 1, 1-5, 5-10, 10-30, 30-60, 1-5m, 5-10m.
 BOUNDS = (1, 5, 10, 30, 60, 300, 600)
+# PostgreSQL, when pg_trgm can be installed: the text the Query filter searches, indexed with
+# trigrams. An event's own fields (per partition) and its message's (message_search, one row
+# per message, written when its first 'accepted' event is). chr(1) keeps a match from
+# spanning two fields.
+EVENT_SEARCH = "lower(coalesce(recipient, '') || chr(1) || coalesce(smtp_response, ''))"
+MESSAGE_SEARCH = (
+    "lower(m.id || chr(1) || m.subject || chr(1) || m.header_from || chr(1) || m.mail_from "
+    "|| chr(1) || m.message_id_header || chr(1) || m.client_ip)"
+)
 # A JSON number PostgreSQL's float8 takes without overflow.
 PG_NUMBER = r"^-?[0-9]{1,15}(\.[0-9]+)?([eE][-+]?[0-9]{1,2})?$"
 
@@ -70,6 +84,17 @@ def _histogram(secs: str) -> list[str]:
     conds += [f"{secs} >= {lo} AND {secs} < {hi}" for lo, hi in itertools.pairwise(BOUNDS)]
     conds.append(f"{secs} >= {BOUNDS[-1]}")
     return conds
+
+
+def _class_case(column: str) -> str:
+    whens = " ".join(f"WHEN {column} IN {_in(names)} THEN '{k}'" for k, names in CLASSES.items())
+    return f"CASE {whens} END"
+
+
+# event_rcpt_domains' value columns, in order: n, accepted, then per class the counted-once
+# events, and of those with a delivery time: how many, sum, min, max, histogram.
+RD_TIMING = ("timed", "seconds", "min", "max", *(f"h{i}" for i in range(8)))
+RD_COLUMNS = ("n", "accepted", *CLASSES, *(f"{k}_{c}" for k in CLASSES for c in RD_TIMING))
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------
@@ -97,6 +122,12 @@ CREATE INDEX ix_events_message ON events (message_id);
 CREATE SCHEMA IF NOT EXISTS {PARTITION_SCHEMA};
 CREATE TABLE {PARTITION_SCHEMA}.events_default PARTITION OF events DEFAULT;
 CREATE SEQUENCE event_rollup_seq;
+CREATE TABLE {PARTITION_SCHEMA}.message_search (
+    message_id varchar(36) NOT NULL PRIMARY KEY,
+    created_at double precision NOT NULL,
+    search text NOT NULL
+);
+CREATE INDEX message_search_created ON {PARTITION_SCHEMA}.message_search (created_at);
 """
 
 _PG_SECONDS = (
@@ -104,7 +135,24 @@ _PG_SECONDS = (
     f"AND (u.data->>'seconds') ~ '{PG_NUMBER}' THEN (u.data->>'seconds')::float8 "
     "ELSE u.created_at - (SELECT m.created_at FROM messages m WHERE m.id = u.message_id) END"
 )
-_PG_HIST = ",\n            ".join(f"count(*) FILTER (WHERE {c})" for c in _histogram("secs"))
+
+
+def _pg_rd_values() -> str:
+    values = ["count(*)", "count(*) FILTER (WHERE event = 'accepted')"]
+    values += [f"count(*) FILTER (WHERE uniq AND klass = '{k}')" for k in CLASSES]
+    for k in CLASSES:
+        only = f"FILTER (WHERE klass = '{k}')"
+        values += [
+            f"count(secs) {only}",
+            f"coalesce(sum(secs) {only}, 0)",
+            f"min(secs) {only}",
+            f"max(secs) {only}",
+        ]
+        values += [f"count(*) FILTER (WHERE klass = '{k}' AND {c})" for c in _histogram("secs")]
+    return ",\n            ".join(values)
+
+
+_PG_RD_VALUES = _pg_rd_values()
 
 # One statement per INSERT statement on events, whoever wrote it. Every sub-statement below is
 # a data-modifying CTE of one query: one pass over the transition table.
@@ -143,7 +191,7 @@ BEGIN
                  ELSE n.id IN (SELECT event_id FROM f) END AS uniq
         FROM n
     ), w AS (
-        SELECT u.*,
+        SELECT u.*, {_class_case("u.event")} AS klass,
             CASE WHEN u.uniq AND u.event IN {_in(TIMED)} THEN {_PG_SECONDS} END AS secs
         FROM u
     ), c AS (
@@ -153,14 +201,17 @@ BEGIN
             count(*) FILTER (WHERE uniq), max(created_at)
         FROM u GROUP BY user_id, domain_id, day, event, smtp_code
     ), r AS (
-        INSERT INTO event_rcpt_domains (domain_id, day, rcpt_domain, event, seq, n, uniq, timed,
-            sum_seconds, min_seconds, max_seconds, h0, h1, h2, h3, h4, h5, h6, h7)
-        SELECT domain_id, day, substr(rcpt, strpos(rcpt, '@') + 1), event, s, count(*),
-            count(*) FILTER (WHERE uniq), count(secs), coalesce(sum(secs), 0), min(secs),
-            max(secs),
-            {_PG_HIST}
+        INSERT INTO event_rcpt_domains (domain_id, day, rcpt_domain, seq, {", ".join(RD_COLUMNS)})
+        SELECT domain_id, day, substr(rcpt, strpos(rcpt, '@') + 1), s,
+            {_PG_RD_VALUES}
         FROM w WHERE rcpt IS NOT NULL
-        GROUP BY domain_id, day, substr(rcpt, strpos(rcpt, '@') + 1), event
+        GROUP BY domain_id, day, substr(rcpt, strpos(rcpt, '@') + 1)
+    ), ms AS (
+        INSERT INTO {PARTITION_SCHEMA}.message_search (message_id, created_at, search)
+        SELECT m.id, m.created_at, {MESSAGE_SEARCH}
+        FROM messages m
+        WHERE m.id IN (SELECT message_id FROM n WHERE event = 'accepted')
+        ON CONFLICT DO NOTHING
     ), tg AS (
         SELECT DISTINCT ON (message_id) message_id, data->'tags' AS tags, created_at
         FROM n
@@ -202,6 +253,18 @@ PG_COLUMNS = (
 )
 
 
+def _try_trigrams() -> bool:
+    """Install pg_trgm if the role may (a trusted extension: the database owner may); without
+    it the Query filter works the same, scanning instead of using an index."""
+    bind = op.get_bind()
+    try:
+        with bind.begin_nested():
+            bind.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+    except sa.exc.DBAPIError:
+        return False
+    return True
+
+
 def _pg_upgrade() -> None:
     bind = op.get_bind()
     # The old table keeps its sequence: the new one continues its ids.
@@ -229,6 +292,20 @@ def _pg_upgrade() -> None:
             f"CREATE TABLE {PARTITION_SCHEMA}.events_{name} PARTITION OF events "
             f"FOR VALUES FROM ({day * DAY}) TO ({(day + 1) * DAY})"
         )
+    if _try_trigrams():
+        op.execute(
+            f"CREATE INDEX message_search_text ON {PARTITION_SCHEMA}.message_search "
+            "USING gin (search gin_trgm_ops)"
+        )
+        names = bind.exec_driver_sql(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'events'::regclass"
+        ).scalars()
+        for name in list(names):
+            op.execute(
+                f"CREATE INDEX {name}_search ON {PARTITION_SCHEMA}.{name} "
+                f"USING gin (({EVENT_SEARCH}) gin_trgm_ops)"
+            )
     _rollup_tables()
     op.execute(PG_ROLLUP_FUNCTION)
     op.execute(PG_ROLLUP_TRIGGER)
@@ -260,9 +337,40 @@ _SQ_SECONDS = (
     "END"
 )
 _SQ_DAY = f"CAST(NEW.created_at / {DAY} AS INTEGER)"
-_SQ_HIST_COLS = ", ".join(f"h{i}" for i in range(8))
-_SQ_HIST_VALUES = ", ".join(f"coalesce({c}, 0)" for c in _histogram("v.secs"))
-_SQ_HIST_ADD = ", ".join(f"h{i} = h{i} + excluded.h{i}" for i in range(8))
+
+
+def _sq_rd_values() -> str:
+    values = ["1", "NEW.event = 'accepted'"]
+    values += [f"v.uniq AND v.klass IS '{k}'" for k in CLASSES]
+    for k in CLASSES:
+        timed = f"v.klass IS '{k}' AND v.secs IS NOT NULL"
+        values += [
+            timed,
+            f"CASE WHEN {timed} THEN v.secs ELSE 0 END",
+            f"CASE WHEN {timed} THEN v.secs END",
+            f"CASE WHEN {timed} THEN v.secs END",
+        ]
+        values += [f"coalesce(v.klass IS '{k}' AND {c}, 0)" for c in _histogram("v.secs")]
+    return ",\n        ".join(values)
+
+
+def _sq_rd_update() -> str:
+    """Add the new row's counts; min and max of the seconds, NULL meaning none."""
+    sets = []
+    for col in RD_COLUMNS:
+        if col.endswith(("_min", "_max")):
+            pick = "min" if col.endswith("_min") else "max"
+            sets.append(
+                f"{col} = CASE WHEN {col} IS NULL THEN excluded.{col} "
+                f"WHEN excluded.{col} IS NULL THEN {col} ELSE {pick}({col}, excluded.{col}) END"
+            )
+        else:
+            sets.append(f"{col} = {col} + excluded.{col}")
+    return ",\n        ".join(sets)
+
+
+_SQ_RD_VALUES = _sq_rd_values()
+_SQ_RD_UPDATE = _sq_rd_update()
 
 SQLITE_ROLLUP_TRIGGER = f"""
 CREATE TRIGGER events_rollup AFTER INSERT ON events
@@ -280,23 +388,14 @@ BEGIN
     ON CONFLICT (user_id, domain_id, day, event, smtp_code, seq) DO UPDATE SET
         n = n + 1, uniq = uniq + excluded.uniq, last_at = max(last_at, excluded.last_at);
 
-    INSERT INTO event_rcpt_domains (domain_id, day, rcpt_domain, event, seq, n, uniq, timed,
-        sum_seconds, min_seconds, max_seconds, {_SQ_HIST_COLS})
+    INSERT INTO event_rcpt_domains (domain_id, day, rcpt_domain, seq, {", ".join(RD_COLUMNS)})
     SELECT NEW.domain_id, {_SQ_DAY},
-        lower(substr(NEW.recipient, instr(NEW.recipient, '@') + 1)), NEW.event, 0, 1,
-        v.uniq, v.secs IS NOT NULL, coalesce(v.secs, 0), v.secs, v.secs, {_SQ_HIST_VALUES}
-    FROM (SELECT {_SQ_UNIQ} AS uniq, {_SQ_SECONDS} AS secs) v
+        lower(substr(NEW.recipient, instr(NEW.recipient, '@') + 1)), 0,
+        {_SQ_RD_VALUES}
+    FROM (SELECT {_SQ_UNIQ} AS uniq, {_SQ_SECONDS} AS secs, {_class_case("NEW.event")} AS klass) v
     WHERE NEW.recipient IS NOT NULL
-    ON CONFLICT (domain_id, day, rcpt_domain, event, seq) DO UPDATE SET
-        n = n + 1, uniq = uniq + excluded.uniq, timed = timed + excluded.timed,
-        sum_seconds = sum_seconds + excluded.sum_seconds,
-        min_seconds = CASE WHEN min_seconds IS NULL THEN excluded.min_seconds
-            WHEN excluded.min_seconds IS NULL THEN min_seconds
-            ELSE min(min_seconds, excluded.min_seconds) END,
-        max_seconds = CASE WHEN max_seconds IS NULL THEN excluded.max_seconds
-            WHEN excluded.max_seconds IS NULL THEN max_seconds
-            ELSE max(max_seconds, excluded.max_seconds) END,
-        {_SQ_HIST_ADD};
+    ON CONFLICT (domain_id, day, rcpt_domain, seq) DO UPDATE SET
+        {_SQ_RD_UPDATE};
 
     INSERT INTO event_message_tags (message_id, tags, created_at)
     SELECT NEW.message_id, json_extract(NEW.data, '$.tags'), NEW.created_at
@@ -366,20 +465,18 @@ def _rollup_tables() -> None:
         sa.Column("domain_id", sa.Integer(), nullable=False),
         sa.Column("day", sa.Integer(), nullable=False),
         sa.Column("rcpt_domain", sa.String(length=320), nullable=False),
-        sa.Column("event", sa.String(length=32), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
-        sa.Column("n", sa.BigInteger(), nullable=False),
-        sa.Column("uniq", sa.BigInteger(), nullable=False),
-        sa.Column("timed", sa.BigInteger(), nullable=False),
-        sa.Column("sum_seconds", sa.Float(), nullable=False),
-        sa.Column("min_seconds", sa.Float(), nullable=True),
-        sa.Column("max_seconds", sa.Float(), nullable=True),
-        *(sa.Column(f"h{i}", sa.BigInteger(), nullable=False) for i in range(8)),
+        *(
+            sa.Column(c, sa.Float(), nullable=c.endswith(("_min", "_max")))
+            if c.endswith(("_seconds", "_min", "_max"))
+            else sa.Column(c, sa.BigInteger(), nullable=False)
+            for c in RD_COLUMNS
+        ),
     )
     op.create_index(
         "uq_event_rcpt_domains_key",
         "event_rcpt_domains",
-        ["domain_id", "day", "rcpt_domain", "event", "seq"],
+        ["domain_id", "day", "rcpt_domain", "seq"],
         unique=True,
     )
     op.create_index(
