@@ -157,7 +157,10 @@ _PG_RD_VALUES = _pg_rd_values()
 # One statement per INSERT statement on events, whoever wrote it. Every sub-statement below is
 # a data-modifying CTE of one query: one pass over the transition table.
 PG_ROLLUP_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION events_rollup() RETURNS trigger LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION events_rollup() RETURNS trigger LANGUAGE plpgsql
+-- A statement's worth of rows is small work: compiling it (JIT) would cost seconds.
+SET jit = off
+AS $fn$
 DECLARE
     s bigint;
 BEGIN
@@ -190,7 +193,7 @@ BEGIN
                  WHEN n.message_id IS NULL OR n.rcpt IS NULL THEN true
                  ELSE n.id IN (SELECT event_id FROM f) END AS uniq
         FROM n
-    ), w AS (
+    ), w AS MATERIALIZED (
         SELECT u.*, {_class_case("u.event")} AS klass,
             CASE WHEN u.uniq AND u.event IN {_in(TIMED)} THEN {_PG_SECONDS} END AS secs
         FROM u
@@ -207,10 +210,11 @@ BEGIN
         FROM w WHERE rcpt IS NOT NULL
         GROUP BY domain_id, day, substr(rcpt, strpos(rcpt, '@') + 1)
     ), ms AS (
+        -- Index probes per message (LATERAL), never a scan of the messages table.
         INSERT INTO {PARTITION_SCHEMA}.message_search (message_id, created_at, search)
         SELECT m.id, m.created_at, {MESSAGE_SEARCH}
-        FROM messages m
-        WHERE m.id IN (SELECT message_id FROM n WHERE event = 'accepted')
+        FROM (SELECT DISTINCT message_id FROM n WHERE event = 'accepted') a
+        CROSS JOIN LATERAL (SELECT * FROM messages WHERE messages.id = a.message_id) m
         ON CONFLICT DO NOTHING
     ), tg AS (
         SELECT DISTINCT ON (message_id) message_id, data->'tags' AS tags, created_at
@@ -225,9 +229,16 @@ BEGIN
     ), mt AS (
         SELECT message_id, tags FROM tg
         UNION ALL
-        SELECT x.message_id, x.tags FROM event_message_tags x
-        WHERE x.message_id IN (SELECT message_id FROM n WHERE message_id IS NOT NULL)
-          AND x.message_id NOT IN (SELECT message_id FROM tg)
+        SELECT x.message_id, x.tags
+        FROM (
+            SELECT DISTINCT message_id FROM n
+            WHERE message_id IS NOT NULL AND event <> 'accepted'
+        ) a
+        CROSS JOIN LATERAL (
+            SELECT message_id, tags FROM event_message_tags
+            WHERE event_message_tags.message_id = a.message_id
+        ) x
+        WHERE x.message_id NOT IN (SELECT message_id FROM tg)
     )
     INSERT INTO event_tags (domain_id, day, tag, event, seq, n, uniq)
     SELECT u.domain_id, u.day, t.tag, u.event, s, count(*), count(*) FILTER (WHERE u.uniq)
