@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import secrets
@@ -640,8 +641,9 @@ async def time_one(
 
 
 def percentile(values: list[float], p: float) -> float:
+    """Nearest rank: the smallest value at least p % of the values are no greater than."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered), max(1, math.ceil(p / 100 * len(ordered)))) - 1]
 
 
 async def run_timings(port: int, s: Seeded, runs: int, warmup: int) -> list[dict[str, Any]]:
