@@ -97,8 +97,8 @@ class EventQuery:
         return like_pattern((self.text or "").lower())
 
     def scope(self, *, with_text: bool = True) -> list[ColumnElement[bool]]:
-        """Account, domain, event and message conditions (no time); the text condition too
-        unless ``with_text`` is false (it then needs the messages joined)."""
+        """Account, domain, event and message conditions (no time), and the text condition
+        unless ``with_text`` is false (a condition on the messages too: they must be joined)."""
         where: list[ColumnElement[bool]] = []
         if self.domain_ids is not None:
             where.append(E.c.domain_id.in_(list(self.domain_ids)))
