@@ -450,7 +450,8 @@ async def seed(target: Target, accounts: list[Account], args: argparse.Namespace
                     )
                 written += len(evs)
                 progress(written, args.events, t0)
-            print("\nvacuum analyze ...", flush=True)
+            print("\nfold, vacuum analyze ...", flush=True)
+            await eventlog.fold_rollups(db)
             await conn.execute("VACUUM ANALYZE")
         finally:
             await conn.close()

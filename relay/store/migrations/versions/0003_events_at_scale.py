@@ -489,6 +489,16 @@ def _rollup_tables() -> None:
         "event_rcpt_domains",
         ["domain_id", "day", "rcpt_domain", "seq"],
         unique=True,
+        postgresql_include=[
+            "n",
+            "accepted",
+            "sent",
+            "failed",
+            "sent_timed",
+            "sent_seconds",
+            "sent_min",
+            "sent_max",
+        ],
     )
     op.create_index(
         "ix_event_rcpt_domains_rcpt", "event_rcpt_domains", ["domain_id", "rcpt_domain", "day"]
