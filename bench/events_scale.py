@@ -641,6 +641,10 @@ async def time_one(
     return (time.perf_counter() - t0) * 1000, note
 
 
+def target_ms(command: str, args: argparse.Namespace) -> float:
+    return args.export_target_ms if command.startswith("exportevents") else args.target_ms
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest rank: the smallest value at least p % of the values are no greater than."""
     ordered = sorted(values)
@@ -713,9 +717,12 @@ async def amain(args: argparse.Namespace) -> int:
                 print(f"kept database {target.pg_database} (--reuse {target.pg_database})")
             if args.json:
                 Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}))
-            slow = [r["command"] for r in results if r["p95"] > args.target_ms]
+            slow = [r["command"] for r in results if r["p95"] > target_ms(r["command"], args)]
             failed = [r["command"] for r in results if r["notes"]]
-            print(f"over {args.target_ms:.0f} ms at p95: {', '.join(slow) or 'none'}")
+            print(
+                f"over target at p95 ({args.target_ms:.0f} ms; the export: "
+                f"{args.export_target_ms:.0f} ms): {', '.join(slow) or 'none'}"
+            )
             return 1 if failed else 0
         finally:
             await target.stop()
@@ -759,7 +766,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--domain-share", type=float, default=0.1)
     p.add_argument("--runs", type=int, default=40)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--target-ms", type=float, default=200.0)
+    p.add_argument("--target-ms", type=float, default=200.0, help="p95 target per command")
+    p.add_argument("--export-target-ms", type=float, default=1000.0, help="the export's")
     p.add_argument("--copy-rows", type=int, default=100_000, help="events per COPY statement")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN_URL)
