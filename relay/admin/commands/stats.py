@@ -282,7 +282,7 @@ async def list_recipient_domains(call: Call) -> dict[str, Any]:
     limit = max(1, min(50 if limit is None else limit, 1000))
     async with call.services.db.read() as conn:
         found = await repo.recipient_domains(
-            conn, domain_id, day_of(span.since), day_of(span.until)
+            conn, domain_id, day_of(span.since), day_of(span.until), detail=False
         )
 
     def seconds(value: float | None) -> float | None:
