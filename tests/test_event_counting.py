@@ -299,3 +299,38 @@ async def test_exportevents_attempt_columns(api: Api, engaged: Engaged) -> None:
     )
     failed = next(r for r in rows if r["Event"] == "failed")
     assert (failed["Attempt"], failed["NextAttemptAt"]) == ("2", "")
+
+
+async def test_query_pages_and_export(api: Api, engaged: Engaged) -> None:
+    """A text search (trigram indexes on PostgreSQL, a scan on SQLite): the same matches,
+    pages and export either way."""
+    acct = engaged.acct
+    base = {"DomainID": acct.domain_id, "StartFrom": 0, "RetrieveCount": 100}
+    every = await call(api, "emailgateway.getevents", acct, **base)
+    full = await call(api, "emailgateway.getevents", acct, **base, Query="GMAIL.com")
+    expected = [e["id"] for e in every["Events"] if "gmail.com" in (e["recipient"] or "").lower()]
+    assert full["TotalRecords"] == len(expected) == 18
+    assert [e["id"] for e in full["Events"]] == expected
+    page = await call(
+        api,
+        "emailgateway.getevents",
+        acct,
+        **{**base, "StartFrom": 2, "RetrieveCount": 3},
+        Query="gmail.com",
+    )
+    assert page["TotalRecords"] == 18 and [e["id"] for e in page["Events"]] == expected[2:5]
+    # Message fields: the subject, the Message-ID header, the client address.
+    for text, n in (("Test Email", 30 - 1), ("<e6@relay.test>", 6), ("127.0.0.1", 29)):
+        res = await call(api, "emailgateway.getevents", acct, **base, Query=text)
+        assert res["TotalRecords"] == n, text
+    query = {
+        "Command": "emailgateway.exportevents",
+        "APIKey": acct.api_key,
+        "DomainID": str(acct.domain_id),
+        "Query": "5.1.1",
+        **MARCH,
+    }
+    async with api.session.get(f"{api.base}/api.php", params=query) as resp:
+        assert resp.headers["X-Octeth-Export-Total"] == "2"
+        rows = list(csv.DictReader(io.StringIO((await resp.read())[3:].decode("utf-8"))))
+    assert [r["SMTPResponse"] for r in rows] == ["550 5.1.1 dsn", "550 5.1.1 no"]

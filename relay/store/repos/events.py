@@ -212,6 +212,10 @@ async def search(
     conn: AsyncConnection, q: EventQuery, offset: int, limit: int
 ) -> tuple[int, list[Row]]:
     """One page, newest first, and the number of matching events."""
+    if _indexed_search(conn, q):
+        # The text search's matches are found once, for the count and the page.
+        keys = await _hit_keys(conn, q)
+        return len(keys), await _rows_of(conn, keys[offset : offset + limit])
     total = await count(conn, q)
     if total <= offset:
         return total, []
@@ -230,6 +234,11 @@ async def chunks(
 ) -> AsyncIterator[list[Row]]:
     """Up to ``limit`` events, newest first, ``chunk`` at a time (keyset pagination, so each
     round trip costs the same however deep the export is)."""
+    if _indexed_search(conn, q):
+        keys = (await _hit_keys(conn, q))[:limit]
+        for i in range(0, len(keys), chunk):
+            yield await _rows_of(conn, keys[i : i + chunk])
+        return
     after: tuple[float, int] | None = None
     left = limit
     await no_jit(conn)
@@ -247,6 +256,27 @@ async def chunks(
         yield rows
         left -= len(rows)
         after = (rows[-1].created_at, rows[-1].id)
+
+
+async def _hit_keys(conn: AsyncConnection, q: EventQuery) -> list[tuple[float, int]]:
+    """(created_at, id) of every event a text search matches, newest first."""
+    await no_jit(conn)
+    hits = _hits(q)
+    stmt = select(hits.c.created_at, hits.c.id).order_by(hits.c.created_at.desc(), hits.c.id.desc())
+    return [(r[0], r[1]) for r in await conn.execute(stmt)]
+
+
+async def _rows_of(conn: AsyncConnection, keys: Sequence[tuple[float, int]]) -> list[Row]:
+    """The events of these keys with their messages, in the keys' order."""
+    if not keys:
+        return []
+    stmt = _joined(*_ROW).where(
+        # created_at first: it picks the partitions.
+        E.c.created_at.in_(sorted({k[0] for k in keys})),
+        E.c.id.in_([k[1] for k in keys]),
+    )
+    found = {(r.created_at, r.id): r for r in await conn.execute(stmt)}
+    return [found[k] for k in keys if k in found]
 
 
 # -- Counting ---------------------------------------------------------------------------------
