@@ -522,6 +522,7 @@ def commands(s: Seeded) -> list[tuple[str, str, dict[str, Any]]]:
     "csv" = exportevents GET read to the end."""
     today = time.strftime("%Y-%m-%d", time.gmtime())
     month_ago = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 30 * DAY))
+    week_ago = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 7 * DAY))
     user = dict(s.user.auth)
     dom = {**user, "DomainID": s.domain_id}
     page = {"StartFrom": 0, "RetrieveCount": 100}
@@ -558,6 +559,23 @@ def commands(s: Seeded) -> list[tuple[str, str, dict[str, Any]]]:
             "getevents Query=<recipient>",
             "api",
             {"Command": "emailgateway.getevents", **dom, **page, "Query": s.recipient},
+        ),
+        (
+            "getevents Query=<recipient>, 7 days",
+            "api",
+            {
+                "Command": "emailgateway.getevents",
+                **dom,
+                **page,
+                "Query": s.recipient,
+                "StartDate": week_ago,
+                "EndDate": today,
+            },
+        ),
+        (
+            "getevents Query=<subject words>",
+            "api",
+            {"Command": "emailgateway.getevents", **dom, **page, "Query": "has shipped"},
         ),
         (
             "getevents MessageID=<queue id>",

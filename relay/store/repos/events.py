@@ -429,14 +429,6 @@ async def live_domains(conn: AsyncConnection, user_id: int) -> list[Row]:
     return list((await conn.execute(q)).all())
 
 
-def recipient_domain(conn: AsyncConnection) -> ColumnElement[str]:
-    """The part of the recipient after the first "@", lower case, in this database's SQL
-    dialect (as the rollup of recipient domains has it)."""
-    r = E.c.recipient
-    at = func.instr(r, "@") if conn.dialect.name == "sqlite" else func.strpos(r, "@")
-    return func.lower(func.substr(r, at + 1))
-
-
 async def buckets(
     conn: AsyncConnection, q: EventQuery, field: str, size: int
 ) -> list[tuple[Any, int]]:
