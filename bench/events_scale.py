@@ -669,12 +669,16 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered), max(1, math.ceil(p / 100 * len(ordered)))) - 1]
 
 
-async def run_timings(port: int, s: Seeded, runs: int, warmup: int) -> list[dict[str, Any]]:
+async def run_timings(
+    port: int, s: Seeded, runs: int, warmup: int, only: list[str]
+) -> list[dict[str, Any]]:
     base = f"http://127.0.0.1:{port}"
     out = []
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         for label, kind, params in commands(s):
+            if only and not any(o in label for o in only):
+                continue
             for _ in range(warmup):
                 await time_one(http, base, s, kind, params)
             times, notes = [], set()
@@ -728,7 +732,7 @@ async def amain(args: argparse.Namespace) -> int:
                 f"{os.cpu_count()} cores)",
                 flush=True,
             )
-            results = await run_timings(target.admin_port, s, args.runs, args.warmup)
+            results = await run_timings(target.admin_port, s, args.runs, args.warmup, args.only)
             load = os.getloadavg()
             print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
             if args.keep and target.pg_database:
@@ -793,6 +797,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the PostgreSQL database")
     p.add_argument("--reuse", default=None, help="time against a kept PostgreSQL database")
     p.add_argument("--json", default="", help="also write the figures to this file")
+    p.add_argument(
+        "--only", action="append", default=[], help="time only commands whose label has this"
+    )
     return p.parse_args(argv)
 
 

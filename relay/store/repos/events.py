@@ -168,11 +168,18 @@ def _select(conn: AsyncConnection, q: EventQuery, *columns: Any, messages: bool)
     return select(*columns).select_from(E).where(*q.conditions())
 
 
-async def no_jit(conn: AsyncConnection) -> None:
+async def no_jit(conn: AsyncConnection, *, custom_plan: bool = False) -> None:
     """PostgreSQL compiles a query it estimates as costly (JIT), which for the events' big but
-    index-driven reads costs more time than it saves: off for the rest of this transaction."""
+    index-driven reads costs more time than it saves: off for the rest of this transaction.
+    ``custom_plan``: plan each statement for its parameters' values, never the prepared
+    statement's generic plan (which cannot see the search pattern, so does not know the
+    trigram index finds few rows, nor which partitions a period keeps)."""
     if conn.dialect.name == "postgresql":
-        await conn.exec_driver_sql("SET LOCAL jit = off")
+        mode = "force_custom_plan" if custom_plan else "auto"
+        await conn.exec_driver_sql(
+            "SELECT set_config('jit', 'off', true), set_config('plan_cache_mode', $1, true)",
+            (mode,),
+        )
 
 
 def _joined(*columns: Any) -> Select[Any]:
@@ -260,7 +267,7 @@ async def chunks(
 
 async def _hit_keys(conn: AsyncConnection, q: EventQuery) -> list[tuple[float, int]]:
     """(created_at, id) of every event a text search matches, newest first."""
-    await no_jit(conn)
+    await no_jit(conn, custom_plan=True)
     hits = _hits(q)
     stmt = select(hits.c.created_at, hits.c.id).order_by(hits.c.created_at.desc(), hits.c.id.desc())
     return [(r[0], r[1]) for r in await conn.execute(stmt)]
