@@ -141,3 +141,23 @@ async def test_downgrade_and_upgrade_again(blank_db: Database) -> None:
     await migrate.upgrade(db)
     async with db.read() as conn:
         assert await repo.count(conn, repo.EventQuery(1)) == 1
+
+
+def test_the_migration_and_the_code_agree() -> None:
+    """The triggers' tables are frozen in migration 0003; the queries' copies must match."""
+    import importlib.util
+
+    path = migrate.MIGRATIONS / "versions" / "0003_events_at_scale.py"
+    spec = importlib.util.spec_from_file_location("migration_0003", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.KINDS == eventlog.KINDS
+    assert module.EVENT_SEARCH == eventlog.EVENT_SEARCH
+    assert module.PARTITION_SCHEMA == eventlog.PARTITION_SCHEMA
+    assert tuple(module.CLASSES) == t.RCPT_CLASSES
+    assert [c for c in module.RD_COLUMNS] == [
+        c.name
+        for c in t.event_rcpt_domains.c
+        if c.name not in ("domain_id", "day", "rcpt_domain", "seq")
+    ]
