@@ -176,6 +176,12 @@ class TrackingSettings:
 
 
 @dataclass
+class EventsSettings:
+    retention_days: int = 90
+    partitions_ahead_days: int = 7
+
+
+@dataclass
 class LogSettings:
     format: str = ""
     level: str = "info"
@@ -217,6 +223,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
@@ -498,6 +505,10 @@ def validate(s: Settings) -> list[str]:
         problems.append("delivery.retry_jitter: between 0 and 1")
     problems.extend(_validate_tracking(s.tracking))
     problems.extend(_validate_webhooks(s.webhooks))
+    if s.events.retention_days < 0:
+        problems.append("events.retention_days: 0 (keep every event) or more")
+    if not 1 <= s.events.partitions_ahead_days <= 366:
+        problems.append("events.partitions_ahead_days: 1 to 366")
     return problems
 
 

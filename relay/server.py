@@ -28,6 +28,7 @@ from relay import log as relay_log
 from relay.admin.app import AdminServer
 from relay.config import ConfigError, Settings, parse_hostport
 from relay.diagnose import StartupError, describe_database, describe_redis
+from relay.event_maintenance import EventMaintenance
 from relay.health import StorageProbe
 from relay.queue.ingest import QueueWriter
 from relay.reload import Reloader
@@ -83,6 +84,7 @@ class Relay:
         self.probe: StorageProbe | None = None
         self.feedback: Any = None
         self.tracking: Any = None
+        self.event_maintenance: EventMaintenance | None = None
         self._stopping = False
         # Set when delivery in this process died: the node stops (exit 1) rather than accept
         # mail nobody delivers; systemd restarts it.
@@ -120,6 +122,8 @@ class Relay:
         await self._seal_stored_secrets()
         await services.start()
         redis_state = await self._redis_state()
+        self.event_maintenance = EventMaintenance(services.db, s.events)
+        await self.event_maintenance.start()
         self.writer = QueueWriter(services)
         await self.writer.start()
 
@@ -254,6 +258,8 @@ class Relay:
             await self.probe.stop()
         if self.feedback is not None:
             await self.feedback.stop()
+        if self.event_maintenance is not None:
+            await self.event_maintenance.stop(timeout)
         if self.services is not None:
             await self.services.close()
         log.info("relay stopped")

@@ -49,7 +49,12 @@ async def test_getevents_documented_examples(api: Api, seeded: Seeded) -> None:
         "subject": "Second",
         "message-id": "<m2@relay.test>",
     }
-    assert first["delivery-status"] == {"code": 250, "message": "250 ok"}
+    assert first["delivery-status"] == {
+        "code": 250,
+        "message": "250 ok",
+        "attempt": None,
+        "next-attempt-at": None,
+    }
     # Without DomainID: every domain of the caller, never another user's.
     res = await api.call(
         "emailgateway.getevents",
@@ -303,7 +308,20 @@ async def test_exportevents_csv(api: Api, seeded: Seeded) -> None:
     assert "X-Octeth-Export-Truncated" not in headers
     assert body.startswith(b"\xef\xbb\xbf")
     rows = list(csv.reader(io.StringIO(body[3:].decode("utf-8"))))
-    assert rows[0] == ["Time", "Event", "MessageID", "From", "To", "Subject", "Domain", "SMTPCode"]
+    # The documents' eight columns, then the reply, the attempt and the next attempt.
+    assert rows[0] == [
+        "Time",
+        "Event",
+        "MessageID",
+        "From",
+        "To",
+        "Subject",
+        "Domain",
+        "SMTPCode",
+        "SMTPResponse",
+        "Attempt",
+        "NextAttemptAt",
+    ]
     assert len(rows) == 12
     assert rows[1][:2] == ["2026-01-10T12:08:20Z", "accepted"]  # newest first: m5 at T0+500
     bounced = [r for r in rows if r[1] == "bounced"]
@@ -317,6 +335,9 @@ async def test_exportevents_csv(api: Api, seeded: Seeded) -> None:
             "Welcome to Apex",
             "yahoo.com",
             "550",
+            "550 5.1.1 no such user",
+            "",
+            "",
         ]
     ]
     # Formula injection: cells starting with = + - @ tab CR are quoted.
@@ -365,8 +386,10 @@ async def test_exportevents_errors(api: Api, seeded: Seeded) -> None:
     )
     status, _, body = await export(api, APIKey="wrong")
     assert b'"ErrorCode":99998' in body
-    status, _, body = await export(api, AdminAPIKey=ADMIN_KEY)
-    assert b'"ErrorCode":99998' in body
+    status, _, body = await export(api, AdminAPIKey=ADMIN_KEY, UserID=999)
+    assert body == b'{"Success":false,"ErrorCode":6,"ErrorText":"Invalid UserID"}'
+    status, _, body = await export(api, AdminAPIKey=ADMIN_KEY, DomainID=999)
+    assert b'"ErrorCode":2' in body
 
 
 async def test_exportevents_caps_at_10000(api: Api, services: Services, seeded: Seeded) -> None:

@@ -331,6 +331,8 @@ messages = Table(
     Column("body", LargeBinary, nullable=True),
     Column("created_at", Float, nullable=False),
     Index("ix_messages_domain_created", "domain_id", "created_at"),
+    # Message lookup by its Message-ID header (emailgateway.getmessage, the MessageID filters).
+    Index("ix_messages_message_id_header", "message_id_header"),
 )
 
 recipients = Table(
@@ -359,6 +361,11 @@ recipients = Table(
     ),
 )
 
+# The event log. On PostgreSQL it is partitioned by day on ``created_at`` (declarative range
+# partitioning, partitions in the ``event_partitions`` schema, managed by
+# relay/store/eventparts.py), so its primary key there is (created_at, id): the partition key
+# must be part of it. SQLite keeps the rowid primary key. Every insert also updates the rollup
+# tables below in the same transaction, by database triggers (migration 0003).
 events = Table(
     "events",
     metadata,
@@ -374,7 +381,9 @@ events = Table(
     Column("smtp_response", Text, nullable=True),
     Column("data", JSON, nullable=True),
     Index("ix_events_user_created", "user_id", "created_at"),
+    Index("ix_events_user_event_created", "user_id", "event", "created_at"),
     Index("ix_events_domain_created", "domain_id", "created_at"),
+    Index("ix_events_domain_event_created", "domain_id", "event", "created_at"),
     Index("ix_events_message", "message_id"),
 )
 
@@ -396,4 +405,146 @@ cluster_secrets = Table(
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
     Column("created_at", DateTime, nullable=False),
+)
+
+# -- Rollups of the event log, written by the triggers on ``events`` ---------------------------
+# ``day`` is the UTC day number (created_at // 86400). A rollup row holds the counts of one key
+# for one day. On SQLite the trigger adds to the row of its key (seq 0); on PostgreSQL each
+# statement inserts its own rows (seq from a sequence: concurrent writers never wait on each
+# other's rows) and the maintenance task folds them into seq 0 (relay/store/eventparts.py).
+# Readers always SUM over the key. ``n`` counts events; ``uniq`` counts the events that are the
+# first of their kind for their recipient (docs/events.md "Counting").
+
+event_counts = Table(
+    "event_counts",
+    metadata,
+    Column("user_id", Integer, nullable=False),
+    Column("domain_id", Integer, nullable=False),
+    Column("day", Integer, nullable=False),
+    Column("event", String(32), nullable=False),
+    # 0 when the event has no SMTP code.
+    Column("smtp_code", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("uniq", BigInteger, nullable=False),
+    # Newest created_at counted in the row.
+    Column("last_at", Float, nullable=False),
+    Index(
+        "uq_event_counts_key",
+        "user_id",
+        "domain_id",
+        "day",
+        "event",
+        "smtp_code",
+        "seq",
+        unique=True,
+    ),
+    Index(
+        "ix_event_counts_unfolded",
+        "seq",
+        sqlite_where=text("seq <> 0"),
+        postgresql_where=text("seq <> 0"),
+    ),
+)
+
+# The recipient-domain statistics' classes (docs/events.md "Counting"), and per class the
+# delivery-time columns of event_rcpt_domains.
+RCPT_CLASSES = ("sent", "failed")
+RCPT_TIMING = ("timed", "seconds", "min", "max", *(f"h{i}" for i in range(8)))
+RCPT_DOMAINS_COVERED = [
+    "n",
+    "accepted",
+    "sent",
+    "failed",
+    "sent_timed",
+    "sent_seconds",
+    "sent_min",
+    "sent_max",
+]
+
+event_rcpt_domains = Table(
+    "event_rcpt_domains",
+    metadata,
+    Column("domain_id", Integer, nullable=False),
+    Column("day", Integer, nullable=False),
+    # The recipient's domain, lower case (the part after the first "@").
+    Column("rcpt_domain", String(320), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    # Every event, and the 'accepted' ones.
+    Column("n", BigInteger, nullable=False),
+    Column("accepted", BigInteger, nullable=False),
+    # Counted once per recipient: sent = delivered or accepted-by-mta; failed = bounced,
+    # rejected or failed.
+    Column("sent", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    # Per class, of those with a delivery time: how many, their sum, min and max, and the
+    # delivery-speed histogram (h0..h7: < 1s, 1-5s, 5-10s, 10-30s, 30-60s, 1-5m, 5-10m, > 10m).
+    *(
+        Column(
+            f"{k}_{c}",
+            Float if c in ("seconds", "min", "max") else BigInteger,
+            nullable=c in ("min", "max"),
+        )
+        for k in RCPT_CLASSES
+        for c in RCPT_TIMING
+    ),
+    # PostgreSQL: the columns the recipient-domain listings read are in the key's index, so
+    # they are answered from it alone (index-only scan), whatever the table's layout.
+    Index(
+        "uq_event_rcpt_domains_key",
+        "domain_id",
+        "day",
+        "rcpt_domain",
+        "seq",
+        unique=True,
+        postgresql_include=RCPT_DOMAINS_COVERED,
+    ),
+    Index("ix_event_rcpt_domains_rcpt", "domain_id", "rcpt_domain", "day"),
+    Index(
+        "ix_event_rcpt_domains_unfolded",
+        "seq",
+        sqlite_where=text("seq <> 0"),
+        postgresql_where=text("seq <> 0"),
+    ),
+)
+
+# Events of messages sent with tags (the send API's Tags), counted per tag.
+event_tags = Table(
+    "event_tags",
+    metadata,
+    Column("domain_id", Integer, nullable=False),
+    Column("day", Integer, nullable=False),
+    Column("tag", String(255), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("uniq", BigInteger, nullable=False),
+    Index("uq_event_tags_key", "domain_id", "day", "tag", "event", "seq", unique=True),
+    Index(
+        "ix_event_tags_unfolded",
+        "seq",
+        sqlite_where=text("seq <> 0"),
+        postgresql_where=text("seq <> 0"),
+    ),
+)
+
+# The tags of each tagged message (from its 'accepted' events), for counting its later events.
+event_message_tags = Table(
+    "event_message_tags",
+    metadata,
+    Column("message_id", String(36), primary_key=True),
+    Column("tags", JSON, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+)
+
+# The first event of each kind (delivered, bounced, opened, clicked, ...) per recipient of a
+# message: what makes unique counts exact (docs/events.md "Counting").
+event_firsts = Table(
+    "event_firsts",
+    metadata,
+    Column("message_id", String(36), primary_key=True),
+    Column("recipient", String(320), primary_key=True),
+    Column("kind", String(32), primary_key=True),
+    Column("event_id", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
 )

@@ -23,6 +23,7 @@ from relay.queue.model import FAILED, PENDING_STATES
 from relay.secrets import new_signing_key
 from relay.store.db import fmt_dt
 from relay.store.repos import domains as repo
+from relay.store.repos import events as events_repo
 from relay.store.repos import users as users_repo
 
 STATUSES = ("Enabled", "Disabled", "Approval Pending")
@@ -382,8 +383,8 @@ async def get_domains(call: Call) -> dict[str, Any]:
     With WithCounts truthy (1, '1', 'true', 'yes', true) each row also carries APIKeyCount,
     SMTPCount and WebhookCount (Enabled rows, one SQL aggregation for all domains) and, over
     the last 7 days of the event log, Sent7d ('accepted' events), BounceRate7d
-    (bounced / sent x 100, 2 decimals, 0 when nothing was sent) and LastActivityAt (newest
-    event, ISO 8601 UTC, null when none). Any other WithCounts value: no enrichment.
+    (bounced recipients / sent x 100, 2 decimals, 0 when nothing was sent) and LastActivityAt
+    (newest event, ISO 8601 UTC, null when none). Any other WithCounts value: no enrichment.
 
     Errors:
     0: Success
@@ -393,22 +394,28 @@ async def get_domains(call: Call) -> dict[str, Any]:
         rows = await repo.list_for_user(conn, call.user_id)
         if enrich:
             counts = await repo.resource_counts(conn, call.user_id)
-            activity = await repo.activity_since(
-                conn, call.user_id, time.time() - STATS_WINDOW, events.ACCEPTED, events.BOUNCED
+            since = time.time() - STATS_WINDOW
+            q = events_repo.EventQuery(
+                call.user_id, since=since, events=(events.ACCEPTED, events.BOUNCED)
             )
+            found = await events_repo.tally(conn, q, ("domain_id", "event"), unique=True)
+            last = await events_repo.last_activity(conn, call.user_id, since)
     domains = []
     for row in rows:
         item = legacy_row(row)
         if enrich:
             keys, smtps, hooks = counts.get(row.id, (0, 0, 0))
-            sent, bounced, last = activity.get(row.id, (0, 0, None))
+            sent = found[(row.id, events.ACCEPTED)].n if (row.id, events.ACCEPTED) in found else 0
+            bounced = (
+                found[(row.id, events.BOUNCED)].uniq if (row.id, events.BOUNCED) in found else 0
+            )
             item.update(
                 APIKeyCount=keys,
                 SMTPCount=smtps,
                 WebhookCount=hooks,
                 Sent7d=sent,
                 BounceRate7d=round(bounced / sent * 100, 2) if sent else 0.0,
-                LastActivityAt=iso_utc(last),
+                LastActivityAt=iso_utc(last.get(row.id)),
             )
         domains.append(item)
     return {"Success": True, "Domains": domains}

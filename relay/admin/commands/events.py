@@ -9,8 +9,13 @@ EVENT_TABLE
 
 Responses name events the way each route's document does: ``delivery``/``bounce``/... in
 getevents, the v1 route and aggrevents; our own names (``delivered``/``bounced``/...) in the
-CSV export. ``open``, ``click``, ``unsubscribe`` and ``complaint`` are accepted but no part of
-this relay records them yet, so they match nothing.
+CSV export. Any other event name written to the log (new kinds of events included) is shown
+and counted under its own name.
+
+The admin key reads every account: getevents, exportevents and aggrevents take
+``AdminAPIKey`` with an optional ``UserID`` (omitted: every account), and
+emailgateway.getmessage finds a message by queue id or Message-ID header with its recipients'
+state and every event.
 """
 
 from __future__ import annotations
@@ -18,19 +23,21 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import time
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import Row
 
 from relay import events
-from relay.admin.commands.domains import owned_domain
 from relay.admin.dates import optional_period, period, today
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.admin.params import Params
 from relay.admin.senderkey import sender_scope
+from relay.store.repos import domains as domains_repo
 from relay.store.repos import events as repo
+from relay.store.repos import users as users_repo
 
 MAX_PAGE = 100
 EXPORT_LIMIT = 10_000
@@ -55,8 +62,30 @@ def event_filter(value: str | None) -> tuple[str, ...] | None:
     return events.filter_names(value)
 
 
-async def domain_scope(call: Call, code: int, text: str) -> list[int] | None:
-    """[DomainID] if one is given (0 or absent: None = every domain); ``code`` if not owned."""
+INVALID_USER = 6
+INVALID_USER_TEXT = "Invalid UserID"
+
+
+async def account(call: Call) -> int | None:
+    """Whose events: the caller's; with the admin key the ``UserID`` given (omitted or 0:
+    every account)."""
+    if not call.principal.is_admin:
+        return call.user_id
+    try:
+        user_id = call.params.int("UserID")
+    except ValueError:
+        raise ApiError(INVALID_USER, INVALID_USER_TEXT) from None
+    if not user_id:
+        return None
+    async with call.services.db.read() as conn:
+        if await users_repo.get(conn, user_id) is None:
+            raise ApiError(INVALID_USER, INVALID_USER_TEXT)
+    return user_id
+
+
+async def domain_scope(call: Call, user_id: int | None, code: int, text: str) -> list[int] | None:
+    """[DomainID] if one is given (0 or absent: None = every domain); ``code`` unless it is a
+    live domain of ``user_id`` (None, the admin's every account: any live domain)."""
     try:
         domain_id = call.params.int("DomainID")
     except ValueError:
@@ -64,8 +93,17 @@ async def domain_scope(call: Call, code: int, text: str) -> list[int] | None:
     if not domain_id:
         return None
     async with call.services.db.read() as conn:
-        await owned_domain(conn, call, domain_id, code, text)
+        if await domains_repo.get(conn, domain_id, user_id=user_id) is None:
+            raise ApiError(code, text)
     return [domain_id]
+
+
+async def message_ids(call: Call, value: str | None) -> list[str] | None:
+    """The queue ids a MessageID parameter names (a queue id or a Message-ID header)."""
+    if not value:
+        return None
+    async with call.services.db.read() as conn:
+        return await repo.message_ids_for(conn, value)
 
 
 def _page(
@@ -95,11 +133,28 @@ def _page(
     return start, min(count, MAX_PAGE)
 
 
-def internal_event(row: Row) -> dict[str, Any]:
-    return {
+def attempt_of(row: Row) -> tuple[int | None, int | None]:
+    """(attempt number, next attempt as Unix time) a delivery event recorded, else None."""
+    data = row.data if isinstance(row.data, dict) else {}
+    attempt, next_at = data.get("attempt"), data.get("next_attempt_at")
+    return (
+        attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
+        int(next_at)
+        if isinstance(next_at, int | float) and not isinstance(next_at, bool)
+        else None,
+    )
+
+
+def internal_event(row: Row, *, with_user: bool = False) -> dict[str, Any]:
+    attempt, next_at = attempt_of(row)
+    item: dict[str, Any] = {
         "event": events.internal_name(row.event),
         "timestamp": int(row.created_at),
         "id": row.id,
+    }
+    if with_user:
+        item["user-id"] = row.user_id
+    return item | {
         "domain-id": row.domain_id,
         "recipient": row.recipient,
         "message": {
@@ -111,11 +166,17 @@ def internal_event(row: Row) -> dict[str, Any]:
                 "message-id": row.message_id_header or "",
             },
         },
-        "delivery-status": {"code": row.smtp_code, "message": row.smtp_response or ""},
+        "delivery-status": {
+            "code": row.smtp_code,
+            "message": row.smtp_response or "",
+            "attempt": attempt,
+            "next-attempt-at": next_at,
+        },
     }
 
 
 def public_event(row: Row) -> dict[str, Any]:
+    attempt, next_at = attempt_of(row)
     return {
         "Event": events.internal_name(row.event),
         "LoggedAt": int(row.created_at),
@@ -130,16 +191,25 @@ def public_event(row: Row) -> dict[str, Any]:
                 "MessageID": row.message_id_header or "",
             }
         },
-        "DeliveryStatus": {"Code": row.smtp_code, "Message": row.smtp_response or ""},
+        "DeliveryStatus": {
+            "Code": row.smtp_code,
+            "Message": row.smtp_response or "",
+            "Attempt": attempt,
+            "NextAttemptAt": next_at,
+        },
     }
 
 
-@command("emailgateway.getevents", auth="user")
+@command("emailgateway.getevents", auth="user_or_admin")
 async def get_events(call: Call) -> dict[str, Any]:
     """One page of the caller's events, newest first: of one sender domain (DomainID) or of
-    all of them.
+    all of them. ``delivery-status`` carries the SMTP reply and, for delivery attempts, the
+    attempt number and (deferred) the Unix time of the next attempt (null otherwise). With
+    the admin key: the events of the account ``UserID``, or of every account (each event
+    then also names its ``user-id``).
 
     Parameters:
+        UserID (Integer): admin key only: the account; omitted or 0: every account.
         DomainID (Integer): one sender domain; omitted or 0: every domain of the caller.
         StartFrom (Integer, required): offset of the first event.
         RetrieveCount (Integer, required): events per page, at most 100.
@@ -148,12 +218,15 @@ async def get_events(call: Call) -> dict[str, Any]:
         Event (String): an event name in any of the spellings above.
         Query (String): text to find in addresses, subject, message ids, SMTP response or
             client IP.
+        MessageID (String): one message: its queue id or its Message-ID header (takes
+            precedence over Query).
 
     Errors:
         0: Success
         2: Domain not found or access denied (only when DomainID is supplied)
         4: Missing required parameter (StartFrom)
         5: Missing required parameter (RetrieveCount)
+        6: Invalid UserID (admin key only)
     """
     p = call.params
     start, count = _page(
@@ -165,19 +238,22 @@ async def get_events(call: Call) -> dict[str, Any]:
             "Missing required parameter (RetrieveCount)",
         ),
     )
-    domain_ids = await domain_scope(call, 2, "Domain not found or access denied")
+    user_id = await account(call)
+    domain_ids = await domain_scope(call, user_id, 2, "Domain not found or access denied")
     since, until = optional_period(p)
     q = repo.EventQuery(
-        user_id=call.user_id,
+        user_id=user_id,
         domain_ids=domain_ids,
         since=since,
         until=until,
         events=event_filter(p.str("Event")),
+        message_ids=await message_ids(call, p.str("MessageID")),
         text=p.str("Query"),
     )
     async with call.services.db.read() as conn:
         total, rows = await repo.search(conn, q, start, count)
-    return ok(TotalRecords=total, Events=[internal_event(r) for r in rows])
+    admin = call.principal.is_admin
+    return ok(TotalRecords=total, Events=[internal_event(r, with_user=admin) for r in rows])
 
 
 def _timestamp(value: str | None) -> float | None:
@@ -203,6 +279,8 @@ def _timestamp(value: str | None) -> float | None:
 )
 async def get_events_public(call: Call) -> dict[str, Any]:
     """One page of the events of the API key's sender domain, newest first.
+    ``DeliveryStatus`` carries the SMTP reply and, for delivery attempts, the attempt number
+    and (deferred) the Unix time of the next attempt (null otherwise).
 
     Parameters:
         SenderAPIKey (String, required): the sender domain's API key, as a Bearer token.
@@ -238,7 +316,7 @@ async def get_events_public(call: Call) -> dict[str, Any]:
         since=since,
         until=until + 1 if until is not None else None,
         events=event_filter(p.str("Event")),
-        message_id=p.str("MessageID"),
+        message_ids=await message_ids(call, p.str("MessageID")),
     )
     async with call.services.db.read() as conn:
         total, rows = await repo.search(conn, q, start, count)
@@ -266,11 +344,13 @@ AGG_FIELDS = {
 }
 
 
-@command("emailgateway.aggrevents", auth="user")
+@command("emailgateway.aggrevents", auth="user_or_admin")
 async def aggr_events(call: Call) -> dict[str, Any]:
-    """Counts of a sender domain's events grouped by one field, most frequent first.
+    """Counts of a sender domain's events grouped by one field, most frequent first. With the
+    admin key any account's domain (``UserID``, when given, must own it).
 
     Parameters:
+        UserID (Integer): admin key only: the account that owns DomainID.
         DomainID (Integer, required): the sender domain.
         StartDate (String): first day (Y-m-d, UTC).
         EndDate (String): last day (Y-m-d, UTC).
@@ -282,11 +362,13 @@ async def aggr_events(call: Call) -> dict[str, Any]:
         0: Success
         1: Missing required parameter (DomainID)
         2: Domain not found or access denied
+        6: Invalid UserID (admin key only)
     """
     p = call.params
     if not p.present("DomainID"):
         raise ApiError(1, "Missing required parameter (DomainID)")
-    domain_ids = await domain_scope(call, 2, "Domain not found or access denied")
+    user_id = await account(call)
+    domain_ids = await domain_scope(call, user_id, 2, "Domain not found or access denied")
     if domain_ids is None:
         raise ApiError(2, "Domain not found or access denied")
     field = AGG_FIELDS.get((p.str("AggregatedField") or "event").lower(), "event")
@@ -296,7 +378,7 @@ async def aggr_events(call: Call) -> dict[str, Any]:
         size = 10
     size = max(1, min(size, 1000))
     since, until = optional_period(p)
-    q = repo.EventQuery(user_id=call.user_id, domain_ids=domain_ids, since=since, until=until)
+    q = repo.EventQuery(user_id=user_id, domain_ids=domain_ids, since=since, until=until)
     async with call.services.db.read() as conn:
         found = await repo.buckets(conn, q, field, size)
     return ok(
@@ -307,7 +389,19 @@ async def aggr_events(call: Call) -> dict[str, Any]:
     )
 
 
-CSV_COLUMNS = ("Time", "Event", "MessageID", "From", "To", "Subject", "Domain", "SMTPCode")
+CSV_COLUMNS = (
+    "Time",
+    "Event",
+    "MessageID",
+    "From",
+    "To",
+    "Subject",
+    "Domain",
+    "SMTPCode",
+    "SMTPResponse",
+    "Attempt",
+    "NextAttemptAt",
+)
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -318,11 +412,16 @@ def csv_safe(value: Any) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
+def iso(ts: float) -> str:
+    """ISO 8601 UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 def csv_row(row: Row) -> list[str]:
-    when = dt.datetime.fromtimestamp(row.created_at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     recipient = row.recipient or ""
+    attempt, next_at = attempt_of(row)
     return [
-        when,
+        iso(row.created_at),
         row.event,
         csv_safe(row.message_id),
         csv_safe(row.header_from or row.mail_from),
@@ -330,6 +429,9 @@ def csv_row(row: Row) -> list[str]:
         csv_safe(row.subject),
         csv_safe(recipient.rpartition("@")[2].lower()),
         "" if row.smtp_code is None else str(row.smtp_code),
+        csv_safe(row.smtp_response),
+        "" if attempt is None else str(attempt),
+        "" if next_at is None else iso(next_at),
     ]
 
 
@@ -339,20 +441,25 @@ def _encode(rows: list[list[str]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-@command("emailgateway.exportevents", auth="user")
+@command("emailgateway.exportevents", auth="user_or_admin")
 async def export_events(call: Call) -> web.StreamResponse:
     """Stream the caller's events as CSV (``text/csv``, not JSON), newest first, at most
     10,000 rows, fetched and sent 1,000 at a time. The file starts with a UTF-8 BOM;
     columns: Time (ISO 8601 UTC), Event, MessageID, From, To, Subject, Domain (the
-    recipient's), SMTPCode. Cells starting with =, +, -, @, tab or CR get a leading quote so a
-    spreadsheet does not run them as formulas. Headers: ``X-Octeth-Export-Total`` (matching
-    events) and, when that is over 10,000, ``X-Octeth-Export-Truncated: 1`` and
-    ``X-Octeth-Export-Limit: 10000``. Works as GET (a download link) or POST.
+    recipient's), SMTPCode, then SMTPResponse (the whole reply line), Attempt (the delivery
+    attempt's number) and NextAttemptAt (ISO 8601 UTC, deferred events). Cells starting with
+    =, +, -, @, tab or CR get a leading quote so a spreadsheet does not run them as formulas.
+    Headers: ``X-Octeth-Export-Total`` (matching events) and, when that is over 10,000,
+    ``X-Octeth-Export-Truncated: 1`` and ``X-Octeth-Export-Limit: 10000``. Works as GET (a
+    download link) or POST. With the admin key: the events of the account ``UserID``, or of
+    every account.
 
     Parameters:
+        UserID (Integer): admin key only: the account; omitted or 0: every account.
         DomainID (Integer): one sender domain; omitted or 0: every domain of the caller.
         Event (String): an event name in any of the spellings above.
-        MessageID (String): one message (takes precedence over Query).
+        MessageID (String): one message, by queue id or Message-ID header (takes precedence
+            over Query).
         Query (String): text to find in addresses, subject, message ids, SMTP response.
         StartDate (String): first day (Y-m-d strict; default 30 days ago).
         EndDate (String): last day (Y-m-d strict; default today; not before StartDate).
@@ -360,17 +467,21 @@ async def export_events(call: Call) -> web.StreamResponse:
     Errors:
         0: Success (CSV streamed)
         2: DomainID supplied but not owned by the caller
+        6: Invalid UserID (admin key only)
     """
     p = call.params
-    domain_ids = await domain_scope(call, 2, "DomainID supplied but not owned by the caller")
+    user_id = await account(call)
+    domain_ids = await domain_scope(
+        call, user_id, 2, "DomainID supplied but not owned by the caller"
+    )
     span = period(p, 30)
     q = repo.EventQuery(
-        user_id=call.user_id,
+        user_id=user_id,
         domain_ids=domain_ids,
         since=span.since,
         until=span.until,
         events=event_filter(p.str("Event")),
-        message_id=p.str("MessageID"),
+        message_ids=await message_ids(call, p.str("MessageID")),
         text=p.str("Query"),
     )
     services = call.services
@@ -400,3 +511,75 @@ async def export_events(call: Call) -> web.StreamResponse:
         except ConnectionResetError:
             pass
     return resp
+
+
+MESSAGE_LIMIT = 20
+
+
+def _message(m: Row, recipients: list[Row], evs: list[Row], with_user: bool) -> dict[str, Any]:
+    pending = ("queued", "deferred")
+    return {
+        "MessageID": m.id,
+        "UserID": m.user_id,
+        "DomainID": m.domain_id,
+        "SenderDomain": m.domain_name or "",
+        "Source": m.source,
+        "MailFrom": m.mail_from,
+        "From": m.header_from,
+        "Subject": m.subject,
+        "MessageIDHeader": m.message_id_header,
+        "ClientIP": m.client_ip,
+        "Size": m.size,
+        "CreatedAt": int(m.created_at),
+        "Recipients": [
+            {
+                "Recipient": r.rcpt,
+                "State": r.state,
+                "Attempts": r.attempts,
+                "NextAttemptAt": int(r.next_attempt_at) if r.state in pending else None,
+                "LastCode": r.last_code,
+                "LastResponse": r.last_response or "",
+                "UpdatedAt": int(r.updated_at),
+            }
+            for r in recipients
+            if r.message_id == m.id
+        ],
+        "Events": [internal_event(e, with_user=with_user) for e in evs if e.message_id == m.id],
+    }
+
+
+@command("emailgateway.getmessage", auth="user_or_admin")
+async def get_message(call: Call) -> dict[str, Any]:
+    """Trace a message: find it by its queue id (the id in ``250 2.0.0 Ok: queued as <id>``,
+    the events' MessageID) or by its Message-ID header, and show its envelope and headers,
+    each recipient's state (queued, deferred, delivered, bounced, failed) with the number of
+    delivery attempts so far, the time of the next one (Unix time, while queued or
+    deferred) and the last reply, and every event of the message, oldest first. A
+    Message-ID header can name several messages: at most 20 are returned, newest first.
+    Users see their own messages; the admin key sees every account's (``UserID``
+    narrows it to one).
+
+    Parameters:
+        MessageID (String, required): a queue id or a Message-ID header (with or without
+            the angle brackets).
+        UserID (Integer): admin key only: only this account's messages.
+
+    Errors:
+        0: Success
+        1: Missing required parameter (MessageID)
+        2: Message not found
+        6: Invalid UserID (admin key only)
+    """
+    ref = call.params.str("MessageID")
+    if not ref:
+        raise ApiError(1, "Missing required parameter (MessageID)")
+    user_id = await account(call)
+    async with call.services.db.read() as conn:
+        found = await repo.find_messages(conn, ref, user_id, MESSAGE_LIMIT)
+        if not found:
+            raise ApiError(2, "Message not found")
+        ids = [m.id for m in found]
+        recipients = await repo.recipients_of(conn, ids)
+        evs = await repo.events_of(conn, ids)
+    admin = call.principal.is_admin
+    return ok(Messages=[_message(m, recipients, evs, admin) for m in found])

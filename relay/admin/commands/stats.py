@@ -1,19 +1,24 @@
 """Statistics over the event log (001: emailgateway.domainstats, accountstats,
 recipientdomainstats, listrecipientdomains).
 
-What the counts mean, in our event names (see the event table above):
+What the counts mean, in our event names (see the event table above). "Once per recipient"
+means the first such event of a message's recipient counts and later ones do not (a second
+open, a bounce reported twice); opens and clicks flagged as made by machines (``data.machine``,
+link scanners and prefetchers) do not count at all (docs/events.md "Counting"):
 
 - Sent: ``accepted`` (the relay queued the recipient; the documents' accepted-by-oempro);
-- Delivered: ``delivered`` (a delivery server answered 2xx; accepted-by-mta);
-- Bounced: ``bounced`` (a delivery server answered 5xx; rejected-by-mta);
-- Failed (recipient-domain statistics): ``bounced``, ``rejected`` (refused by the relay's
-  policy at RCPT; rejected-by-oempro) and ``failed`` (given up after the maximum age, or
-  cleared from the queue);
+- Delivered: ``delivered`` (a delivery server answered 2xx; accepted-by-mta) or
+  ``accepted-by-mta`` (PowerMTA's accounting says the recipient's server took it), once per
+  recipient;
+- Bounced: ``bounced`` (rejected-by-mta), once per recipient;
+- Opened, Clicked: ``opened``, ``clicked``, once per recipient (unique opens and clicks);
+- Failed (recipient-domain statistics): ``bounced`` (once per recipient), ``rejected`` (refused
+  by the relay's policy at RCPT; rejected-by-oempro) and ``failed`` (given up after the maximum
+  age, or cleared from the queue);
 - Sending: accepted but neither delivered nor failed yet (never below 0);
-- Opened, Clicked: ``opened``, ``clicked`` (not recorded by this relay yet: 0);
 - rates: percent of Sent, two decimals, 0 when nothing was sent;
-- delivery time: the SMTP session seconds the delivery side records with a delivered event
-  (``data.seconds`` of delivered events), else the seconds from acceptance to the outcome.
+- delivery time: the SMTP session seconds the delivery side records with the event
+  (``data.seconds``), else the seconds from acceptance to the event.
 
 Periods are whole UTC days; StartDate/EndDate are ``Y-m-d``, invalid values fall back to the
 default, EndDate is clamped to be no earlier than StartDate.
@@ -21,7 +26,6 @@ default, EndDate is clamped to be no earlier than StartDate.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from relay import events
@@ -29,15 +33,19 @@ from relay.admin.commands.domains import owned_domain
 from relay.admin.dates import Period, period
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
+from relay.store.eventlog import KINDS, day_of
 from relay.store.repos import events as repo
 
-COUNTED = (
-    ("Sent", events.ACCEPTED),
-    ("Delivered", events.DELIVERED),
-    ("Bounced", events.BOUNCED),
-    ("Opened", events.OPENED),
-    ("Clicked", events.CLICKED),
+# The events that say a recipient's server took the message (counted once per recipient).
+DELIVERED_EVENTS = tuple(event for event, kind in KINDS.items() if kind == "delivered")
+COUNTED: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Sent", events.SENT_CLASS),
+    ("Delivered", DELIVERED_EVENTS),
+    ("Bounced", (events.BOUNCED,)),
+    ("Opened", (events.OPENED,)),
+    ("Clicked", (events.CLICKED,)),
 )
+COUNTED_EVENTS = tuple(e for _, names in COUNTED for e in names)
 RATES = (
     ("DeliveryRate", "Delivered"),
     ("OpenRate", "Opened"),
@@ -59,8 +67,11 @@ def with_rates(
     return out
 
 
-def _counts(found: dict[tuple[int, str], int], domain_ids: list[int]) -> dict[str, int]:
-    return {name: sum(found.get((d, event), 0) for d in domain_ids) for name, event in COUNTED}
+def _counts(found: dict[tuple[Any, ...], repo.Tally], domain_ids: list[int]) -> dict[str, int]:
+    return {
+        name: sum(found[(d, e)].uniq for d in domain_ids for e in names if (d, e) in found)
+        for name, names in COUNTED
+    }
 
 
 async def _owned(call: Call, missing: str) -> int:
@@ -75,17 +86,21 @@ async def _owned(call: Call, missing: str) -> int:
     return domain_id
 
 
-async def _domain_counts(call: Call, domain_ids: list[int], span: Period) -> dict[str, int]:
-    q = repo.EventQuery(call.user_id, domain_ids, span.since, span.until)
+async def _found(call: Call, domain_ids: list[int], span: Period) -> dict[Any, repo.Tally]:
+    q = repo.EventQuery(call.user_id, domain_ids, span.since, span.until, COUNTED_EVENTS)
     async with call.services.db.read() as conn:
-        found = await repo.counts_by_domain(conn, q)
-    return _counts(found, domain_ids)
+        return await repo.tally(conn, q, ("domain_id", "event"))
+
+
+async def _domain_counts(call: Call, domain_ids: list[int], span: Period) -> dict[str, int]:
+    return _counts(await _found(call, domain_ids, span), domain_ids)
 
 
 @command("emailgateway.domainstats", auth="user")
 async def domain_stats(call: Call) -> dict[str, Any]:
     """A sender domain's counts over a period, the same counts over the period of the same
     length just before it, and Sent/Delivered per tag given with the send API's ``Tags``.
+    Opened and Clicked are unique opens and clicks (once per recipient).
 
     Parameters:
         DomainID (Integer, required): the sender domain.
@@ -101,21 +116,25 @@ async def domain_stats(call: Call) -> dict[str, Any]:
     span = period(call.params, 28)
     stats = await _domain_counts(call, [domain_id], span)
     previous = await _domain_counts(call, [domain_id], span.previous())
-    q = repo.EventQuery(call.user_id, [domain_id], span.since, span.until)
-    tags: dict[str, Counter[str]] = {}
     async with call.services.db.read() as conn:
-        for name, event in (("Sent", events.ACCEPTED), ("Delivered", events.DELIVERED)):
-            async for names in repo.tagged(conn, q, event):
-                for tag in set(names):
-                    tags.setdefault(tag, Counter())[name] += 1
+        found = await repo.tag_counts(
+            conn,
+            domain_id,
+            day_of(span.since),
+            day_of(span.until),
+            (*events.SENT_CLASS, *DELIVERED_EVENTS),
+        )
+    tags: dict[str, dict[str, int]] = {}
+    for (tag, event), n in found.items():
+        name = "Delivered" if event in DELIVERED_EVENTS else "Sent"
+        counts = tags.setdefault(tag, {"Sent": 0, "Delivered": 0})
+        counts[name] += n
     return ok(
         StartDate=span.start_text(),
         EndDate=span.end_text(),
         Stats=stats,
         ComparisonStats={"PreviousPeriod": previous},
-        TagStats={
-            tag: {"Sent": c["Sent"], "Delivered": c["Delivered"]} for tag, c in sorted(tags.items())
-        },
+        TagStats={tag: c for tag, c in sorted(tags.items()) if c["Sent"] or c["Delivered"]},
     )
 
 
@@ -123,7 +142,8 @@ async def domain_stats(call: Call) -> dict[str, Any]:
 async def account_stats(call: Call) -> dict[str, Any]:
     """Counts and rates across the caller's sender domains in one call: totals, the totals of
     the period of the same length ending the second before StartDate, and one row per domain
-    (zero-filled, ordered by Sent descending, then DomainID).
+    (zero-filled, ordered by Sent descending, then DomainID). Opened and Clicked are unique
+    opens and clicks (once per recipient).
 
     Parameters:
         StartDate (String): first day (Y-m-d, default 30 days ago).
@@ -145,12 +165,8 @@ async def account_stats(call: Call) -> dict[str, Any]:
         wanted = {int(s) for s in (str(i).strip() for i in items) if s.isdigit()}
         domains = [d for d in domains if d.id in wanted]
     ids = [d.id for d in domains]
-    q = repo.EventQuery(call.user_id, ids, span.since, span.until)
-    prev = span.previous()
-    q_prev = repo.EventQuery(call.user_id, ids, prev.since, prev.until)
-    async with call.services.db.read() as conn:
-        found = await repo.counts_by_domain(conn, q)
-        found_prev = await repo.counts_by_domain(conn, q_prev)
+    found = await _found(call, ids, span)
+    found_prev = await _found(call, ids, span.previous())
     per_domain_order = (
         ("DeliveryRate", "Delivered"),
         ("BounceRate", "Bounced"),
@@ -172,7 +188,8 @@ async def account_stats(call: Call) -> dict[str, Any]:
     )
 
 
-SENT_FAILED = {"Sent": events.DELIVERED_CLASS, "Failed": events.FAILED_CLASS}
+# The statuses of the recipient-domain statistics and their rollup classes.
+SENT_FAILED = {"Sent": "sent", "Failed": "failed"}
 
 
 @command("emailgateway.recipientdomainstats", auth="user")
@@ -199,35 +216,37 @@ async def recipient_domain_stats(call: Call) -> dict[str, Any]:
         raise ApiError(1, missing)
     domain_id = await _owned(call, missing)
     span = period(p, 28)
-    q = repo.EventQuery(call.user_id, [domain_id], span.since, span.until, recipient_domain=rdomain)
     async with call.services.db.read() as conn:
-        found = {row.group: row for _, row in await repo.timings(conn, q, SENT_FAILED)}
-        histogram = await repo.speed_histogram(conn, q, SENT_FAILED)
+        found = await repo.recipient_domains(
+            conn, domain_id, day_of(span.since), day_of(span.until), rcpt_domain=rdomain
+        )
+    counts = found.get(rdomain, repo.RcptDomain())
     summary = []
-    for status in SENT_FAILED:
-        row = found.get(status)
-        if row is None:
+    speeds: dict[str, list[dict[str, Any]]] = {}
+    for status, klass in SENT_FAILED.items():
+        row: repo.Timing = getattr(counts, klass)
+        if not row.total:
             continue
+        avg = row.avg
         summary.append(
             {
                 "Status": status,
                 "TotalEmails": row.total,
-                "AvgDeliverySeconds": round(row.avg, 2) if row.avg is not None else None,
+                "AvgDeliverySeconds": round(avg, 2) if avg is not None else None,
                 "MinDeliverySeconds": round(row.min) if row.min is not None else None,
                 "MaxDeliverySeconds": round(row.max) if row.max is not None else None,
             }
         )
-    speeds: dict[str, list[dict[str, Any]]] = {}
-    for status, buckets in histogram.items():
-        timed = sum(n for _, n in buckets)
-        speeds[status] = [
-            {
-                "DeliveryBucket": repo.SPEED_BUCKETS[i][0],
-                "EmailCount": n,
-                "Percentage": rate(n, timed),
-            }
-            for i, n in buckets
-        ]
+        if row.timed:
+            speeds[status] = [
+                {
+                    "DeliveryBucket": repo.SPEED_BUCKETS[i][0],
+                    "EmailCount": n,
+                    "Percentage": rate(n, row.timed),
+                }
+                for i, n in enumerate(row.histogram)
+                if n
+            ]
     return ok(SummaryStats=summary, DeliverySpeedHistogram=speeds)
 
 
@@ -261,34 +280,31 @@ async def list_recipient_domains(call: Call) -> dict[str, Any]:
     except ValueError:
         limit = None
     limit = max(1, min(50 if limit is None else limit, 1000))
-    groups = {**SENT_FAILED, "Accepted": (events.ACCEPTED,)}
-    q = repo.EventQuery(call.user_id, [domain_id], span.since, span.until)
     async with call.services.db.read() as conn:
-        found = await repo.timings(conn, q, groups, by_recipient_domain=True)
-    per: dict[str, dict[str, repo.TimingRow]] = {}
-    for rdomain, row in found:
-        if rdomain:
-            per.setdefault(rdomain, {})[row.group] = row
-
-    def total(by: dict[str, repo.TimingRow], group: str) -> int:
-        return by[group].total if group in by else 0
+        found = await repo.recipient_domains(
+            conn, domain_id, day_of(span.since), day_of(span.until), detail=False
+        )
 
     def seconds(value: float | None) -> float | None:
         return round(value, 2) if value is not None else None
 
     rows: list[dict[str, Any]] = []
-    for rdomain, by in per.items():
-        sent = by.get("Sent")
-        n_sent, n_failed = total(by, "Sent"), total(by, "Failed")
+    for rdomain, counts in found.items():
+        if not rdomain:
+            continue
+        sent = counts.sent
+        n_sent, n_failed = sent.total, counts.failed.total
+        if not (n_sent or n_failed or counts.accepted):
+            continue
         rows.append(
             {
                 "Domain": rdomain,
                 "Sent": n_sent,
                 "Failed": n_failed,
-                "Sending": max(total(by, "Accepted") - n_sent - n_failed, 0),
-                "AvgDeliverySec": seconds(sent.avg) if sent else None,
-                "MinDeliverySec": seconds(sent.min) if sent else None,
-                "MaxDeliverySec": seconds(sent.max) if sent else None,
+                "Sending": max(counts.accepted - n_sent - n_failed, 0),
+                "AvgDeliverySec": seconds(sent.avg) if n_sent else None,
+                "MinDeliverySec": seconds(sent.min) if n_sent else None,
+                "MaxDeliverySec": seconds(sent.max) if n_sent else None,
             }
         )
     rows.sort(key=lambda r: (-r["Sent"], r["Domain"]))

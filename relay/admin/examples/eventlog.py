@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import update
+
 from relay.admin.apidoc import ExampleSession, example
+from relay.store import schema
 
 JANUARY: dict[str, Any] = {"StartDate": "2026-01-01", "EndDate": "2026-01-31"}
 
@@ -69,3 +72,27 @@ async def recipientdomainstats(ex: ExampleSession) -> None:
 @example("emailgateway.listrecipientdomains")
 async def listrecipientdomains(ex: ExampleSession) -> None:
     await ex.show("emailgateway.listrecipientdomains", DomainID=ex.domain_id, Limit=20, **JANUARY)
+
+
+@example("emailgateway.getmessage")
+async def getmessage(ex: ExampleSession) -> None:
+    # The history ``setup`` writes has the receipt's events only; give its recipient the state
+    # the delivery worker would have left (delivered at the second attempt).
+    r = schema.recipients
+    async with ex.services.db.write() as conn:
+        await conn.execute(
+            update(r)
+            .where(r.c.message_id == "162a101e-0c78-491a-9403-94dad8a3e1ca")
+            .values(
+                state="delivered",
+                attempts=2,
+                last_code=250,
+                last_response="250 2.0.0 OK",
+                updated_at=r.c.created_at + 240,
+            )
+        )
+    await ex.show(
+        "emailgateway.getmessage",
+        "admin",
+        MessageID="<162a101e-0c78-491a-9403-94dad8a3e1ca@example.com>",
+    )

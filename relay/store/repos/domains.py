@@ -3,7 +3,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Row, case, func, insert, select, update
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.store import schema as t
@@ -88,28 +88,6 @@ async def resource_counts(conn: AsyncConnection, user_id: int) -> dict[int, tupl
     )
     return {
         row[0]: (int(row[1]), int(row[2]), int(row[3])) for row in (await conn.execute(q)).all()
-    }
-
-
-async def activity_since(
-    conn: AsyncConnection, user_id: int, since: float, sent_event: str, bounced_event: str
-) -> dict[int, tuple[int, int, float | None]]:
-    """Per domain of a user: events named ``sent_event`` and ``bounced_event`` since ``since``
-    (epoch seconds), and the time of the newest event of any kind in that window."""
-    e = t.events
-    q = (
-        select(
-            e.c.domain_id,
-            func.sum(case((e.c.event == sent_event, 1), else_=0)),
-            func.sum(case((e.c.event == bounced_event, 1), else_=0)),
-            func.max(e.c.created_at),
-        )
-        .where(e.c.user_id == user_id, e.c.created_at >= since)
-        .group_by(e.c.domain_id)
-    )
-    return {
-        row[0]: (int(row[1] or 0), int(row[2] or 0), row[3])
-        for row in (await conn.execute(q)).all()
     }
 
 

@@ -1,7 +1,7 @@
 """webhook outbox: deliveries written by a trigger on events, attempts, per-domain signing keys
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 
 - ``webhook_deliveries``: one row per (event, subscribed webhook), inserted by a trigger on
   ``events`` in the event's own transaction, whoever wrote the event. PostgreSQL: one
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
