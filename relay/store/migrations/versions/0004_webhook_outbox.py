@@ -75,7 +75,10 @@ END
 """
 
 PG_FUNCTION = f"""
-CREATE FUNCTION webhook_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION webhook_outbox() RETURNS trigger LANGUAGE plpgsql
+-- A statement's worth of rows is small work: compiling it (JIT) would cost seconds.
+SET jit = off
+AS $$
 DECLARE
     now_s float8 := extract(epoch FROM clock_timestamp());
 BEGIN
