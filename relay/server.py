@@ -99,7 +99,7 @@ class Relay:
                     ]
                 )
         await services.start()
-        self.writer = QueueWriter(services)
+        self.writer = QueueWriter(services.db, on_commit=services.notify_enqueued)
         await self.writer.start()
 
         from relay.smtp.listener import SmtpServer

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from mta.worker import DeliveryService
 from relay import config, events, metrics
-from relay.queue.delivery import DeliveryStore
+from relay.queue.backend import open_backend
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
 from relay.services import Services
@@ -124,7 +124,7 @@ async def assign(api: Api, server_id: int, group: int = 1) -> None:
 
 @pytest.fixture
 async def writer(services: Services) -> AsyncIterator[QueueWriter]:
-    w = QueueWriter(services)
+    w = QueueWriter(services.db, on_commit=services.notify_enqueued)
     await w.start()
     yield w
     await w.stop()
@@ -545,18 +545,18 @@ async def test_verification_can_be_turned_off(
 
 async def test_leases_exclude_others_until_they_expire(services: Services, api: Api) -> None:
     account = await make_account(api)
-    w = QueueWriter(services)
+    w = QueueWriter(services.db)
     await w.start()
     try:
         msg = await submit(w, account, ["a@example.net", "b@example.net"])
     finally:
         await w.stop()
-    store = DeliveryStore(services.db)
+    store = open_backend(services.db, "test")
     now = time.time()
     crashed = await store.claim("crashed-node", 10, 30, now)
     assert sorted(c.rcpt for c in crashed) == ["a@example.net", "b@example.net"]
     assert await store.claim("other-node", 10, 30, now + 1) == []  # leased
-    assert await store.pending_count() == 2
+    assert (await store.depth(now)).pending == 2
     again = await store.claim("other-node", 10, 30, now + 31)  # the lease ran out
     assert sorted(c.id for c in again) == sorted(c.id for c in crashed)
     rows = await recipients_of(services, msg.id)
@@ -564,8 +564,9 @@ async def test_leases_exclude_others_until_they_expire(services: Services, api: 
     assert await store.release("other-node") == 2
     rows = await recipients_of(services, msg.id)
     assert {(r.lease_owner, r.lease_until) for r in rows.values()} == {(None, None)}
-    (loaded,) = await store.load_messages(await store.claim("n", 10, 30, now))
+    (loaded,) = await store.load(await store.claim("n", 10, 30, now))
     assert loaded.id == msg.id and len(loaded.recipients) == 2 and loaded.body == msg.body
+    await store.close()
 
 
 async def test_a_crashed_nodes_leases_are_reclaimed(
@@ -575,7 +576,9 @@ async def test_a_crashed_nodes_leases_are_reclaimed(
     await make_server(api, sink.port)
     msg = await submit(writer, account, ["orphan@example.net"])
     # A node claimed it and died: its lease runs 1 s.
-    assert len(await DeliveryStore(services.db).claim("dead-node", 10, 1.0)) == 1
+    dead = open_backend(services.db, "dead-node")
+    assert len(await dead.claim("dead-node", 10, 1.0)) == 1
+    await dead.close()
     await delivery()
     await wait_states(services, msg.id, {"orphan@example.net": "delivered"})
     assert sink.delivered_to("orphan@example.net") == 1
@@ -712,7 +715,7 @@ async def test_a_bounce_invalidates_every_nodes_suppression_cache(
         assert await b.directory.suppression(account.user_id, "gone@example.net") is None
         service = DeliveryService(a)
         await service.start()
-        w = QueueWriter(a)
+        w = QueueWriter(a.db, on_commit=a.notify_enqueued)
         await w.start()
         try:
             msg = await submit(w, account, ["gone@example.net"])
@@ -766,10 +769,12 @@ async def test_concurrent_claims_never_overlap(tmp_path: Path, pg_url: str) -> N
                     for i in range(300)
                 ],
             )
-        stores = [DeliveryStore(a.db) for _ in range(6)]
+        stores = [open_backend(a.db, f"owner{i}") for i in range(6)]
         batches = await asyncio.gather(
             *(s.claim(f"owner{i}", 60, 30) for i, s in enumerate(stores))
         )
+        for s in stores:
+            await s.close()
         ids = [c.id for batch in batches for c in batch]
         assert len(ids) == len(set(ids)) == 300  # all claimed, none twice
 
@@ -788,7 +793,7 @@ async def test_two_nodes_deliver_each_recipient_once(
         svc_a, svc_b = DeliveryService(a), DeliveryService(b)
         await svc_a.start()
         await svc_b.start()
-        w = QueueWriter(a)
+        w = QueueWriter(a.db, on_commit=a.notify_enqueued)
         await w.start()
         try:
             msgs = await asyncio.gather(
@@ -829,7 +834,7 @@ async def test_notify_wakes_another_nodes_worker(
         account = await setup_through_admin(a, sink.port)
         svc_b = DeliveryService(b)
         await svc_b.start()
-        w = QueueWriter(a)
+        w = QueueWriter(a.db, on_commit=a.notify_enqueued)
         await w.start()
         try:
             await asyncio.wait_for(svc_b.listening.wait(), 30)

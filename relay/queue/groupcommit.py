@@ -9,12 +9,17 @@ commit costs. Nothing is reported committed before ``commit`` returned.
 Failures: a failed batch is retried after ``retry_delays``; if it still fails and it holds
 several submissions, each submission is committed alone (one bad row must not cost the others
 their commit), all within one ``commit_timeout``; what still fails is reported to its waiters.
+
+After a commit, ``on_commit(items, results)`` runs (a plain function or a coroutine function:
+metrics, wake-ups, cache invalidations on the bus) before the waiters learn the result; its
+failure is logged and never undoes or repeats the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -49,7 +54,7 @@ class GroupCommit(Generic[T, R]):
         max_batch: int = 1000,
         commit_timeout: float = 30.0,
         retry_delays: Sequence[float] = (),
-        on_commit: Callable[[list[T], Sequence[R]], None] | None = None,
+        on_commit: Callable[[list[T], Sequence[R]], Awaitable[None] | None] | None = None,
     ) -> None:
         self._commit_fn = commit
         self.name = name
@@ -98,12 +103,14 @@ class GroupCommit(Generic[T, R]):
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch: list[_Submission[T, R]] = []
-                size = 0
-                while self._pending and (not batch or size < self.max_batch):
-                    sub = self._pending.pop(0)
-                    batch.append(sub)
+                taken = size = 0
+                for sub in self._pending:
+                    if taken and size >= self.max_batch:
+                        break
+                    taken += 1
                     size += len(sub.items)
+                batch = self._pending[:taken]
+                del self._pending[:taken]
                 await self._commit_batch(batch)
             if self._closing:
                 return
@@ -117,9 +124,11 @@ class GroupCommit(Generic[T, R]):
             raise RuntimeError(f"{self.name}: {len(results)} results for {len(items)} items")
         if self._on_commit is not None:
             try:
-                self._on_commit(items, results)
+                after = self._on_commit(items, results)
+                if inspect.isawaitable(after):
+                    await after
             except Exception:
-                log.exception("after-commit callback failed", writer=self.name)
+                log.exception("after-commit step failed", writer=self.name)
         at = 0
         for sub in batch:
             n = len(sub.items)

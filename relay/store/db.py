@@ -157,7 +157,8 @@ class ProcessLock:
 
 class SqliteRunner:
     """A dedicated thread and sqlite3 connection for the hot writers (group commit, delivery
-    claims and outcomes). A transaction is one hand-off to the thread: under load every
+    claims and outcomes). Errors of sqlite3 and of the file come back as StorageUnavailable.
+    A transaction is one hand-off to the thread: under load every
     ``await`` costs a full event-loop iteration, and holding SQLite's single write lock across
     many of them (as an aiosqlite transaction does) makes every other writer wait. The fsync
     at COMMIT runs without the GIL. The hand-off is a SimpleQueue and one
@@ -187,10 +188,24 @@ class SqliteRunner:
             fn, fut = job
             try:
                 outcome: tuple[Any, BaseException | None] = (fn(), None)
+            except (sqlite3.Error, OSError) as exc:
+                outcome = (None, self._unavailable(exc))
             except BaseException as exc:
                 outcome = (None, exc)
             with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
                 fut.get_loop().call_soon_threadsafe(_settle, fut, outcome)
+
+    def _unavailable(self, exc: sqlite3.Error | OSError) -> StorageUnavailable:
+        """Storage errors the way PgConnection reports them, so callers treat both backends
+        alike (a claim that meets a locked or read-only file is retried, not fatal). After
+        anything but a refused row the connection may be unusable: the next job reopens it."""
+        if not isinstance(exc, sqlite3.IntegrityError) and self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        error = StorageUnavailable(f"SQLite: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
 
     async def _submit(self, fn: Callable[[], T]) -> T:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()

@@ -1,0 +1,28 @@
+"""scheduled sending and per-recipient bodies: messages.not_before, recipients.body
+
+Revision ID: 0006
+Revises: 0002
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # Nullable columns without defaults: instant on both backends, whatever the queue's size.
+    op.add_column("messages", sa.Column("not_before", sa.Float(), nullable=True))
+    op.add_column("recipients", sa.Column("body", sa.LargeBinary(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("recipients") as batch:
+        batch.drop_column("body")
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_column("not_before")
