@@ -114,6 +114,7 @@ class DeliveryService:
         try:
             released = await self.queue.release(self.owner)
         except STORAGE_ERRORS as exc:
+            metrics.STORAGE_ERRORS.labels(operation="release").inc()
             log.error("could not release leases; they expire on their own", error=repr(exc))
         for task in self._side:
             task.cancel()
@@ -190,6 +191,7 @@ class DeliveryService:
             try:
                 claimed = await self.queue.claim(self.owner, limit, s.lease_seconds)
             except STORAGE_ERRORS as exc:
+                metrics.STORAGE_ERRORS.labels(operation="claim").inc()
                 log.warning("claiming failed; retrying", error=repr(exc))
                 await self._idle(s.poll_interval)
                 continue
@@ -198,6 +200,7 @@ class DeliveryService:
                 try:
                     messages = await self.queue.load(claimed)
                 except STORAGE_ERRORS as exc:
+                    metrics.STORAGE_ERRORS.labels(operation="load").inc()
                     log.warning("loading claimed messages failed", error=repr(exc))
                     with contextlib.suppress(*STORAGE_ERRORS):
                         await self.queue.release(self.owner, [c.id for c in claimed])
@@ -217,6 +220,7 @@ class DeliveryService:
         try:
             depth = await self.queue.depth()
         except STORAGE_ERRORS as exc:
+            metrics.STORAGE_ERRORS.labels(operation="depth").inc()
             log.warning("queue depth unavailable", error=repr(exc))
             return
         metrics.QUEUE_DEPTH.set(depth.pending)

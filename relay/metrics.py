@@ -74,6 +74,12 @@ QUEUE_SCHEDULED = Gauge(
     "Recipients of scheduled messages, not yet due",
     multiprocess_mode="livemax",
 )
+STORAGE_ERRORS = Counter(
+    "relay_queue_storage_errors_total",
+    "Queue operations that failed on storage and were retried or reported (claim, load, "
+    "release, depth, or the group-commit writer's name)",
+    ["operation"],
+)
 API_REQUESTS = Counter("relay_api_requests_total", "Admin API requests", ["command", "status"])
 DELIVERY_CONNECTIONS = Counter(
     "relay_delivery_connections_total",

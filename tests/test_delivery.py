@@ -153,6 +153,7 @@ async def submit(
     *,
     mail_from: str = "sender@example.com",
     data: bytes | None = None,
+    **fields: Any,
 ) -> NewMessage:
     message = NewMessage(
         id=str(uuid.uuid4()),
@@ -164,6 +165,7 @@ async def submit(
         body=data if data is not None else body(),
         header_from="sender@example.com",
         subject="hello",
+        **fields,
     )
     await writer.submit(message)
     return message
@@ -538,6 +540,97 @@ async def test_verification_can_be_turned_off(
     msg = await submit(writer, account, ["unverified@example.net"])
     await wait_states(services, msg.id, {"unverified@example.net": "delivered"})
     assert implicit.messages[0].tls
+
+
+# -- scheduled sending and per-recipient bodies ---------------------------------------------------
+
+
+async def test_a_scheduled_message_goes_out_after_its_time_across_a_restart(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    account = await make_account(api)
+    await make_server(api, sink.port)
+    first = await delivery()
+    not_before = time.time() + 2
+    msg = await submit(writer, account, ["later@example.net"], not_before=not_before)
+    await first.stop(5, None)  # a restart: the schedule lives in the database only
+    await delivery()
+    await wait_states(services, msg.id, {"later@example.net": "delivered"})
+    assert sink.delivered_to("later@example.net") == 1
+    evs = await events_of(services, msg.id)
+    assert [e.event for e in evs] == ["accepted", "delivered"]
+    assert evs[0].created_at < not_before <= evs[1].created_at
+
+
+async def test_max_age_of_a_scheduled_message_counts_from_its_time(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    services.settings.delivery.max_age = 0.6
+    account = await make_account(api)
+    await make_server(api, sink.port)
+    sink.fail_first(1000, "450 4.2.0 mailbox busy")
+    await delivery()
+    not_before = time.time() + 1.0  # later than acceptance + max_age
+    msg = await submit(writer, account, ["busy@example.net"], not_before=not_before)
+    await wait_states(services, msg.id, {"busy@example.net": "failed"})
+    evs = [e for e in await events_of(services, msg.id) if e.event != events.ACCEPTED]
+    assert evs[0].event == events.DEFERRED  # tried at its time, not failed unseen
+    assert evs[-1].event == events.FAILED and evs[-1].created_at >= not_before + 0.6
+
+
+async def test_each_variant_goes_in_its_own_transaction(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    account = await make_account(api)
+    await make_server(api, sink.port)
+    sink.rcpt_replies["gone@example.net"] = "550 5.1.1 no such user"
+    await delivery()
+    shared = body("shared")
+    variants = {f"{n}@example.net": body(f"for {n}") for n in ("c", "d", "gone")}
+    rcpts = ["a@example.net", "b@example.net", *variants]
+    msg = await submit(writer, account, rcpts, data=shared, variants=variants)
+    expected = dict.fromkeys(rcpts, "delivered") | {"gone@example.net": "bounced"}
+    await wait_states(services, msg.id, expected)
+
+    received = {tuple(m.rcpt_tos): m.data for m in sink.messages}
+    assert received == {
+        ("a@example.net", "b@example.net"): shared,  # those sharing the body: one transaction
+        ("c@example.net",): variants["c@example.net"],
+        ("d@example.net",): variants["d@example.net"],
+    }
+    rows = await recipients_of(services, msg.id)
+    assert {r.body for r in rows.values()} == {None}  # every recipient final: bodies dropped
+    assert await message_body(services, msg.id) is None
+    s = t.suppressions
+    async with services.db.read() as conn:
+        assert [r.email for r in (await conn.execute(select(s))).all()] == ["gone@example.net"]
+
+
+# -- storage errors ------------------------------------------------------------------------------
+
+
+async def test_a_storage_error_during_a_claim_is_retried_not_fatal(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    """The database fails under the claim (here: its table is gone for a while). On both
+    backends the worker reports it and keeps claiming; the mail goes out once it is back."""
+    account = await make_account(api)
+    await make_server(api, sink.port)
+    msg = await submit(writer, account, ["patient@example.net"])
+    claim_errors = metrics.STORAGE_ERRORS.labels(operation="claim")
+    before = claim_errors._value.get()
+    async with services.db.write() as conn:
+        await conn.exec_driver_sql("ALTER TABLE recipients RENAME TO recipients_away")
+    service = await delivery()
+    try:
+        await wait_until(lambda: claim_errors._value.get() >= before + 2, what="failed claims")
+        assert service.error is None and service._claimer is not None
+        assert not service._claimer.done()
+    finally:
+        async with services.db.write() as conn:
+            await conn.exec_driver_sql("ALTER TABLE recipients_away RENAME TO recipients")
+    await wait_states(services, msg.id, {"patient@example.net": "delivered"})
+    assert service.error is None
 
 
 # -- leases, restarts, several nodes ----------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from relay import metrics
 from relay.store.db import StorageUnavailable
 
 log = structlog.get_logger("relay.queue")
@@ -147,6 +148,7 @@ class GroupCommit(Generic[T, R]):
                 return
             except Exception as exc:
                 error = exc
+                metrics.STORAGE_ERRORS.labels(operation=self.name).inc()
                 log.warning(
                     "commit failed",
                     writer=self.name,
