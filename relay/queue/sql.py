@@ -19,6 +19,9 @@ from __future__ import annotations
 NOTIFY_CHANNEL = "relay_queue"
 
 PENDING = "recipients.state IN ('queued', 'deferred')"
+# Never tried and due after its creation: a recipient of a scheduled message (its own partial
+# index, ix_recipients_scheduled, written with the same terms).
+SCHEDULED = "recipients.state = 'queued' AND recipients.next_attempt_at > recipients.created_at"
 # A message none of whose recipients is still pending: its body is no longer needed.
 FINISHED = (
     f"NOT EXISTS (SELECT 1 FROM recipients WHERE recipients.message_id = messages.id AND {PENDING})"
@@ -88,11 +91,10 @@ UPDATE recipients SET lease_owner = NULL, lease_until = NULL WHERE lease_owner =
 """
 SQLITE_RELEASE_IDS = SQLITE_RELEASE.rstrip() + " AND id IN ({marks})"
 
-# (pending, of which scheduled): a scheduled recipient is queued (never tried) and not yet due.
+# (pending, of which scheduled and not yet due): two index-only counts.
 SQLITE_DEPTH = f"""
 SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
-       (SELECT count(*) FROM recipients
-        WHERE {PENDING} AND next_attempt_at > ? AND recipients.state = 'queued')
+       (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > ?)
 """
 
 # Feedback (relay/queue/feedback.py): an item is recorded only when its message and recipient
@@ -181,8 +183,7 @@ UPDATE recipients SET lease_owner = NULL, lease_until = NULL WHERE lease_owner =
 PG_RELEASE_IDS = PG_RELEASE.rstrip() + " AND id = ANY($2::bigint[])"
 PG_DEPTH = f"""
 SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
-       (SELECT count(*) FROM recipients
-        WHERE {PENDING} AND next_attempt_at > $1 AND recipients.state = 'queued')
+       (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > $1)
 """
 
 PG_FEEDBACK = f"""

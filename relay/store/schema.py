@@ -292,6 +292,14 @@ recipients = Table(
         sqlite_where=text("state IN ('queued', 'deferred')"),
         postgresql_where=text("state IN ('queued', 'deferred')"),
     ),
+    # Recipients of scheduled messages not tried yet (only those: others are due at their
+    # creation), so the queue-depth gauge counts them without reading the table.
+    Index(
+        "ix_recipients_scheduled",
+        "next_attempt_at",
+        sqlite_where=text("state = 'queued' AND next_attempt_at > created_at"),
+        postgresql_where=text("state = 'queued' AND next_attempt_at > created_at"),
+    ),
 )
 
 events = Table(

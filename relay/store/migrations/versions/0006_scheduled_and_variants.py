@@ -1,4 +1,5 @@
-"""scheduled sending and per-recipient bodies: messages.not_before, recipients.body
+"""scheduled sending and per-recipient bodies: messages.not_before, recipients.body and
+the index of scheduled recipients
 
 Revision ID: 0006
 Revises: 0002
@@ -19,9 +20,18 @@ def upgrade() -> None:
     # Nullable columns without defaults: instant on both backends, whatever the queue's size.
     op.add_column("messages", sa.Column("not_before", sa.Float(), nullable=True))
     op.add_column("recipients", sa.Column("body", sa.LargeBinary(), nullable=True))
+    scheduled = sa.text("state = 'queued' AND next_attempt_at > created_at")
+    op.create_index(
+        "ix_recipients_scheduled",
+        "recipients",
+        ["next_attempt_at"],
+        sqlite_where=scheduled,
+        postgresql_where=scheduled,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_recipients_scheduled", table_name="recipients")
     with op.batch_alter_table("recipients") as batch:
         batch.drop_column("body")
     with op.batch_alter_table("messages") as batch:
