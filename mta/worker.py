@@ -212,9 +212,13 @@ class DeliveryService:
                 await self._idle(s.poll_interval)
 
     async def _idle(self, seconds: float) -> None:
-        """Sleep until woken (new mail committed) or ``seconds`` passed."""
+        """Sleep until woken (new mail committed) or ``seconds`` passed.
+
+        ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` loses a cancellation
+        that arrives as the wake-up completes, and stop() would wait for this loop forever."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _update_gauge(self) -> None:
         try:

@@ -38,9 +38,9 @@ R = TypeVar("R")
 class _Submission(Generic[T, R]):
     __slots__ = ("future", "items")
 
-    def __init__(self, items: Sequence[T], future: asyncio.Future[list[R]]) -> None:
+    def __init__(self, items: Sequence[T], future: asyncio.Future[list[R]] | None) -> None:
         self.items = items
-        self.future = future
+        self.future = future  # None: nobody waits (enqueue)
 
 
 class GroupCommit(Generic[T, R]):
@@ -78,26 +78,26 @@ class GroupCommit(Generic[T, R]):
 
     async def submit(self, items: Sequence[T]) -> list[R]:
         """Return the items' results once they are committed; raise StorageUnavailable (or
-        the commit's error) otherwise. The commit happens even if the caller is cancelled."""
+        the commit's error) otherwise. The commit happens even if the caller is cancelled
+        (cancelling the wait only cancels this future; the items stay in the batch)."""
         if not items:
             return []
-        fut = self._add(items)
-        return await asyncio.shield(fut)
+        if self._closing:
+            raise StorageUnavailable(f"{self.name} is shutting down")
+        # The hot path (one per SMTP message): one future, no shield, no done-callback.
+        fut: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Submission(items, fut))
+        self._wake.set()
+        return await fut
 
     def enqueue(self, items: Sequence[T]) -> None:
         """Commit ``items`` with the next batch; nobody waits for them (failures are logged)."""
-        if items:
-            self._add(items)
-
-    def _add(self, items: Sequence[T]) -> asyncio.Future[list[R]]:
+        if not items:
+            return
         if self._closing:
             raise StorageUnavailable(f"{self.name} is shutting down")
-        fut: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
-        # Retrieved even when nobody awaits it (enqueue, a cancelled waiter).
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._pending.append(_Submission(items, fut))
+        self._pending.append(_Submission(items, None))
         self._wake.set()
-        return fut
 
     async def _run(self) -> None:
         while True:
@@ -120,7 +120,8 @@ class GroupCommit(Generic[T, R]):
         items = [item for sub in batch for item in sub.items]
         if timeout <= 0:
             raise StorageUnavailable("no time left to commit")
-        results = await asyncio.wait_for(self._commit_fn(items), timeout)
+        async with asyncio.timeout(timeout):  # no extra task per commit, unlike wait_for
+            results = await self._commit_fn(items)
         if len(results) != len(items):
             raise RuntimeError(f"{self.name}: {len(results)} results for {len(items)} items")
         if self._on_commit is not None:
@@ -133,7 +134,7 @@ class GroupCommit(Generic[T, R]):
         at = 0
         for sub in batch:
             n = len(sub.items)
-            if not sub.future.done():
+            if sub.future is not None and not sub.future.done():
                 sub.future.set_result(list(results[at : at + n]))
             at += n
 
@@ -176,7 +177,7 @@ class GroupCommit(Generic[T, R]):
             error=type(error).__name__,
         )
         for sub in batch:
-            if not sub.future.done():
+            if sub.future is not None and not sub.future.done():
                 sub.future.set_exception(err)
 
     async def stop(self) -> None:
