@@ -157,12 +157,14 @@ class ProcessLock:
 
 class SqliteRunner:
     """A dedicated thread and sqlite3 connection for the hot writers (group commit, delivery
-    claims and outcomes). Errors of sqlite3 and of the file come back as StorageUnavailable.
-    A transaction is one hand-off to the thread: under load every
+    claims and outcomes). A transaction is one hand-off to the thread: under load every
     ``await`` costs a full event-loop iteration, and holding SQLite's single write lock across
     many of them (as an aiosqlite transaction does) makes every other writer wait. The fsync
     at COMMIT runs without the GIL. The hand-off is a SimpleQueue and one
     call_soon_threadsafe, lighter than concurrent.futures' per-job machinery.
+
+    Errors of sqlite3 and of the file (a locked or read-only database, a full disk) come back
+    as ``StorageUnavailable``, as PostgreSQL's do from ``relay.store.pg.PgConnection``.
 
     ``write`` takes this process's asyncio write lock (shared with ``Database.write``), then,
     in the thread, the cross-process lock when there is one: always in that order.
