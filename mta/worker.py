@@ -222,7 +222,7 @@ class DeliveryService:
 
     async def _update_gauge(self) -> None:
         try:
-            depth = await self.queue.depth()
+            depth = await self.queue.pending()
         except STORAGE_ERRORS as exc:
             metrics.STORAGE_ERRORS.labels(operation="depth").inc()
             log.warning("queue depth unavailable", error=repr(exc))

@@ -649,7 +649,7 @@ async def test_leases_exclude_others_until_they_expire(services: Services, api: 
     crashed = await store.claim("crashed-node", 10, 30, now)
     assert sorted(c.rcpt for c in crashed) == ["a@example.net", "b@example.net"]
     assert await store.claim("other-node", 10, 30, now + 1) == []  # leased
-    assert (await store.depth(now)).pending == 2
+    assert (await store.pending(now)).pending == 2
     again = await store.claim("other-node", 10, 30, now + 31)  # the lease ran out
     assert sorted(c.id for c in again) == sorted(c.id for c in crashed)
     rows = await recipients_of(services, msg.id)

@@ -109,7 +109,7 @@ async def test_a_scheduled_message_is_due_at_its_time_not_before(
     assert (await message_row(services, at_once.id)).not_before is None
     assert shown_state(row.state, row.next_attempt_at, now) == SCHEDULED
     assert shown_state(row.state, row.next_attempt_at, later) == "queued"
-    depth = await queue.depth(now)
+    depth = await queue.pending(now)
     assert (depth.pending, depth.scheduled) == (1, 1)
 
     # The claim takes only what is due: the scheduled recipient not before its time.
@@ -120,7 +120,7 @@ async def test_a_scheduled_message_is_due_at_its_time_not_before(
     assert due.rcpt == "later@example.net"
     (loaded,) = await queue.load([due])
     assert loaded.not_before == later and loaded.due_since == later
-    assert (await queue.depth(later)).scheduled == 0
+    assert (await queue.pending(later)).scheduled == 0
 
 
 async def test_a_not_before_in_the_past_means_at_once(

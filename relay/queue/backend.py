@@ -63,7 +63,7 @@ class QueueBackend(Protocol):
         """Give back ``owner``'s leases (all, or only ``ids``); returns how many."""
         ...
 
-    async def depth(self, now: float | None = None) -> QueueDepth:
+    async def pending(self, now: float | None = None) -> QueueDepth:
         """Recipients waiting for delivery, and those scheduled for later."""
         ...
 

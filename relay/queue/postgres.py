@@ -88,7 +88,7 @@ class PostgresQueue:
             status = await self._pg.run(lambda c: c.execute(sql.PG_RELEASE_IDS, owner, id_list))
         return int(status.rsplit(" ", 1)[1])  # "UPDATE <count>"
 
-    async def depth(self, now: float | None = None) -> QueueDepth:
+    async def pending(self, now: float | None = None) -> QueueDepth:
         now = time.time() if now is None else now
         total, scheduled = await self._pg.run(lambda c: c.fetchrow(sql.PG_DEPTH, now))
         return QueueDepth(total - scheduled, scheduled)

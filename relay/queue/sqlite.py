@@ -150,7 +150,7 @@ class SqliteQueue:
             return 0
         return await self._runner.write(_release, owner, id_list)
 
-    async def depth(self, now: float | None = None) -> QueueDepth:
+    async def pending(self, now: float | None = None) -> QueueDepth:
         total, scheduled = await self._runner.read(_depth, time.time() if now is None else now)
         return QueueDepth(total - scheduled, scheduled)
 
