@@ -52,7 +52,7 @@ async def seed(services: Any, endpoints: list[str], count: int) -> None:
                 "INSERT INTO webhooks (user_id, domain_id, event, url, status, created_at) "
                 f"VALUES (1, 1, 'delivery', '{url}', 'Enabled', '2026-01-01')"
             )
-    writer = QueueWriter(services)
+    writer = QueueWriter(services.db, on_commit=services.notify_enqueued)
     await writer.start()
     try:
         for i in range(count // len(endpoints)):

@@ -2,28 +2,31 @@
 
 The message goes to its route's servers in order: a connection failure (cannot connect, TLS or
 AUTH refused, dropped before the content was handed over) moves the recipients still without
-an answer to the next server within the same attempt. Replies decide per recipient:
+an answer to the next server within the same attempt. On one connection, the recipients that
+share the message's body go in one SMTP transaction, and each recipient with its own body (a
+variant, e.g. with its own tracking links) in a transaction of its own. Replies decide per
+recipient:
 
 - 2xx: ``delivered``.
 - 5xx: ``bounced``; a hard bounce (RFC 3463 5.1.x about the recipient's mailbox, see
   ``Reply.hard_bounce``) also puts the recipient on the account's suppression list.
 - 4xx, no reply (connection failure, timeout) or no route: ``deferred`` with backoff, or
-  ``failed`` once the recipient is older than ``delivery.max_age``.
+  ``failed`` once the recipient is older than ``delivery.max_age`` (counted from when the
+  message became due: acceptance, or its scheduled time).
 """
 
 from __future__ import annotations
 
-import ssl
 import time
 from typing import Any
 
-import aiosmtplib
 import structlog
 
 from mta import retry, transaction
-from mta.pool import ConnectionPool
+from mta.errors import OPEN_ERRORS
+from mta.pool import Connection, ConnectionPool
 from mta.routing import Route
-from mta.transaction import CONNECTION_ERRORS, Reply, connection_failure
+from mta.transaction import Reply, Result, connection_failure
 from relay import events, metrics
 from relay.config import DeliverySettings
 from relay.directory import DeliveryServerView
@@ -38,14 +41,7 @@ from relay.queue.model import (
 
 log = structlog.get_logger("mta.attempt")
 
-# What opening a connection raises when the server is unreachable or refuses us (including
-# TLS verification, STARTTLS missing on a "tls" server, AUTH refused).
-OPEN_ERRORS: tuple[type[BaseException], ...] = (
-    aiosmtplib.SMTPException,
-    ssl.SSLError,
-    ValueError,
-    *CONNECTION_ERRORS,
-)
+NO_CONTENT = "message content is no longer stored"
 
 
 class MessageAttempt:
@@ -64,10 +60,17 @@ class MessageAttempt:
     async def run(self, route: Route) -> None:
         """Try the route's servers in order until every recipient has a reply."""
         msg = self.message
+        pending = []
+        for i, rc in enumerate(msg.recipients):
+            if rc.body is None and not msg.body:
+                self.replies[i] = Reply(None, NO_CONTENT, "local", failure=True)
+            else:
+                pending.append(i)
+        if not pending:
+            return
         if not route.servers:
             self.error = Reply(None, route.reason, "route", failure=True)
             return
-        pending = list(range(len(msg.recipients)))
         for position, server in enumerate(route.servers):
             if position:
                 metrics.DELIVERY_FAILOVERS.inc()
@@ -79,15 +82,11 @@ class MessageAttempt:
 
     async def _on_server(self, server: DeliveryServerView, pending: list[int]) -> bool:
         """One server; True when the recipients left may go to the next server."""
-        msg = self.message
         pool = self.pool.for_server(server)
         for fresh_try in (False, True):
-            rcpts = [msg.recipients[i].rcpt for i in pending]
             try:
                 async with pool.connection() as conn:
-                    started = time.monotonic()
-                    result = await transaction.send(conn, msg.mail_from, rcpts, msg.body)
-                    metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
+                    failed = await self._transactions(conn, server, pending)
             except OPEN_ERRORS as exc:
                 self.error = connection_failure(exc, "connect")
                 log.warning(
@@ -97,23 +96,55 @@ class MessageAttempt:
                     error=self.error.line,
                 )
                 return True
-            for j, reply in result.replies.items():
-                self.replies[pending[j]] = reply
-                self.via[pending[j]] = server
-            if result.error is None:
+            if failed is None:
                 return False
-            self.error = result.error
-            if not (result.stale and not fresh_try):
+            assert failed.error is not None
+            self.error = failed.error
+            if not (failed.stale and not fresh_try):
                 log.warning(
                     "delivery connection failed",
                     server_id=server.id,
                     server=server.name,
-                    stage=result.error.stage,
-                    error=result.error.line,
+                    stage=failed.error.stage,
+                    error=failed.error.line,
                 )
-                return result.failover
+                return failed.failover
             pending = [i for i in pending if i not in self.replies]
         return True
+
+    async def _transactions(
+        self, conn: Connection, server: DeliveryServerView, pending: list[int]
+    ) -> Result | None:
+        """The pending recipients' transactions on one connection: those sharing the
+        message's body together, each one with its own body alone. Returns the connection
+        failure that ended them, if one did."""
+        msg = self.message
+        shared = [i for i in pending if msg.recipients[i].body is None]
+        groups = [(msg.body, shared)] if shared else []
+        for i in pending:
+            own = msg.recipients[i].body
+            if own is not None:
+                groups.append((own, [i]))
+        for number, (body, members) in enumerate(groups):
+            rcpts = [msg.recipients[i].rcpt for i in members]
+            started = time.monotonic()
+            result = await transaction.send(conn, msg.mail_from, rcpts, body)
+            metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
+            for j, reply in result.replies.items():
+                self.replies[members[j]] = reply
+                self.via[members[j]] = server
+            if result.error is None:
+                continue
+            if not result.failover:
+                # Lost during DATA: the server may hold these, so they are not handed to
+                # another server (deferred); recipients of later transactions may still be.
+                for i in members:
+                    if i not in self.replies:
+                        self.replies[i] = result.error
+                        self.via[i] = server
+                result.failover = number + 1 < len(groups)
+            return result
+        return None
 
     def interrupted(self, why: str) -> None:
         """The attempt was cut short (lease budget spent, internal error)."""
@@ -153,7 +184,8 @@ class MessageAttempt:
                 state, event = BOUNCED, events.BOUNCED
                 suppress = reply.hard_bounce
             else:
-                decision = retry.after_temporary_failure(attempt, rc.created_at, now, self.settings)
+                due_since = max(rc.created_at, msg.not_before or 0.0)
+                decision = retry.after_temporary_failure(attempt, due_since, now, self.settings)
                 if decision.give_up:
                     state, event = FAILED, events.FAILED
                     data["reason"] = "max_age"

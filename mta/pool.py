@@ -3,8 +3,8 @@
 One ``ServerPool`` per delivery server (keyed by its whole configuration, so an edited server
 gets fresh connections): at most ``connections_per_server`` connections, idle ones kept for
 ``idle_timeout`` and reused most-recently-used first, each replaced after
-``messages_per_connection`` messages or after any error. Security follows seed 004's
-SendMethodSMTPSecure: "false" = plain, never upgraded; "ssl" = implicit TLS (RFC 8314);
+``messages_per_connection`` messages or after any error. Security follows the delivery
+server's SendMethodSMTPSecure: "false" = plain, never upgraded; "ssl" = implicit TLS (RFC 8314);
 "tls" = STARTTLS required (RFC 3207), refusing the server if it does not offer it.
 """
 

@@ -1,20 +1,26 @@
-"""Group commit of delivery outcomes, like the ingest writer's group commit of messages.
+"""Group commit of delivery outcomes (``GroupCommit``, like the ingest writer's).
 
 Every finished delivery hands its per-recipient outcomes to ``record`` and waits; one task
-writes everything pending in ONE transaction (``DeliveryStore.record_outcomes``). While a
-commit is in flight the next batch gathers, so under load many deliveries share one commit.
-A failed commit is retried a few times; if it still fails the outcomes are lost, but the
-recipients keep their leases, which expire, so they are delivered again (at least once).
+writes everything pending in ONE transaction (``QueueBackend.record_outcomes``). While a commit
+is in flight the next batch gathers, so under load many deliveries share one commit. A failed
+commit is retried a few times, then each delivery's outcomes alone; what still fails is lost,
+but those recipients keep their leases, which expire, so they are delivered again (at least
+once). After a commit: the result metrics, and each hard bounce's suppression published on the
+bus, so every node's SMTP side refuses the address from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import structlog
 
 from relay import metrics
-from relay.queue.delivery import DeliveryStore
+from relay.cache import LocalBus
+from relay.directory import Topics
+from relay.queue.backend import QueueBackend
+from relay.queue.groupcommit import GroupCommit
 from relay.queue.model import DeliveryOutcome
 
 log = structlog.get_logger("mta.recorder")
@@ -23,91 +29,46 @@ RETRY_DELAYS = (0.2, 1.0, 3.0)
 
 
 class OutcomeRecorder:
-    def __init__(self, store: DeliveryStore, *, max_batch: int = 1000) -> None:
-        self.store = store
-        self.max_batch = max_batch
-        self._pending: list[tuple[list[DeliveryOutcome], asyncio.Future[None]]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+    def __init__(
+        self, queue: QueueBackend, bus: LocalBus | None = None, *, max_batch: int = 1000
+    ) -> None:
+        self.queue = queue
+        self.bus = bus
+        self._group: GroupCommit[DeliveryOutcome, None] = GroupCommit(
+            self._commit,
+            name="delivery-recorder",
+            max_batch=max_batch,
+            retry_delays=RETRY_DELAYS,
+            on_commit=self._committed,
+        )
 
     def start(self) -> asyncio.Task[None]:
-        self._task = asyncio.create_task(self._run(), name="delivery-recorder")
-        return self._task
+        return self._group.start()
 
     async def record(self, outcomes: list[DeliveryOutcome]) -> None:
-        """Return once the outcomes are committed; raise if they could not be."""
-        if not outcomes:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Retrieved even when the waiter was cancelled (no "exception never retrieved").
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._pending.append((outcomes, fut))
-        self._wake.set()
-        # shield: a delivery cancelled at shutdown still gets its outcomes written.
-        await asyncio.shield(fut)
+        """Return once the outcomes are committed; raise StorageUnavailable if they could not
+        be. They are written even if the caller is cancelled meanwhile (shutdown)."""
+        await self._group.submit(outcomes)
 
     def enqueue(self, outcomes: list[DeliveryOutcome]) -> None:
         """Queue outcomes for the next commit without waiting (a cancelled delivery's)."""
-        if outcomes:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._pending.append((outcomes, fut))
-            self._wake.set()
+        self._group.enqueue(outcomes)
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch: list[tuple[list[DeliveryOutcome], asyncio.Future[None]]] = []
-                size = 0
-                while self._pending and (not batch or size < self.max_batch):
-                    item = self._pending.pop(0)
-                    batch.append(item)
-                    size += len(item[0])
-                await self._commit(batch)
-            if self._closing:
-                return
+    async def _commit(self, outcomes: list[DeliveryOutcome]) -> Sequence[None]:
+        await self.queue.record_outcomes(outcomes)
+        return [None] * len(outcomes)
 
-    async def _commit(
-        self, batch: list[tuple[list[DeliveryOutcome], asyncio.Future[None]]]
-    ) -> None:
-        outcomes = [o for group, _ in batch for o in group]
-        error: Exception | None = None
-        for delay in (0.0, *RETRY_DELAYS):
-            if delay:
-                await asyncio.sleep(delay)
-            try:
-                await self.store.record_outcomes(outcomes)
-            except Exception as exc:  # storage trouble: retried, then reported to the waiters
-                error = exc
-                log.warning("recording outcomes failed", outcomes=len(outcomes), error=repr(exc))
-                continue
-            error = None
-            break
-        if error is None:
-            for o in outcomes:
-                metrics.DELIVERY_RESULTS.labels(result=o.state).inc()
-                if o.suppress:
-                    metrics.DELIVERY_SUPPRESSIONS.inc()
-        else:
-            log.error(
-                "outcomes not recorded; their leases will expire and they are retried",
-                outcomes=len(outcomes),
-            )
-        for _, fut in batch:
-            if fut.done():
-                continue
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
+    async def _committed(self, outcomes: list[DeliveryOutcome], _: Sequence[None]) -> None:
+        suppressed: set[str] = set()
+        for o in outcomes:
+            metrics.DELIVERY_RESULTS.labels(result=o.state).inc()
+            if o.suppress:
+                metrics.DELIVERY_SUPPRESSIONS.inc()
+                suppressed.add(f"{o.user_id}:{o.rcpt.lower()}")
+        if self.bus is not None:
+            for key in sorted(suppressed):
+                await self.bus.publish(Topics.SUPPRESSION, key)
 
     async def stop(self) -> None:
-        """Commit what is pending, then stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            # A recorder that died already said so (the worker watches it); don't raise here.
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Commit what is pending, then stop (a recorder that died already said so)."""
+        await self._group.stop()

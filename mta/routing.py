@@ -1,6 +1,6 @@
 """Which delivery servers carry a user's mail: user -> user group -> servers for a channel.
 
-CONTRACT.md: mail from a user goes to the delivery servers assigned to the user's group for the
+Mail from a user goes to the delivery servers assigned to the user's group for the
 ``Transactional`` channel. With several, messages are spread across them in turn and each
 message fails over to the next server in the list when a connection fails. With none, there
 is no route: the recipients stay queued (deferred, with an event saying why).

@@ -17,27 +17,18 @@ from dataclasses import dataclass, field
 
 import aiosmtplib
 
+from mta.errors import TRANSACTION_FAILURES, ServerClosing
 from mta.pool import Connection
 
 # RFC 3463 enhanced status code at the start of the reply text: class.subject.detail.
 ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
-
-# Errors that mean the connection, not the server's answer, failed.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    aiosmtplib.SMTPServerDisconnected,
-    aiosmtplib.SMTPTimeoutError,
-    aiosmtplib.SMTPConnectError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
     code: int | None  # None: no reply (the connection failed)
     text: str
-    stage: str  # "connect" | "MAIL" | "RCPT" | "DATA" | "local"
+    stage: str  # "connect" | "MAIL" | "RCPT" | "DATA" | "route" | "local"
     # The reply is about this recipient alone (RCPT, or DATA of a one-recipient transaction),
     # so an addressing status in it says something about the recipient's mailbox.
     per_recipient: bool = False
@@ -128,7 +119,7 @@ async def send(conn: Connection, mail_from: str, rcpts: list[str], body: bytes) 
             await _mail(smtp, sender, options, encoding)
         except aiosmtplib.SMTPSenderRefused as exc:
             if exc.code == 421:
-                raise _Closed(exc) from exc
+                raise ServerClosing(exc) from exc
             return everyone(Reply(exc.code, exc.message, "MAIL"))
         except ValueError as exc:  # not sendable on a command line (aiosmtplib's check)
             return everyone(Reply(553, f"5.1.7 {exc}", "local"))
@@ -140,7 +131,7 @@ async def send(conn: Connection, mail_from: str, rcpts: list[str], body: bytes) 
                 await _rcpt(smtp, rcpt, encoding)
             except aiosmtplib.SMTPRecipientRefused as exc:
                 if exc.code == 421:
-                    raise _Closed(exc) from exc
+                    raise ServerClosing(exc) from exc
                 replies[i] = Reply(exc.code, exc.message, "RCPT", per_recipient=True)
             except ValueError as exc:
                 replies[i] = Reply(553, f"5.1.3 {exc}", "local")
@@ -155,7 +146,7 @@ async def send(conn: Connection, mail_from: str, rcpts: list[str], body: bytes) 
             response = await smtp.data(body)
         except aiosmtplib.SMTPDataError as exc:
             if exc.code == 421:
-                raise _Closed(exc) from exc
+                raise ServerClosing(exc) from exc
             data_reply = Reply(exc.code, exc.message, "DATA", single)
             # Refused at DATA itself (before 354) the transaction may still be open.
             await _reset(conn)
@@ -165,9 +156,9 @@ async def send(conn: Connection, mail_from: str, rcpts: list[str], body: bytes) 
         for i in accepted:
             replies[i] = data_reply
         return result
-    except FAILURES as exc:
+    except TRANSACTION_FAILURES as exc:
         conn.broken = True
-        cause = exc.__cause__ if isinstance(exc, _Closed) and exc.__cause__ else exc
+        cause = exc.__cause__ if isinstance(exc, ServerClosing) and exc.__cause__ else exc
         result.error = connection_failure(cause, stage)
         # After DATA the server may hold the message: not handed elsewhere in this attempt.
         result.failover = stage != "DATA"
@@ -203,16 +194,9 @@ async def _rcpt(smtp: aiosmtplib.SMTP, recipient: str, encoding: str) -> None:
         raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
 
 
-class _Closed(Exception):
-    """421: the server is closing the channel (RFC 5321 3.8); treated as a lost connection."""
-
-
-FAILURES: tuple[type[BaseException], ...] = (_Closed, aiosmtplib.SMTPException, *CONNECTION_ERRORS)
-
-
 async def _reset(conn: Connection) -> None:
     """RSET after an unfinished transaction so the connection can carry the next one."""
     try:
         await conn.smtp.rset()
-    except FAILURES:
+    except TRANSACTION_FAILURES:
         conn.broken = True

@@ -1,10 +1,12 @@
 """The delivery worker of one node: claim due recipients, deliver, record, repeat.
 
-One claim loop leases due recipients (``DeliveryStore.claim``) only while there is room under
+One claim loop leases due recipients (``QueueBackend.claim``) only while there is room under
 ``delivery.concurrency`` messages in flight, and starts one task per message. It wakes at once
 when this node's queue writer commits (``services.on_enqueued``), on PostgreSQL also when any
-node commits (LISTEN on the channel the writer NOTIFYs), and otherwise every ``poll_interval``
-for retries that came due. Outcomes go through a group commit (``OutcomeRecorder``).
+node commits (``QueueBackend.listen``: LISTEN on the channel the group commit NOTIFYs), and
+otherwise every ``poll_interval`` for retries and scheduled messages that came due. Outcomes go
+through a group commit (``OutcomeRecorder``). Storage errors (``mta.errors.STORAGE_ERRORS``) are
+retried on both backends, never fatal.
 
 Each delivery must finish within most of its lease (``LEASE_BUDGET``), so a lease never runs
 out while its holder is still working on it; what does not finish in time is deferred.
@@ -24,29 +26,21 @@ import time
 from typing import Any
 
 import structlog
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from mta.attempt import MessageAttempt
+from mta.errors import STORAGE_ERRORS
 from mta.pool import ConnectionPool, client_tls_context
 from mta.recorder import OutcomeRecorder
 from mta.routing import Router
 from relay import metrics
-from relay.queue.delivery import DeliveryStore
-from relay.queue.ingest import NOTIFY_CHANNEL
+from relay.queue.backend import open_backend
 from relay.queue.model import QueuedMessage
 from relay.services import Services
-from relay.store.db import StorageUnavailable
 
 log = structlog.get_logger("mta.worker")
 
 # A delivery may use this share of its lease; the rest is margin for recording the outcome.
 LEASE_BUDGET = 0.8
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    SQLAlchemyError,
-    StorageUnavailable,
-    OSError,
-)
 
 
 class DeliveryService:
@@ -54,9 +48,10 @@ class DeliveryService:
         self.services = services
         self.settings = services.settings.delivery
         self.owner = services.node_id
-        self.store = DeliveryStore(services.db, services.bus)
+        # One connection to the queue for claims, loads, outcomes and releases.
+        self.queue = open_backend(services.db, "delivery")
         self.router = Router(services.directory)
-        self.recorder = OutcomeRecorder(self.store)
+        self.recorder = OutcomeRecorder(self.queue, services.bus)
         self.pool: ConnectionPool | None = None
         # Set when a side task died: why the worker stopped (and `failed` is set).
         self.error: BaseException | None = None
@@ -68,7 +63,7 @@ class DeliveryService:
         self._claimer: asyncio.Task[None] | None = None
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
-        self.listening = asyncio.Event()  # PostgreSQL: LISTEN is active
+        self.listening = asyncio.Event()  # wake-ups from other nodes work (PostgreSQL LISTEN)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -80,8 +75,8 @@ class DeliveryService:
         self.pool = ConnectionPool(s, tls, hostname)
         self._watch(self.recorder.start())
         self._watch(asyncio.create_task(self.pool.run_reaper(), name="delivery-pool-reaper"))
-        if not self.services.db.is_sqlite:
-            self._watch(asyncio.create_task(self._listen(), name="delivery-listen"))
+        listen = self.queue.listen(self._wake.set, self.listening)
+        self._watch(asyncio.create_task(listen, name="delivery-listen"))
         self._claimer = asyncio.create_task(self._claim_loop(), name="delivery-claim")
         self._watch(self._claimer)
         self.services.on_enqueued.append(self.wake)
@@ -117,15 +112,16 @@ class DeliveryService:
         await self.recorder.stop()
         released = 0
         try:
-            released = await self.store.release(self.owner)
-        except TRANSIENT_DB_ERRORS as exc:
+            released = await self.queue.release(self.owner)
+        except STORAGE_ERRORS as exc:
+            metrics.STORAGE_ERRORS.labels(operation="release").inc()
             log.error("could not release leases; they expire on their own", error=repr(exc))
         for task in self._side:
             task.cancel()
         await asyncio.gather(*self._side, return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
-        await self.store.close()
+        await self.queue.close()
         metrics.DELIVERY_WORKER_UP.set(0)
         metrics.DELIVERY_IN_FLIGHT.set(0)
         log.info("delivery worker stopped", cancelled=cancelled, leases_released=released)
@@ -193,19 +189,21 @@ class DeliveryService:
             limit = min(s.batch_size, free)
             self._wake.clear()
             try:
-                claimed = await self.store.claim(self.owner, limit, s.lease_seconds)
-            except TRANSIENT_DB_ERRORS as exc:
+                claimed = await self.queue.claim(self.owner, limit, s.lease_seconds)
+            except STORAGE_ERRORS as exc:
+                metrics.STORAGE_ERRORS.labels(operation="claim").inc()
                 log.warning("claiming failed; retrying", error=repr(exc))
                 await self._idle(s.poll_interval)
                 continue
             if claimed:
                 deadline = time.monotonic() + s.lease_seconds * LEASE_BUDGET
                 try:
-                    messages = await self.store.load_messages(claimed)
-                except TRANSIENT_DB_ERRORS as exc:
+                    messages = await self.queue.load(claimed)
+                except STORAGE_ERRORS as exc:
+                    metrics.STORAGE_ERRORS.labels(operation="load").inc()
                     log.warning("loading claimed messages failed", error=repr(exc))
-                    with contextlib.suppress(*TRANSIENT_DB_ERRORS):
-                        await self.store.release(self.owner, [c.id for c in claimed])
+                    with contextlib.suppress(*STORAGE_ERRORS):
+                        await self.queue.release(self.owner, [c.id for c in claimed])
                     await self._idle(s.poll_interval)
                     continue
                 for message in messages:
@@ -214,15 +212,23 @@ class DeliveryService:
                 await self._idle(s.poll_interval)
 
     async def _idle(self, seconds: float) -> None:
-        """Sleep until woken (new mail committed) or ``seconds`` passed."""
+        """Sleep until woken (new mail committed) or ``seconds`` passed.
+
+        ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` loses a cancellation
+        that arrives as the wake-up completes, and stop() would wait for this loop forever."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _update_gauge(self) -> None:
         try:
-            metrics.QUEUE_DEPTH.set(await self.store.pending_count())
-        except TRANSIENT_DB_ERRORS as exc:
+            depth = await self.queue.pending()
+        except STORAGE_ERRORS as exc:
+            metrics.STORAGE_ERRORS.labels(operation="depth").inc()
             log.warning("queue depth unavailable", error=repr(exc))
+            return
+        metrics.QUEUE_DEPTH.set(depth.pending)
+        metrics.QUEUE_SCHEDULED.set(depth.scheduled)
 
     # -- delivering -----------------------------------------------------------------------
 
@@ -244,13 +250,10 @@ class DeliveryService:
         attempt = MessageAttempt(message, self.pool, self.settings)
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
-                if not message.body:
-                    attempt.interrupted("message content is no longer stored")
-                else:
-                    route = await self.router.route(message.user_id)
-                    if not route.servers:
-                        log.warning("no route", message_id=message.id, reason=route.reason)
-                    await attempt.run(route)
+                route = await self.router.route(message.user_id)
+                if not route.servers:
+                    log.warning("no route", message_id=message.id, reason=route.reason)
+                await attempt.run(route)
         except TimeoutError:
             attempt.interrupted("delivery did not finish within its lease")
         except asyncio.CancelledError:
@@ -264,40 +267,8 @@ class DeliveryService:
             attempt.interrupted(f"internal error: {type(exc).__name__}")
         try:
             await self.recorder.record(attempt.outcomes())
-        except TRANSIENT_DB_ERRORS as exc:
+        except STORAGE_ERRORS as exc:
             log.error("outcome not recorded", message_id=message.id, error=repr(exc))
-
-    # -- wake-ups from other nodes (PostgreSQL) --------------------------------------------
-
-    async def _listen(self) -> None:
-        """LISTEN on the queue channel over a dedicated connection; reconnect when it drops."""
-        import asyncpg
-
-        url = make_url(self.services.db.url).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
-        delay = 0.5
-        while True:
-            conn: Any = None
-            try:
-                conn = await asyncpg.connect(dsn, timeout=10)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(NOTIFY_CHANNEL, lambda *_args: self._wake.set())
-                # Notifications sent while we were not listening are gone: look now.
-                self._wake.set()
-                self.listening.set()
-                delay = 0.5
-                await lost.wait()
-                log.warning("queue LISTEN connection lost; reconnecting")
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("queue LISTEN unavailable; polling meanwhile", error=repr(exc))
-            finally:
-                self.listening.clear()
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 5)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
 
 
 def _loop_time(monotonic_deadline: float) -> float:

@@ -65,7 +65,20 @@ DELIVERY_IN_FLIGHT = Gauge(
     "relay_delivery_in_flight", "Messages being delivered now", multiprocess_mode="livesum"
 )
 QUEUE_DEPTH = Gauge(
-    "relay_queue_pending_recipients", "Recipients queued or deferred", multiprocess_mode="livemax"
+    "relay_queue_pending_recipients",
+    "Recipients queued or deferred (scheduled ones not counted)",
+    multiprocess_mode="livemax",
+)
+QUEUE_SCHEDULED = Gauge(
+    "relay_queue_scheduled_recipients",
+    "Recipients of scheduled messages, not yet due",
+    multiprocess_mode="livemax",
+)
+STORAGE_ERRORS = Counter(
+    "relay_queue_storage_errors_total",
+    "Queue operations that failed on storage and were retried or reported (claim, load, "
+    "release, depth, or the group-commit writer's name)",
+    ["operation"],
 )
 API_REQUESTS = Counter(
     "relay_api_requests_total", "Admin API requests", ["command", "status", "error_code"]

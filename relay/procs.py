@@ -368,7 +368,7 @@ async def _smtp_child(
         link.send({"t": "enqueued"})
 
     services.on_enqueued.append(enqueued)
-    writer = QueueWriter(services)
+    writer = QueueWriter(services.db, on_commit=services.notify_enqueued)
     await writer.start()
     smtp = SmtpServer(
         services, writer, inherited=[(k, socket.socket(fileno=fd)) for k, fd in listen]

@@ -124,7 +124,7 @@ class Relay:
         redis_state = await self._redis_state()
         self.event_maintenance = EventMaintenance(services.db, s.events)
         await self.event_maintenance.start()
-        self.writer = QueueWriter(services)
+        self.writer = QueueWriter(services.db, on_commit=services.notify_enqueued)
         await self.writer.start()
 
         from relay.smtp.listener import SmtpServer

@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +34,11 @@ class Services:
     limiter: RateLimiter
     redis: Any = None
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    # Called after the queue commits new recipients (wakes local delivery workers).
-    on_enqueued: list[Any] = field(default_factory=list)
+    # Wake-ups after new recipients were committed: the queue writers of this process call
+    # ``notify_enqueued`` after each commit (their ``on_commit``), and so does the IPC link when
+    # another process of the node committed (relay/procs.py). Listeners: the delivery worker
+    # in this process (mta/worker.py) and the parent's wake-up of its delivery children.
+    on_enqueued: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
     async def create(

@@ -52,7 +52,9 @@ class Submitter:
         message: ParsedMessage,
         origin: Origin,
         tags: Sequence[str] = (),
+        not_before: float | None = None,
     ) -> str:
+        """Sign and queue; ``not_before`` (Unix time) schedules delivery for later."""
         queue_id = str(uuid.uuid4())
         now = time.time()
         # RFC 6409 8.3: a submission server may add a missing Message-ID and Date.
@@ -92,6 +94,7 @@ class Submitter:
                 api_key_id=origin.api_key_id,
                 created_at=now,
                 tags=list(tags),
+                not_before=not_before,
             )
         )
         if user.send_limit_per_hour:

@@ -71,7 +71,7 @@ def bearer(key: str) -> dict[str, str]:
 @contextlib.asynccontextmanager
 async def queue_writer(services: Services) -> AsyncIterator[QueueWriter]:
     """The real group-commit writer; everything submitted or recorded is committed on exit."""
-    writer = QueueWriter(services)
+    writer = QueueWriter(services.db)
     await writer.start()
     try:
         yield writer

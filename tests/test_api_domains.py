@@ -575,7 +575,7 @@ async def test_cleardomainqueue(api: Api, services: Services) -> None:
     user_id = await user_id_of(services, key)
     mine = await add_domain(api, key)
     other = await add_domain(api, key, "example.org")
-    writer = QueueWriter(services)
+    writer = QueueWriter(services.db)
     await writer.start()
     try:
         m1 = await queue_message(writer, user_id, mine, ["a@x.test", "b@x.test", "c@x.test"])

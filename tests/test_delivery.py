@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from mta.worker import DeliveryService
 from relay import config, events, metrics
-from relay.queue.delivery import DeliveryStore
+from relay.queue.backend import open_backend
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
 from relay.services import Services
@@ -124,7 +124,7 @@ async def assign(api: Api, server_id: int, group: int = 1) -> None:
 
 @pytest.fixture
 async def writer(services: Services) -> AsyncIterator[QueueWriter]:
-    w = QueueWriter(services)
+    w = QueueWriter(services.db, on_commit=services.notify_enqueued)
     await w.start()
     yield w
     await w.stop()
@@ -153,6 +153,7 @@ async def submit(
     *,
     mail_from: str = "sender@example.com",
     data: bytes | None = None,
+    **fields: Any,
 ) -> NewMessage:
     message = NewMessage(
         id=str(uuid.uuid4()),
@@ -164,6 +165,7 @@ async def submit(
         body=data if data is not None else body(),
         header_from="sender@example.com",
         subject="hello",
+        **fields,
     )
     await writer.submit(message)
     return message
@@ -540,23 +542,114 @@ async def test_verification_can_be_turned_off(
     assert implicit.messages[0].tls
 
 
+# -- scheduled sending and per-recipient bodies ---------------------------------------------------
+
+
+async def test_a_scheduled_message_goes_out_after_its_time_across_a_restart(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    account = await make_account(api)
+    await make_server(api, sink.port)
+    first = await delivery()
+    not_before = time.time() + 2
+    msg = await submit(writer, account, ["later@example.net"], not_before=not_before)
+    await first.stop(5, None)  # a restart: the schedule lives in the database only
+    await delivery()
+    await wait_states(services, msg.id, {"later@example.net": "delivered"})
+    assert sink.delivered_to("later@example.net") == 1
+    evs = await events_of(services, msg.id)
+    assert [e.event for e in evs] == ["accepted", "delivered"]
+    assert evs[0].created_at < not_before <= evs[1].created_at
+
+
+async def test_max_age_of_a_scheduled_message_counts_from_its_time(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    services.settings.delivery.max_age = 0.6
+    account = await make_account(api)
+    await make_server(api, sink.port)
+    sink.fail_first(1000, "450 4.2.0 mailbox busy")
+    await delivery()
+    not_before = time.time() + 1.0  # later than acceptance + max_age
+    msg = await submit(writer, account, ["busy@example.net"], not_before=not_before)
+    await wait_states(services, msg.id, {"busy@example.net": "failed"})
+    evs = [e for e in await events_of(services, msg.id) if e.event != events.ACCEPTED]
+    assert evs[0].event == events.DEFERRED  # tried at its time, not failed unseen
+    assert evs[-1].event == events.FAILED and evs[-1].created_at >= not_before + 0.6
+
+
+async def test_each_variant_goes_in_its_own_transaction(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    account = await make_account(api)
+    await make_server(api, sink.port)
+    sink.rcpt_replies["gone@example.net"] = "550 5.1.1 no such user"
+    await delivery()
+    shared = body("shared")
+    variants = {f"{n}@example.net": body(f"for {n}") for n in ("c", "d", "gone")}
+    rcpts = ["a@example.net", "b@example.net", *variants]
+    msg = await submit(writer, account, rcpts, data=shared, variants=variants)
+    expected = dict.fromkeys(rcpts, "delivered") | {"gone@example.net": "bounced"}
+    await wait_states(services, msg.id, expected)
+
+    received = {tuple(m.rcpt_tos): m.data for m in sink.messages}
+    assert received == {
+        ("a@example.net", "b@example.net"): shared,  # those sharing the body: one transaction
+        ("c@example.net",): variants["c@example.net"],
+        ("d@example.net",): variants["d@example.net"],
+    }
+    rows = await recipients_of(services, msg.id)
+    assert {r.body for r in rows.values()} == {None}  # every recipient final: bodies dropped
+    assert await message_body(services, msg.id) is None
+    s = t.suppressions
+    async with services.db.read() as conn:
+        assert [r.email for r in (await conn.execute(select(s))).all()] == ["gone@example.net"]
+
+
+# -- storage errors ------------------------------------------------------------------------------
+
+
+async def test_a_storage_error_during_a_claim_is_retried_not_fatal(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    """The database fails under the claim (here: its table is gone for a while). On both
+    backends the worker reports it and keeps claiming; the mail goes out once it is back."""
+    account = await make_account(api)
+    await make_server(api, sink.port)
+    msg = await submit(writer, account, ["patient@example.net"])
+    claim_errors = metrics.STORAGE_ERRORS.labels(operation="claim")
+    before = claim_errors._value.get()
+    async with services.db.write() as conn:
+        await conn.exec_driver_sql("ALTER TABLE recipients RENAME TO recipients_away")
+    service = await delivery()
+    try:
+        await wait_until(lambda: claim_errors._value.get() >= before + 2, what="failed claims")
+        assert service.error is None and service._claimer is not None
+        assert not service._claimer.done()
+    finally:
+        async with services.db.write() as conn:
+            await conn.exec_driver_sql("ALTER TABLE recipients_away RENAME TO recipients")
+    await wait_states(services, msg.id, {"patient@example.net": "delivered"})
+    assert service.error is None
+
+
 # -- leases, restarts, several nodes ----------------------------------------------------------
 
 
 async def test_leases_exclude_others_until_they_expire(services: Services, api: Api) -> None:
     account = await make_account(api)
-    w = QueueWriter(services)
+    w = QueueWriter(services.db)
     await w.start()
     try:
         msg = await submit(w, account, ["a@example.net", "b@example.net"])
     finally:
         await w.stop()
-    store = DeliveryStore(services.db)
+    store = open_backend(services.db, "test")
     now = time.time()
     crashed = await store.claim("crashed-node", 10, 30, now)
     assert sorted(c.rcpt for c in crashed) == ["a@example.net", "b@example.net"]
     assert await store.claim("other-node", 10, 30, now + 1) == []  # leased
-    assert await store.pending_count() == 2
+    assert (await store.pending(now)).pending == 2
     again = await store.claim("other-node", 10, 30, now + 31)  # the lease ran out
     assert sorted(c.id for c in again) == sorted(c.id for c in crashed)
     rows = await recipients_of(services, msg.id)
@@ -564,8 +657,9 @@ async def test_leases_exclude_others_until_they_expire(services: Services, api: 
     assert await store.release("other-node") == 2
     rows = await recipients_of(services, msg.id)
     assert {(r.lease_owner, r.lease_until) for r in rows.values()} == {(None, None)}
-    (loaded,) = await store.load_messages(await store.claim("n", 10, 30, now))
+    (loaded,) = await store.load(await store.claim("n", 10, 30, now))
     assert loaded.id == msg.id and len(loaded.recipients) == 2 and loaded.body == msg.body
+    await store.close()
 
 
 async def test_a_crashed_nodes_leases_are_reclaimed(
@@ -575,7 +669,9 @@ async def test_a_crashed_nodes_leases_are_reclaimed(
     await make_server(api, sink.port)
     msg = await submit(writer, account, ["orphan@example.net"])
     # A node claimed it and died: its lease runs 1 s.
-    assert len(await DeliveryStore(services.db).claim("dead-node", 10, 1.0)) == 1
+    dead = open_backend(services.db, "dead-node")
+    assert len(await dead.claim("dead-node", 10, 1.0)) == 1
+    await dead.close()
     await delivery()
     await wait_states(services, msg.id, {"orphan@example.net": "delivered"})
     assert sink.delivered_to("orphan@example.net") == 1
@@ -712,7 +808,7 @@ async def test_a_bounce_invalidates_every_nodes_suppression_cache(
         assert await b.directory.suppression(account.user_id, "gone@example.net") is None
         service = DeliveryService(a)
         await service.start()
-        w = QueueWriter(a)
+        w = QueueWriter(a.db, on_commit=a.notify_enqueued)
         await w.start()
         try:
             msg = await submit(w, account, ["gone@example.net"])
@@ -766,10 +862,12 @@ async def test_concurrent_claims_never_overlap(tmp_path: Path, pg_url: str) -> N
                     for i in range(300)
                 ],
             )
-        stores = [DeliveryStore(a.db) for _ in range(6)]
+        stores = [open_backend(a.db, f"owner{i}") for i in range(6)]
         batches = await asyncio.gather(
             *(s.claim(f"owner{i}", 60, 30) for i, s in enumerate(stores))
         )
+        for s in stores:
+            await s.close()
         ids = [c.id for batch in batches for c in batch]
         assert len(ids) == len(set(ids)) == 300  # all claimed, none twice
 
@@ -788,7 +886,7 @@ async def test_two_nodes_deliver_each_recipient_once(
         svc_a, svc_b = DeliveryService(a), DeliveryService(b)
         await svc_a.start()
         await svc_b.start()
-        w = QueueWriter(a)
+        w = QueueWriter(a.db, on_commit=a.notify_enqueued)
         await w.start()
         try:
             msgs = await asyncio.gather(
@@ -829,7 +927,7 @@ async def test_notify_wakes_another_nodes_worker(
         account = await setup_through_admin(a, sink.port)
         svc_b = DeliveryService(b)
         await svc_b.start()
-        w = QueueWriter(a)
+        w = QueueWriter(a.db, on_commit=a.notify_enqueued)
         await w.start()
         try:
             await asyncio.wait_for(svc_b.listening.wait(), 30)

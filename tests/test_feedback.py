@@ -16,7 +16,7 @@ from relay.store import schema as t
 
 
 async def _queue(services: Services, mid: str, rcpts: list[str]) -> None:
-    writer = QueueWriter(services)
+    writer = QueueWriter(services.db)
     await writer.start()
     try:
         await writer.submit(

@@ -74,3 +74,23 @@ async def test_stop_commits_what_was_enqueued_and_then_refuses() -> None:
     assert seen == [1, 2, 3]
     with pytest.raises(StorageUnavailable):
         group.enqueue([4])
+
+
+async def test_the_after_commit_step_runs_before_the_waiters_and_never_undoes_the_commit() -> None:
+    seen: list[str] = []
+
+    async def commit(items: list[int]) -> list[int]:
+        seen.append("commit")
+        return [-i for i in items]
+
+    async def after(items: list[int], results: list[int]) -> None:
+        await asyncio.sleep(0)
+        seen.append(f"after {items} {results}")
+        raise RuntimeError("the bus is down")  # logged; the commit stands
+
+    group: GroupCommit[int, int] = GroupCommit(commit, name="t", on_commit=after)
+    group.start()
+    assert await group.submit([1, 2]) == [-1, -2]
+    seen.append("waiter")
+    await group.stop()
+    assert seen == ["commit", "after [1, 2] [-1, -2]", "waiter"]

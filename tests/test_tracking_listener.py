@@ -88,7 +88,7 @@ class Tracking:
 
 async def queue_message(services: Services, rcpts: list[str]) -> str:
     mid = str(uuid.uuid4())
-    writer = QueueWriter(services)
+    writer = QueueWriter(services.db, on_commit=services.notify_enqueued)
     await writer.start()
     try:
         await writer.submit(

@@ -451,7 +451,7 @@ async def example_app() -> AsyncIterator[ExampleSession]:
         services = await Services.create(settings)
         await migrate.upgrade(services.db)
         await services.start()
-        writer = QueueWriter(services)
+        writer = QueueWriter(services.db)
         await writer.start()
         signer = DkimSigner(1)
         server = AdminServer(services, "127.0.0.1", 0, Submitter(services, writer, signer))

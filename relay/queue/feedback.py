@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +26,10 @@ import structlog
 
 from relay.cache import LocalBus
 from relay.directory import Topics
-from relay.queue import sql
+from relay.queue.backend import open_backend
 from relay.queue.groupcommit import GroupCommit
-from relay.store.db import Database, SqliteRunner, sqlite_datetime, storable_text, utcnow
-from relay.store.pg import PgConnection, columns
+from relay.queue.model import FeedbackRow, Recorded
+from relay.store.db import Database, storable_text
 
 log = structlog.get_logger("relay.queue")
 
@@ -54,13 +53,6 @@ class Feedback:
     created_at: float = 0.0
 
 
-# What the backend says about one item: None = not recorded; else (user_id, email suppressed
-# or None).
-Recorded = tuple[int, str | None] | None
-
-_Row = tuple[Any, ...]
-
-
 def _check(items: Sequence[Feedback]) -> list[Feedback]:
     for f in items:
         if f.suppress is not None and f.suppress not in SUPPRESSION_SOURCES:
@@ -75,7 +67,7 @@ def _key(key: str | None) -> str | None:
     return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _row(ordinal: int, f: Feedback, now: float) -> _Row:
+def _row(ordinal: int, f: Feedback, now: float) -> FeedbackRow:
     data = {k: storable_text(v) if isinstance(v, str) else v for k, v in (f.data or {}).items()}
     return (
         ordinal,
@@ -92,46 +84,19 @@ def _row(ordinal: int, f: Feedback, now: float) -> _Row:
     )
 
 
-def _sqlite_record(conn: sqlite3.Connection, rows: list[_Row], created: str) -> list[Recorded]:
-    out: list[Recorded] = []
-    for _ord, mid, rcpt, event, code, resp, data, suppress, reason, key, ts in rows:
-        match = conn.execute(sql.SQLITE_FEEDBACK_MATCH, (mid, rcpt)).fetchone()
-        if match is None:
-            out.append(None)
-            continue
-        user_id, domain_id, queued_rcpt = match
-        if key is not None and conn.execute(sql.SQLITE_FEEDBACK_KEY, (key, ts)).rowcount == 0:
-            out.append(None)
-            continue
-        conn.execute(
-            sql.SQLITE_INSERT_EVENT,
-            (ts, user_id, domain_id, mid, queued_rcpt, event, code, resp, data),
-        )
-        email = None
-        if suppress is not None:
-            email = queued_rcpt.lower()
-            conn.execute(sql.SQLITE_SUPPRESS, (user_id, email, reason, suppress, created))
-            conn.execute(
-                sql.SQLITE_INSERT_EVENT,
-                (
-                    ts, user_id, domain_id, mid, queued_rcpt, "suppressed", code, resp,
-                    json.dumps({"source": suppress}),
-                ),
-            )  # fmt: skip
-        out.append((user_id, email))
-    return out
-
-
 class FeedbackWriter:
     """One per process; ``start`` before use, ``stop`` commits what is pending."""
 
     def __init__(self, db: Database, bus: LocalBus | None = None, *, max_batch: int = 1000):
         self.db = db
         self.bus = bus
-        self._sqlite = SqliteRunner(db, "feedback-writer") if db.is_sqlite else None
-        self._pg = None if db.is_sqlite else PgConnection(db.url)
+        self._backend = open_backend(db, "feedback-writer")
         self._group: GroupCommit[Feedback, Recorded] = GroupCommit(
-            self._commit, name="feedback-writer", max_batch=max_batch, retry_delays=(0.2, 1.0)
+            self._commit,
+            name="feedback-writer",
+            max_batch=max_batch,
+            retry_delays=(0.2, 1.0),
+            on_commit=self._publish,
         )
 
     def start(self) -> None:
@@ -153,7 +118,7 @@ class FeedbackWriter:
         # The same key twice in one batch: the first one counts (PostgreSQL's ON CONFLICT
         # would let both through in one statement).
         seen: set[str] = set()
-        todo: list[_Row] = []
+        todo: list[FeedbackRow] = []
         for row in rows:
             key = row[9]
             if key is not None:
@@ -161,29 +126,21 @@ class FeedbackWriter:
                     continue
                 seen.add(key)
             todo.append(row)
-        if self._sqlite is not None:
-            done = await self._sqlite.write(_sqlite_record, todo, sqlite_datetime(utcnow()))
-            for row, result in zip(todo, done, strict=True):
-                results[row[0]] = result
-        else:
-            assert self._pg is not None
-            cols = columns(todo, 11)
-            found = await self._pg.run(lambda conn: conn.fetch(sql.PG_FEEDBACK, *cols, utcnow()))
-            for ordinal, user_id, email in found:
-                suppressed = email if rows[ordinal][7] is not None else None
-                results[ordinal] = (user_id, suppressed)
-        if self.bus is not None:
-            for result in results:
-                if result is not None and result[1] is not None:
-                    try:
-                        await self.bus.publish(Topics.SUPPRESSION, f"{result[0]}:{result[1]}")
-                    except Exception as exc:  # committed: never retry the batch for this
-                        log.warning("suppression not published", error=repr(exc))
+        for row, result in zip(todo, await self._backend.record_feedback(todo), strict=True):
+            results[row[0]] = result
         return results
+
+    async def _publish(self, _items: list[Feedback], results: Sequence[Recorded]) -> None:
+        """After the commit: every node's SMTP side refuses the suppressed addresses."""
+        if self.bus is None:
+            return
+        for result in results:
+            if result is not None and result[1] is not None:
+                try:
+                    await self.bus.publish(Topics.SUPPRESSION, f"{result[0]}:{result[1]}")
+                except Exception as exc:
+                    log.warning("suppression not published", error=repr(exc))
 
     async def stop(self) -> None:
         await self._group.stop()
-        if self._sqlite is not None:
-            await self._sqlite.close()
-        if self._pg is not None:
-            await self._pg.close()
+        await self._backend.close()

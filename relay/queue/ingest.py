@@ -1,236 +1,85 @@
-"""Group commit: every accepted message, its recipients and 'accepted' events in one commit.
+"""Group commit of accepted mail: every message, its recipients and 'accepted' events at once.
 
-Sessions call ``submit`` and wait; one writer task takes everything pending, writes it in a
-single transaction (one fsync on SQLite's WAL, one round of WAL flush on PostgreSQL) and then
-wakes every waiter. While a commit is in flight the next batch gathers, so under load the
-fsync cost is shared by many messages instead of paid by each; with one client it costs what
-a plain commit costs. Nothing is acknowledged before its commit returns.
+Sessions call ``submit`` and wait; the ``GroupCommit`` task takes everything pending and writes
+it with ONE ``QueueBackend.ingest`` (one fsync on SQLite's WAL, one WAL flush on PostgreSQL),
+then wakes every waiter. While a commit is in flight the next batch gathers, so under load the
+fsync cost is shared by many messages instead of paid by each; with one client it costs what a
+plain commit costs. Nothing is acknowledged before its commit returned. A batch that fails is
+committed again message by message (one bad message must not cost the others their 250);
+what still fails raises ``StorageUnavailable`` to its session (451 4.3.0).
+
+After each commit ``on_commit`` runs: the node wakes its delivery workers there
+(``Services.notify_enqueued``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import structlog
-
-from relay import events, metrics
-from relay.queue import sql
+from relay import metrics
+from relay.queue.backend import open_backend
+from relay.queue.groupcommit import GroupCommit
 from relay.queue.model import NewEvent, NewMessage
-from relay.services import Services
-from relay.store.db import Database, SqliteRunner, StorageUnavailable, asyncpg_dsn
+from relay.store.db import Database
 
-log = structlog.get_logger("relay.queue")
-
-NOTIFY_CHANNEL = "relay_queue"  # see sql.PG_INGEST
+Item = NewMessage | NewEvent
 
 
 class QueueWriter:
-    def __init__(self, services: Services, *, max_batch: int = 512, commit_timeout: float = 30.0):
-        self.services = services
-        self.max_batch = max_batch
-        self.commit_timeout = commit_timeout
-        self._messages: list[tuple[NewMessage, asyncio.Future[None]]] = []
-        self._events: list[NewEvent] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        db = services.db
-        self._backend: _SqliteIngest | _PostgresIngest = (
-            _SqliteIngest(db) if db.is_sqlite else _PostgresIngest(db)
+    def __init__(
+        self,
+        db: Database,
+        *,
+        on_commit: Callable[[], None] | None = None,
+        max_batch: int = 512,
+        commit_timeout: float = 30.0,
+    ) -> None:
+        self._backend = open_backend(db, "queue-writer")
+        self._on_commit = on_commit
+        self._started = 0.0
+        self._group: GroupCommit[Item, None] = GroupCommit(
+            self._commit,
+            name="queue-writer",
+            max_batch=max_batch,
+            commit_timeout=commit_timeout,
+            on_commit=self._committed,
         )
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="queue-writer")
+        self._group.start()
 
     async def submit(self, message: NewMessage) -> None:
         """Return once the message is committed; raise StorageUnavailable otherwise."""
-        if self._closing:
-            raise StorageUnavailable("queue is shutting down")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._messages.append((message, fut))
-        self._wake.set()
-        await fut
+        if message.variants and not message.variants.keys() <= set(message.recipients):
+            raise ValueError("a variant for someone who is not a recipient of the message")
+        await self._group.submit((message,))
 
     def record(self, event: NewEvent) -> None:
         """Queue an event for the next commit; nobody waits for it."""
         if not event.created_at:
             event.created_at = time.time()
-        self._events.append(event)
-        self._wake.set()
+        self._group.enqueue((event,))
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._messages or self._events:
-                batch, self._messages = (
-                    self._messages[: self.max_batch],
-                    self._messages[self.max_batch :],
-                )
-                evs, self._events = self._events, []
-                await self._commit(batch, evs)
-            if self._closing:
-                return
+    async def _commit(self, items: list[Item]) -> Sequence[None]:
+        messages = [i for i in items if isinstance(i, NewMessage)]
+        evs = [i for i in items if isinstance(i, NewEvent)] if len(messages) < len(items) else []
+        self._started = time.perf_counter()
+        await self._backend.ingest(messages, evs)
+        return [None] * len(items)
 
-    async def _commit(
-        self,
-        batch: list[tuple[NewMessage, asyncio.Future[None]]],
-        evs: list[NewEvent],
-        deadline: float | None = None,
-    ) -> None:
-        started = time.perf_counter()
-        timeout = self.commit_timeout
-        if deadline is not None:
-            timeout = deadline - time.monotonic()
-        try:
-            if timeout <= 0:
-                raise StorageUnavailable("no time left to commit")
-            await asyncio.wait_for(self._write([m for m, _ in batch], evs), timeout)
-        except Exception as exc:
-            log.error("queue commit failed", messages=len(batch), error=type(exc).__name__)
-            if deadline is None and len(batch) + len(evs) > 1:
-                # One bad message must not cost the others their commit: each alone now,
-                # within one commit timeout in all (in an outage they all fail: 451 each).
-                until = time.monotonic() + self.commit_timeout
-                for item in batch:
-                    await self._commit([item], [], until)
-                for ev in evs:
-                    await self._commit([], [ev], until)
-                return
-            err = StorageUnavailable(str(exc))
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(err)
+    def _committed(self, items: list[Item], _results: Sequence[None]) -> None:
+        metrics.QUEUE_COMMIT_SECONDS.observe(time.perf_counter() - self._started)
+        messages = [i for i in items if isinstance(i, NewMessage)]
+        if not messages:
             return
-        metrics.QUEUE_COMMIT_SECONDS.observe(time.perf_counter() - started)
-        if batch:
-            metrics.QUEUE_COMMIT_BATCH.observe(len(batch))
-            metrics.MESSAGES_ACCEPTED.inc(len(batch))
-            metrics.RECIPIENTS_ACCEPTED.inc(sum(len(m.recipients) for m, _ in batch))
-        for _, fut in batch:
-            if not fut.done():
-                fut.set_result(None)
-        if batch:
-            self.services.notify_enqueued()
-
-    async def _write(self, msgs: list[NewMessage], evs: list[NewEvent]) -> None:
-        now = time.time()
-        message_rows: list[tuple[Any, ...]] = []
-        recipient_rows: list[tuple[Any, ...]] = []
-        event_rows: list[tuple[Any, ...]] = []
-        for m in msgs:
-            created = m.created_at or now
-            message_rows.append(
-                (
-                    m.id,
-                    m.user_id,
-                    m.domain_id,
-                    m.credential_id,
-                    m.api_key_id,
-                    m.source,
-                    m.mail_from,
-                    m.header_from[:998],
-                    m.subject[:998],
-                    m.message_id_header[:998],
-                    m.client_ip,
-                    len(m.body),
-                    m.body,
-                    created,
-                )
-            )
-            # The send API's Tags ride on the 'accepted' events (domainstats TagStats).
-            tags = json.dumps({"tags": m.tags}) if m.tags else None
-            for rcpt in m.recipients:
-                recipient_rows.append((m.id, rcpt, rcpt.rpartition("@")[2].lower(), created))
-                event_rows.append(
-                    (created, m.user_id, m.domain_id, m.id, rcpt, events.ACCEPTED, 250, None, tags)
-                )
-        for e in evs:
-            event_rows.append(
-                (
-                    e.created_at or now,
-                    e.user_id,
-                    e.domain_id,
-                    e.message_id,
-                    e.recipient,
-                    e.event,
-                    e.smtp_code,
-                    e.smtp_response,
-                    json.dumps(e.data) if e.data is not None else None,
-                )
-            )
-        await self._backend.write(message_rows, recipient_rows, event_rows)
+        metrics.QUEUE_COMMIT_BATCH.observe(len(messages))
+        metrics.MESSAGES_ACCEPTED.inc(len(messages))
+        metrics.RECIPIENTS_ACCEPTED.inc(sum(len(m.recipients) for m in messages))
+        if self._on_commit is not None:
+            self._on_commit()
 
     async def stop(self) -> None:
         """Commit what is pending, then stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._task, self.commit_timeout + 5)
+        await self._group.stop()
         await self._backend.close()
-
-
-Rows = list[tuple[Any, ...]]
-
-
-def _columns(rows: Rows, width: int) -> list[list[Any]]:
-    """Row tuples to per-column arrays (unnest's arguments)."""
-    if not rows:
-        return [[] for _ in range(width)]
-    return [list(col) for col in zip(*rows, strict=True)]
-
-
-class _SqliteIngest:
-    """The group commit as one SqliteRunner transaction (one executor call per batch)."""
-
-    def __init__(self, db: Database) -> None:
-        self._runner = SqliteRunner(db, "queue-writer")
-
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, messages: Rows, recipients: Rows, evs: Rows) -> None:
-        if messages:
-            conn.executemany(sql.SQLITE_INSERT_MESSAGE, messages)
-            conn.executemany(sql.SQLITE_INSERT_RECIPIENT, [(*r, r[3], r[3]) for r in recipients])
-        if evs:
-            conn.executemany(sql.SQLITE_INSERT_EVENT, evs)
-
-    async def write(self, messages: Rows, recipients: Rows, evs: Rows) -> None:
-        await self._runner.write(self._insert, messages, recipients, evs)
-
-    async def close(self) -> None:
-        await self._runner.close()
-
-
-class _PostgresIngest:
-    """A dedicated asyncpg connection; a batch is one statement (see sql.PG_INGEST)."""
-
-    def __init__(self, db: Database) -> None:
-        self._dsn = asyncpg_dsn(db.url)
-        self._conn: Any = None
-
-    async def write(self, messages: Rows, recipients: Rows, evs: Rows) -> None:
-        import asyncpg
-
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self._dsn)
-        m, r, e = _columns(messages, 14), _columns(recipients, 4), _columns(evs, 9)
-        try:
-            await self._conn.execute(sql.PG_INGEST, *m, *r, *e)
-        except BaseException:
-            # A failed or interrupted statement may leave the connection unusable: start over.
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2)
-            raise
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._conn.close(), 5)
-            self._conn = None

@@ -13,11 +13,27 @@ BOUNCED = "bounced"
 FAILED = "failed"
 PENDING_STATES = (QUEUED, DEFERRED)
 FINAL_STATES = (DELIVERED, BOUNCED, FAILED)
+# Not stored: how a queued recipient whose message's not_before is still ahead is shown (it
+# is never tried before then).
+SCHEDULED = "scheduled"
+
+
+def shown_state(state: str, next_attempt_at: float, now: float) -> str:
+    """A recipient's state as the queue's views show it: ``scheduled`` for a queued recipient
+    not yet due (only scheduled sending leaves a never-tried recipient due in the future)."""
+    return SCHEDULED if state == QUEUED and next_attempt_at > now else state
 
 
 @dataclass(slots=True)
 class NewMessage:
-    """An accepted message, about to be committed with its recipients and 'accepted' events."""
+    """An accepted message, about to be committed with its recipients and 'accepted' events.
+
+    ``not_before`` (Unix time): scheduled sending; its recipients become due then, not at
+    acceptance. ``variants``: per-recipient bodies (recipient as in ``recipients`` -> the full
+    signed message for that recipient, e.g. with its own tracking links); each such recipient
+    is delivered in its own SMTP transaction with its own body, the others share ``body`` (which
+    may be empty when every recipient has a variant).
+    """
 
     id: str
     user_id: int
@@ -35,6 +51,8 @@ class NewMessage:
     created_at: float = 0.0
     # The send API's Tags: kept on the 'accepted' events (data.tags) for per-tag statistics.
     tags: list[str] = field(default_factory=list)
+    not_before: float | None = None
+    variants: dict[str, bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -60,6 +78,7 @@ class ClaimedRecipient:
     rcpt_domain: str
     attempts: int
     created_at: float
+    body: bytes | None = None  # this recipient's own message (a variant), else the message's
 
 
 @dataclass(slots=True)
@@ -71,8 +90,21 @@ class QueuedMessage:
     header_from: str
     subject: str
     body: bytes
+    not_before: float | None
     created_at: float
     recipients: list[ClaimedRecipient] = field(default_factory=list)
+
+    @property
+    def due_since(self) -> float:
+        """When the message became due: its acceptance, or its scheduled time (the start of
+        ``delivery.max_age``)."""
+        return max(self.created_at, self.not_before or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    pending: int  # queued or deferred, scheduled ones not counted
+    scheduled: int  # queued, waiting for their message's not_before
 
 
 @dataclass(slots=True)
@@ -94,3 +126,15 @@ class DeliveryOutcome:
     # A hard bounce (5.1.x addressing status, RFC 3463): also suppress for the account.
     suppress: bool = False
     created_at: float = 0.0
+
+
+# A feedback item as relay/queue/feedback.py hands it to the backend: (ordinal, message id,
+# recipient, event, smtp code, smtp response, data JSON, suppression source, suppression reason,
+# dedupe key, created_at).
+FeedbackRow = tuple[
+    int, str, str, str, int | None, str | None, str | None, str | None, str | None,
+    str | None, float,
+]  # fmt: skip
+# What the backend says about one feedback row: None = not recorded; else (user_id, the email
+# suppressed or None).
+Recorded = tuple[int, str | None] | None

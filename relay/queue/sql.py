@@ -1,80 +1,192 @@
-"""The ingest path's SQL, per backend, kept together (procrastinate-style named queries).
+"""Every statement of the queue, named and kept together (procrastinate-style), per backend.
 
-The group commit is the relay's hottest write, so it bypasses SQLAlchemy: under load every
-``await`` costs a full event-loop iteration, and a SQLAlchemy transaction over aiosqlite takes
-about fifteen of them. Here a commit is one hop: one executor call on SQLite, one statement on
-PostgreSQL.
+The queue's hot statements (group commit, claims, outcome batches, feedback) bypass
+SQLAlchemy: under load every ``await`` costs a full event-loop iteration, and a SQLAlchemy
+transaction over aiosqlite takes about fifteen. Here a transaction is one hop: one call into
+the SQLite runner's thread (``relay.queue.sqlite``) or one statement on a dedicated asyncpg
+connection (``relay.queue.postgres``). The few management statements (clearing a domain's
+queue from the admin API) run inside the caller's SQLAlchemy transaction
+(``relay.queue.control``); they are plain SQL that both backends accept.
+
+The pending-state predicate is a literal, never bound parameters, so that both planners match
+it to the partial index ``ix_recipients_due``.
 """
 
 from __future__ import annotations
 
-# -- SQLite (sqlite3 in the writer thread; executemany, one transaction) ----------------------
+# LISTEN/NOTIFY channel: the PostgreSQL group commit notifies it (in the same statement), every
+# node's delivery workers listen on it.
+NOTIFY_CHANNEL = "relay_queue"
 
-SQLITE_INSERT_MESSAGE = """
-INSERT INTO messages (id, user_id, domain_id, credential_id, api_key_id, source, mail_from,
-    header_from, subject, message_id_header, client_ip, size, body, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-
-SQLITE_INSERT_RECIPIENT = """
-INSERT INTO recipients (message_id, rcpt, rcpt_domain, state, attempts, next_attempt_at,
-    created_at, updated_at)
-VALUES (?, ?, ?, 'queued', 0, ?, ?, ?)
-"""
-
-SQLITE_INSERT_EVENT = """
-INSERT INTO events (created_at, user_id, domain_id, message_id, recipient, event, smtp_code,
-    smtp_response, data)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-
-# -- PostgreSQL (asyncpg; one statement = one round trip, atomic) ------------------------------
-# Data-modifying CTEs over unnest() arrays: the three inserts and the NOTIFY that wakes
-# delivery workers on every node (delivered at commit) in a single statement.
-
-PG_INGEST = """
-WITH m AS (
-    INSERT INTO messages (id, user_id, domain_id, credential_id, api_key_id, source, mail_from,
-        header_from, subject, message_id_header, client_ip, size, body, created_at)
-    SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::text[],
-        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int[], $13::bytea[],
-        $14::float8[])
-), r AS (
-    INSERT INTO recipients (message_id, rcpt, rcpt_domain, state, attempts, next_attempt_at,
-        created_at, updated_at)
-    SELECT mid, rcpt, dom, 'queued', 0, ts, ts, ts
-    FROM unnest($15::text[], $16::text[], $17::text[], $18::float8[]) AS x(mid, rcpt, dom, ts)
-), e AS (
-    INSERT INTO events (created_at, user_id, domain_id, message_id, recipient, event, smtp_code,
-        smtp_response, data)
-    SELECT * FROM unnest($19::float8[], $20::int[], $21::int[], $22::text[], $23::text[],
-        $24::text[], $25::int[], $26::text[], $27::json[])
+PENDING = "recipients.state IN ('queued', 'deferred')"
+# Never tried and due after its creation: a recipient of a scheduled message (its own partial
+# index, ix_recipients_scheduled, written with the same terms).
+SCHEDULED = "recipients.state = 'queued' AND recipients.next_attempt_at > recipients.created_at"
+# A message none of whose recipients is still pending: its body is no longer needed.
+FINISHED = (
+    f"NOT EXISTS (SELECT 1 FROM recipients WHERE recipients.message_id = messages.id AND {PENDING})"
 )
-SELECT pg_notify('relay_queue', '') WHERE cardinality($1::text[]) > 0
+
+MESSAGE_COLUMNS = (
+    "id, user_id, domain_id, credential_id, api_key_id, source, mail_from, header_from, "
+    "subject, message_id_header, client_ip, size, body, not_before, created_at"
+)
+RECIPIENT_COLUMNS = (
+    "message_id, rcpt, rcpt_domain, state, attempts, next_attempt_at, body, created_at, updated_at"
+)
+EVENT_COLUMNS = (
+    "created_at, user_id, domain_id, message_id, recipient, event, smtp_code, smtp_response, data"
+)
+# What a claim returns per recipient (model.ClaimedRecipient) and a load per message
+# (model.QueuedMessage, without its recipients).
+CLAIMED_COLUMNS = "id, message_id, rcpt, rcpt_domain, attempts, created_at, body"
+LOADED_COLUMNS = (
+    "id, user_id, domain_id, mail_from, header_from, subject, body, not_before, created_at"
+)
+
+SUPPRESS_UPSERT = (
+    "ON CONFLICT (user_id, email) DO UPDATE SET reason = excluded.reason, source = excluded.source"
+)
+
+# == SQLite (sqlite3 in the runner's thread: executemany, one transaction per call) ============
+
+SQLITE_INSERT_MESSAGE = f"""
+INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SQLITE_INSERT_RECIPIENT = f"""
+INSERT INTO recipients ({RECIPIENT_COLUMNS}) VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?5, ?6, ?6)
+"""
+SQLITE_INSERT_EVENT = f"""
+INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+SQLITE_SUPPRESS = f"""
+INSERT INTO suppressions (user_id, email, reason, source, created_at) VALUES (?, ?, ?, ?, ?)
+{SUPPRESS_UPSERT}
 """
 
-# -- Feedback: what comes back about a sent message (relay/queue/feedback.py) -----------------
-# An item is recorded only when its message and recipient are known and its dedupe key (if
-# any) was never seen: then its event, and for a suppressing item the account suppression row
-# and a 'suppressed' event. The event's account and domain come from the message row.
+# A claim leases due recipients (a scheduled one is due at its message's not_before).
+SQLITE_CLAIM = f"""
+UPDATE recipients SET lease_owner = ?, lease_until = ?
+WHERE id IN (
+    SELECT id FROM recipients
+    WHERE {PENDING} AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+    ORDER BY next_attempt_at, id LIMIT ?)
+RETURNING {CLAIMED_COLUMNS}
+"""
+SQLITE_LOAD = f"SELECT {LOADED_COLUMNS} FROM messages WHERE id IN ({{marks}})"
 
+# An outcome applies only to a recipient still pending: the late result of an expired lease
+# never overwrites a final state. A recipient's own body goes once it is final.
+SQLITE_OUTCOME = f"""
+UPDATE recipients SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_code = ?5,
+    last_response = ?6, lease_owner = NULL, lease_until = NULL, updated_at = ?7,
+    body = CASE WHEN ?2 IN ('queued', 'deferred') THEN body END
+WHERE id = ?1 AND {PENDING}
+"""
+SQLITE_DROP_BODIES = f"""
+UPDATE messages SET body = NULL WHERE id IN ({{marks}}) AND body IS NOT NULL AND {FINISHED}
+"""
+SQLITE_RELEASE = f"""
+UPDATE recipients SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ? AND {PENDING}
+"""
+SQLITE_RELEASE_IDS = SQLITE_RELEASE.rstrip() + " AND id IN ({marks})"
+
+# (pending, of which scheduled and not yet due): two index-only counts.
+SQLITE_DEPTH = f"""
+SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
+       (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > ?)
+"""
+
+# Feedback (relay/queue/feedback.py): an item is recorded only when its message and recipient
+# are known and its dedupe key (if any) was never seen. The event's account and domain come
+# from the message row.
 SQLITE_FEEDBACK_MATCH = """
 SELECT m.user_id, m.domain_id, r.rcpt FROM messages m
 JOIN recipients r ON r.message_id = m.id
 WHERE m.id = ? AND lower(r.rcpt) = lower(?)
 LIMIT 1
 """
-
 SQLITE_FEEDBACK_KEY = """
 INSERT INTO feedback_keys (key, created_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING
 """
 
-SQLITE_SUPPRESS = """
-INSERT INTO suppressions (user_id, email, reason, source, created_at) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (user_id, email) DO UPDATE SET reason = excluded.reason, source = excluded.source
+# == PostgreSQL (asyncpg; one statement = one round trip, atomic) ==============================
+# Data-modifying CTEs over unnest() arrays.
+
+
+def _pg_insert_events(first: int) -> str:
+    """The events insert from nine arrays, the first of them parameter ``$first``."""
+    types = ("float8", "int", "int", "text", "text", "text", "int", "text", "json")
+    arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(types))
+    return f"INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM unnest({arrays})"
+
+
+# The group commit: messages, recipients, their events and the NOTIFY that wakes delivery
+# workers on every node (delivered at commit).
+PG_INGEST = f"""
+WITH m AS (
+    INSERT INTO messages ({MESSAGE_COLUMNS})
+    SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::text[],
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int[], $13::bytea[],
+        $14::float8[], $15::float8[])
+), r AS (
+    INSERT INTO recipients ({RECIPIENT_COLUMNS})
+    SELECT mid, rcpt, dom, 'queued', 0, due, body, ts, ts
+    FROM unnest($16::text[], $17::text[], $18::text[], $19::float8[], $20::bytea[],
+        $21::float8[]) AS x(mid, rcpt, dom, due, body, ts)
+), e AS (
+    {_pg_insert_events(22)}
+)
+SELECT pg_notify('{NOTIFY_CHANNEL}', '') WHERE cardinality($1::text[]) > 0
 """
 
-PG_FEEDBACK = """
+# FOR UPDATE SKIP LOCKED: rows another node is claiming right now are skipped, not waited for.
+PG_CLAIM = f"""
+UPDATE recipients SET lease_owner = $1, lease_until = $2
+WHERE id IN (
+    SELECT id FROM recipients
+    WHERE {PENDING} AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3)
+    ORDER BY next_attempt_at, id LIMIT $4
+    FOR UPDATE SKIP LOCKED)
+RETURNING {CLAIMED_COLUMNS}
+"""
+PG_LOAD = f"SELECT {LOADED_COLUMNS} FROM messages WHERE id = ANY($1::text[])"
+
+# Recipients, suppressions and events in one statement. The body drop is a second statement:
+# every sub-statement of a WITH query sees the snapshot from before the query, so it would not
+# see the recipients this one just finalized.
+PG_OUTCOMES = f"""
+WITH o AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[], $5::int[],
+        $6::text[], $7::float8[]) AS o(id, state, attempts, nxt, code, resp, upd)
+), u AS (
+    UPDATE recipients SET state = o.state, attempts = o.attempts, next_attempt_at = o.nxt,
+        last_code = o.code, last_response = o.resp, lease_owner = NULL, lease_until = NULL,
+        updated_at = o.upd,
+        body = CASE WHEN o.state IN ('queued', 'deferred') THEN recipients.body END
+    FROM o WHERE recipients.id = o.id AND {PENDING}
+    RETURNING recipients.id
+), s AS (
+    INSERT INTO suppressions (user_id, email, reason, source, created_at)
+    SELECT uid, email, reason, source, $12::timestamp
+    FROM unnest($8::int[], $9::text[], $10::text[], $11::text[]) AS x(uid, email, reason, source)
+    {SUPPRESS_UPSERT}
+)
+{_pg_insert_events(13)}
+"""
+PG_DROP_BODIES = f"""
+UPDATE messages SET body = NULL WHERE id = ANY($1::text[]) AND body IS NOT NULL AND {FINISHED}
+"""
+PG_RELEASE = f"""
+UPDATE recipients SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND {PENDING}
+"""
+PG_RELEASE_IDS = PG_RELEASE.rstrip() + " AND id = ANY($2::bigint[])"
+PG_DEPTH = f"""
+SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
+       (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > $1)
+"""
+
+PG_FEEDBACK = f"""
 WITH f AS (
     SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
         $7::json[], $8::text[], $9::text[], $10::text[], $11::float8[])
@@ -94,8 +206,7 @@ WITH f AS (
 ), ok AS (
     SELECT m.* FROM m WHERE m.key IS NULL OR m.key IN (SELECT key FROM k)
 ), e AS (
-    INSERT INTO events (created_at, user_id, domain_id, message_id, recipient, event, smtp_code,
-        smtp_response, data)
+    INSERT INTO events ({EVENT_COLUMNS})
     SELECT ts, user_id, domain_id, mid, qrcpt, event, code, resp, data FROM (
         SELECT ord, 0 AS n, ts, user_id, domain_id, mid, qrcpt, event, code, resp, data FROM ok
         UNION ALL
@@ -109,7 +220,25 @@ WITH f AS (
         $12::timestamp
     FROM ok WHERE suppress IS NOT NULL
     ORDER BY user_id, lower(qrcpt), ord DESC
-    ON CONFLICT (user_id, email) DO UPDATE SET reason = excluded.reason, source = excluded.source
+    {SUPPRESS_UPSERT}
 )
 SELECT ord, user_id, lower(qrcpt) AS email FROM ok
+"""
+
+# == Management (SQLAlchemy text() in the caller's transaction; both backends) =================
+
+# Every pending recipient of a domain's messages becomes failed (a leased one too: if that
+# attempt still completes, the worker's outcome no longer applies).
+FAIL_DOMAIN_PENDING = f"""
+UPDATE recipients SET state = 'failed', updated_at = :now, lease_owner = NULL,
+    lease_until = NULL, last_response = :reason, body = NULL
+WHERE {PENDING} AND message_id IN (SELECT id FROM messages WHERE domain_id = :domain_id)
+RETURNING message_id, rcpt
+"""
+DROP_DOMAIN_BODIES = f"""
+UPDATE messages SET body = NULL WHERE domain_id = :domain_id AND body IS NOT NULL AND {FINISHED}
+"""
+INSERT_EVENT = f"""
+INSERT INTO events ({EVENT_COLUMNS}) VALUES (:created_at, :user_id, :domain_id, :message_id,
+    :recipient, :event, :smtp_code, :smtp_response, :data)
 """

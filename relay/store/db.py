@@ -163,6 +163,9 @@ class SqliteRunner:
     at COMMIT runs without the GIL. The hand-off is a SimpleQueue and one
     call_soon_threadsafe, lighter than concurrent.futures' per-job machinery.
 
+    Errors of sqlite3 and of the file (a locked or read-only database, a full disk) come back
+    as ``StorageUnavailable``, as PostgreSQL's do from ``relay.store.pg.PgConnection``.
+
     ``write`` takes this process's asyncio write lock (shared with ``Database.write``), then,
     in the thread, the cross-process lock when there is one: always in that order.
     """
@@ -187,10 +190,24 @@ class SqliteRunner:
             fn, fut = job
             try:
                 outcome: tuple[Any, BaseException | None] = (fn(), None)
+            except (sqlite3.Error, OSError) as exc:
+                outcome = (None, self._unavailable(exc))
             except BaseException as exc:
                 outcome = (None, exc)
             with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
                 fut.get_loop().call_soon_threadsafe(_settle, fut, outcome)
+
+    def _unavailable(self, exc: sqlite3.Error | OSError) -> StorageUnavailable:
+        """Storage errors the way PgConnection reports them, so callers treat both backends
+        alike (a claim that meets a locked or read-only file is retried, not fatal). After
+        anything but a refused row the connection may be unusable: the next job reopens it."""
+        if not isinstance(exc, sqlite3.IntegrityError) and self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        error = StorageUnavailable(f"SQLite: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
 
     async def _submit(self, fn: Callable[[], T]) -> T:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()

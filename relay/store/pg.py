@@ -1,9 +1,11 @@
-"""A dedicated asyncpg connection for one hot writer or reader.
+"""Dedicated asyncpg connections for the hot writers and readers, and for LISTEN.
 
 The hot paths (group commits, claims) bypass SQLAlchemy: through its pool every transaction
-also paid a pre-ping round trip. Each user owns one connection, opened on first use and again
-after any failure; operations take turns (asyncpg runs one at a time per connection); every
-driver or network error surfaces as ``StorageUnavailable``, which callers retry.
+also paid a pre-ping round trip. Each user owns one ``PgConnection``, opened on first use and
+again after any failure; operations take turns (asyncpg runs one at a time per connection);
+every driver or network error surfaces as ``StorageUnavailable``, which callers retry.
+``connect`` is the one place a raw asyncpg connection is opened (the DSN comes from
+``asyncpg_dsn``), ``errors`` the one list of what asyncpg and the network raise.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from relay.store.db import StorageUnavailable, asyncpg_dsn
 
 T = TypeVar("T")
 
+CONNECT_TIMEOUT = 10.0
 
-def _errors() -> tuple[type[BaseException], ...]:
+
+def errors() -> tuple[type[BaseException], ...]:
+    """What a connection or a statement raises when the database or the network fails."""
     import asyncpg
 
     return (
@@ -30,9 +35,20 @@ def _errors() -> tuple[type[BaseException], ...]:
     )
 
 
+async def connect(url: str, *, name: str = "", timeout: float = CONNECT_TIMEOUT) -> Any:
+    """A new asyncpg connection to our SQLAlchemy URL; ``name`` shows in pg_stat_activity."""
+    import asyncpg
+
+    settings = {"application_name": f"relay {name}"[:63]} if name else None
+    return await asyncpg.connect(asyncpg_dsn(url), timeout=timeout, server_settings=settings)
+
+
 class PgConnection:
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
-        self._dsn = asyncpg_dsn(url)
+    def __init__(
+        self, url: str, *, name: str = "", connect_timeout: float = CONNECT_TIMEOUT
+    ) -> None:
+        self._url = url
+        self._name = name
         self._timeout = connect_timeout
         self._conn: Any = None
         self._lock = asyncio.Lock()
@@ -40,14 +56,12 @@ class PgConnection:
     async def run(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """``await fn(connection)``; reconnect first if needed; errors -> StorageUnavailable.
         A failed or interrupted operation may leave the connection unusable: it is dropped."""
-        import asyncpg
-
         async with self._lock:
             try:
                 if self._conn is None or self._conn.is_closed():
-                    self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+                    self._conn = await connect(self._url, name=self._name, timeout=self._timeout)
                 return await fn(self._conn)
-            except _errors() as exc:
+            except errors() as exc:
                 await self._drop()
                 raise StorageUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
             except BaseException:

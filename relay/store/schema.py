@@ -327,8 +327,11 @@ messages = Table(
     Column("message_id_header", String(998), nullable=False, server_default=""),
     Column("client_ip", String(64), nullable=False, server_default=""),
     Column("size", Integer, nullable=False),
-    # The signed message exactly as it is handed on; NULL once every recipient is final.
+    # The signed message exactly as it is handed on (to the recipients without a body of
+    # their own); NULL once every recipient is final.
     Column("body", LargeBinary, nullable=True),
+    # Scheduled sending: the recipients are due from then on (Unix time); NULL = at once.
+    Column("not_before", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Index("ix_messages_domain_created", "domain_id", "created_at"),
     # Message lookup by its Message-ID header (emailgateway.getmessage, the MessageID filters).
@@ -350,6 +353,9 @@ recipients = Table(
     Column("lease_until", Float, nullable=True),
     Column("last_code", Integer, nullable=True),
     Column("last_response", Text, nullable=True),
+    # This recipient's own signed message (a variant, e.g. its own tracking links), delivered
+    # in a transaction of its own; NULL = the message's body. NULL again once final.
+    Column("body", LargeBinary, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     # Partial index: the claim query only ever looks at pending rows.
@@ -358,6 +364,14 @@ recipients = Table(
         "next_attempt_at",
         sqlite_where=text("state IN ('queued', 'deferred')"),
         postgresql_where=text("state IN ('queued', 'deferred')"),
+    ),
+    # Recipients of scheduled messages not tried yet (only those: others are due at their
+    # creation), so the queue-depth gauge counts them without reading the table.
+    Index(
+        "ix_recipients_scheduled",
+        "next_attempt_at",
+        sqlite_where=text("state = 'queued' AND next_attempt_at > created_at"),
+        postgresql_where=text("state = 'queued' AND next_attempt_at > created_at"),
     ),
 )
 

@@ -19,7 +19,7 @@ from relay.directory import Topics
 from relay.dkim import default_selector, generate_key
 from relay.dns.records import build_records, same_records
 from relay.dns.verify import DnsChecker, status_after, verify_records
-from relay.queue.model import FAILED, PENDING_STATES
+from relay.queue import control as queue_control
 from relay.secrets import new_signing_key
 from relay.store.db import fmt_dt
 from relay.store.repos import domains as repo
@@ -460,27 +460,13 @@ async def clear_domain_queue(call: Call) -> dict[str, Any]:
         row = await repo.get(conn, domain_id, user_id=call.user_id)
         if row is None:
             raise ApiError(2, "Domain not found or access denied")
-        cleared = await repo.fail_pending_recipients(
-            conn, domain_id, pending=PENDING_STATES, failed=FAILED, reason=CLEARED_REASON
-        )
-        now = time.time()
-        await repo.insert_events(
+        await queue_control.fail_domain_queue(
             conn,
-            [
-                {
-                    "created_at": now,
-                    "user_id": row.user_id,
-                    "domain_id": domain_id,
-                    "message_id": c.message_id,
-                    "recipient": c.rcpt,
-                    "event": events.FAILED,
-                    "smtp_response": CLEARED_REASON,
-                    "data": {"reason": "queue cleared"},
-                }
-                for c in cleared
-            ],
+            domain_id=domain_id,
+            user_id=row.user_id,
+            reason=CLEARED_REASON,
+            data={"reason": "queue cleared"},
         )
-        await repo.drop_finished_bodies(conn, [c.message_id for c in cleared], PENDING_STATES)
     return ok()
 
 

@@ -54,7 +54,7 @@ async def setup(ex: ExampleSession) -> None:
 
 async def _history(ex: ExampleSession) -> None:
     """A few messages in January 2026: delivered, bounced, deferred then delivered, refused."""
-    writer = QueueWriter(ex.services)
+    writer = QueueWriter(ex.services.db)
     await writer.start()
     user, domain = ex.user_id, ex.domain_id
 

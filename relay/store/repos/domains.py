@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import Row, func, insert, select, update
@@ -118,48 +117,6 @@ async def soft_delete(conn: AsyncConnection, domain_id: int) -> list[str]:
     return usernames
 
 
-async def fail_pending_recipients(
-    conn: AsyncConnection, domain_id: int, *, pending: tuple[str, ...], failed: str, reason: str
-) -> list[Row]:
-    """Every pending recipient of the domain's messages becomes ``failed``, in one statement;
-    returns (message_id, rcpt) of each. A recipient leased by a delivery worker at this moment
-    is included too (its lease is dropped): if that attempt still completes, the worker's
-    recorded outcome is the truth about that recipient."""
-    r, m = t.recipients, t.messages
-    ts = time.time()
-    result = await conn.execute(
-        update(r)
-        .where(
-            r.c.state.in_(pending),
-            r.c.message_id.in_(select(m.c.id).where(m.c.domain_id == domain_id)),
-        )
-        .values(
-            state=failed,
-            updated_at=ts,
-            lease_owner=None,
-            lease_until=None,
-            last_response=reason,
-        )
-        .returning(r.c.message_id, r.c.rcpt)
-    )
-    return list(result.all())
-
-
-async def drop_finished_bodies(
-    conn: AsyncConnection, message_ids: list[str], pending: tuple[str, ...]
-) -> None:
-    """Free the stored body of messages none of whose recipients is still pending."""
-    if not message_ids:
-        return
-    r, m = t.recipients, t.messages
-    still_pending = select(r.c.id).where(r.c.message_id == m.c.id, r.c.state.in_(pending))
-    await conn.execute(
-        update(m)
-        .where(m.c.id.in_(sorted(set(message_ids))), ~still_pending.exists())
-        .values(body=None)
-    )
-
-
 async def enabled(conn: AsyncConnection) -> list[Row]:
     """Name and options of every Enabled domain, for relay checks and PowerMTA lists."""
     d = t.gateway_domains
@@ -170,8 +127,3 @@ async def enabled(conn: AsyncConnection) -> list[Row]:
 async def enabled_names(conn: AsyncConnection) -> list[str]:
     d = t.gateway_domains
     return list((await conn.execute(select(d.c.name).where(d.c.status == "Enabled"))).scalars())
-
-
-async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(insert(t.events), rows)
