@@ -62,7 +62,7 @@ async def getwebhookdeliveries(ex: ExampleSession) -> None:
         Event="bounce",
         WebhookURL="https://example.com/webhooks/bounces",
     )
-    writer = QueueWriter(ex.services)
+    writer = QueueWriter(ex.services.db)
     await writer.start()
     writer.record(
         NewEvent(
