@@ -86,7 +86,10 @@ class MessageAttempt:
             try:
                 async with pool.connection() as conn:
                     started = time.monotonic()
-                    result = await transaction.send(conn, msg.mail_from, rcpts, msg.body)
+                    # pmta: message_id for PowerMTA's X-Job
+                    result = await transaction.send(
+                        conn, msg.mail_from, rcpts, msg.body, message_id=msg.id
+                    )
                     metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
             except OPEN_ERRORS as exc:
                 self.error = connection_failure(exc, "connect")

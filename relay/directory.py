@@ -84,6 +84,9 @@ class DeliveryServerView:
     enforced_from: str
     senderinfo_as_mfrom: bool
     senderinfo_as_from: bool
+    # PowerMTA: X-Job / X-Virtual-MTA added at injection (mta/powermta/inject.py).
+    powermta: bool = False
+    powermta_vmta: str = ""
 
 
 class Directory:
@@ -287,6 +290,8 @@ class Directory:
                 enforced_from=r.enforced_from,
                 senderinfo_as_mfrom=bool(r.senderinfo_as_mfrom),
                 senderinfo_as_from=bool(r.senderinfo_as_from),
+                powermta=bool(r.powermta),
+                powermta_vmta=r.powermta_vmta,
             )
             for r in rows
         ]
