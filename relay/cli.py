@@ -90,12 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _powermta(settings: config.Settings, args: argparse.Namespace) -> int:
     from mta.powermta import commands
-    from relay.server import run_async
 
     try:
         if args.cmd == "pmta-accounting":
-            return run_async(settings, commands.accounting(settings, args.files))
-        return run_async(settings, commands.sync(settings))
+            return commands.run(settings, commands.accounting(settings, args.files))
+        return commands.run(settings, commands.sync(settings))
     except config.ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2

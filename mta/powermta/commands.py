@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 
+from relay import log as relay_log
 from relay.config import ConfigError, Settings
 from relay.services import Services
 from relay.store import migrate
@@ -15,10 +18,24 @@ from relay.store import migrate
 log = structlog.get_logger("mta.powermta")
 
 
+def run(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
+    """Like ``relay serve`` runs (logging, uvloop), without importing the admin app."""
+    relay_log.configure(settings.log.format, settings.log.level)
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 async def _services(settings: Settings) -> Services:
     """Storage and the bus, with the schema these commands write checked (the embedded
     default is migrated, as ``relay serve`` does)."""
-    services = await Services.create(settings)
+    # Other processes (relay serve's tree) write the same SQLite file: queue on its lock.
+    services = await Services.create(settings, multi_process=settings.is_embedded_default)
     try:
         if settings.is_embedded_default:
             await migrate.upgrade(services.db)
