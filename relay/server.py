@@ -71,6 +71,7 @@ class Relay:
         self.children: Any = None
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
+        self.lookups: Any = None  # Postfix socketmap / policy listeners (mta/postfix)
         self._stopping = False
         # Set when delivery in this process died: the node stops (exit 1) rather than accept
         # mail nobody delivers; systemd restarts it.
@@ -127,6 +128,14 @@ class Relay:
         host, port = parse_hostport(s.admin.listen)
         self.admin = AdminServer(services, host, port, submitter=self.smtp.submitter)
         await self.admin.start()
+        # Postfix lookups (mta/postfix): the same relay-domain set as the admin app's check.
+        from mta.postfix.lookups import PostfixLookups, configured
+
+        if configured(s.mx):
+            from relay.admin.resources import RELAY_DOMAINS
+
+            self.lookups = PostfixLookups(s.mx, self.admin.app[RELAY_DOMAINS])
+            await self.lookups.start()
         log.info(
             "relay started",
             smtp=[f"{h}:{p}" for h, p in self.smtp.bound("smtp")],
@@ -160,6 +169,8 @@ class Relay:
             await self.children.stop("delivery", self.settings.delivery.stop_timeout, self.hurry)
         if self.delivery is not None:
             await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
+        if self.lookups is not None:
+            await self.lookups.stop(min(timeout, 5.0))
         if self.admin is not None:
             await self.admin.stop()
         if self.services is not None:
