@@ -153,9 +153,17 @@ def test_malformed_and_ignored_lines_are_counted_not_fatal() -> None:
         "d,a@example.net\r\n"
         "type,jobId,rcpt\r\n"
         "t,q-2,b@example.net\r\n"
+        # A stray quote, closed by another on the next line: one record that is not CSV.
+        'd,q-3,a"b@example.net\r\n'
+        'd,q-4,c@example.net"\r\n'
+        "d,q-5,d@example.net\r\n"
     )
-    assert [(i.line, i.feedback.message_id) for i in items] == [(3, "q-1"), (14, "q-2")]
-    assert (counts.lines, counts.malformed, counts.ignored) == (11, 8, 2)
+    assert [(i.line, i.feedback.message_id) for i in items] == [
+        (3, "q-1"),
+        (14, "q-2"),
+        (17, "q-5"),
+    ]
+    assert (counts.lines, counts.malformed, counts.ignored) == (13, 9, 2)
 
 
 def test_every_record_type_of_the_fixture_maps_as_documented() -> None:
@@ -187,6 +195,53 @@ def test_every_record_type_of_the_fixture_maps_as_documented() -> None:
     assert iso_keys == [f.dedupe_key if f else None for f in mapped]
     keys = [k for k in iso_keys if k]
     assert len(set(keys)) == len(keys)
+
+
+class _FlakyWriter:
+    """A FeedbackWriter stand-in for failures the real database will not produce on demand:
+    the first ``outage`` commits fail, and any commit holding a ``poison`` item fails."""
+
+    def __init__(self, outage: int) -> None:
+        self.outage = outage
+        self.recorded: list[str] = []
+        self.db = self
+
+    async def ping(self) -> None:
+        from relay.store.db import StorageUnavailable
+
+        if self.outage > 0:
+            raise StorageUnavailable("database down")
+
+    async def record(self, items: list[Any]) -> list[bool]:
+        from relay.store.db import StorageUnavailable
+
+        if self.outage > 0:
+            self.outage -= 1
+            raise StorageUnavailable("database down")
+        if any(i.message_id == "poison" for i in items):
+            raise StorageUnavailable("value too long")
+        self.recorded += [i.message_id for i in items]
+        return [True] * len(items)
+
+
+async def test_outages_are_retried_and_an_unstorable_record_is_isolated(tmp_path: Path) -> None:
+    from mta.powermta.accounting import AccountingReader
+
+    first = tmp_path / "a.csv"
+    first.write_text("type,jobId,rcpt\n" + "".join(f"d,job-{i},r@example.net\n" for i in range(6)))
+    second = tmp_path / "b.csv"
+    second.write_text("type,jobId,rcpt\nd,ok-1,r@example.net\nd,poison,r@example.net\n")
+    writer = _FlakyWriter(outage=6)
+    reader = AccountingReader(
+        writer,  # type: ignore[arg-type]
+        [str(first), str(second)],
+        HARD,
+        retry_delays=(0.01,),
+    )
+    counts = await asyncio.wait_for(reader.run(), 60)
+    # Nothing lost to the outage; only the record that cannot be stored is skipped.
+    assert sorted(writer.recorded) == sorted([f"job-{i}" for i in range(6)] + ["ok-1"])
+    assert (counts.recorded, counts.failed, counts.lines) == (7, 1, 8)
 
 
 # -- the whole loop --------------------------------------------------------------------------

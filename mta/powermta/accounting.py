@@ -14,9 +14,9 @@ header line when PowerMTA starts the program, then records as they happen, for d
   or overlapping files record nothing twice.
 - A malformed line or a record of no message we know is counted, logged (sampled: at most
   ``LOG_SAMPLE`` lines a minute per kind, without addresses) and skipped, never fatal.
-- A commit that fails is retried with backoff for as long as the database refuses everything
-  (an outage loses nothing while the process runs); a chunk that keeps failing while other
-  chunks commit is split until the record that cannot be stored is found and skipped.
+- A commit that fails is retried with backoff for as long as the database is unreachable (an
+  outage loses nothing while the process runs); a chunk that keeps failing while the database
+  answers is split until the record that cannot be stored is found, logged and skipped.
 """
 
 from __future__ import annotations
@@ -197,8 +197,15 @@ class RecordParser:
         items: list[Item] = []
         if not records:
             return items
-        rows = csv.reader([text for _, text in records])
+        try:
+            rows: list[list[str] | None] = list(csv.reader([text for _, text in records]))
+        except csv.Error:  # one bad record spoils the batch: parse them one by one
+            rows = [_one_row(text) for _, text in records]
         for (line, _text), row in zip(records, rows, strict=True):
+            if row is None:
+                self.counts.lines += 1
+                self.malformed(source, line, "not CSV")
+                continue
             if is_header(row):
                 try:
                     source.columns = Columns.of(row)
@@ -220,6 +227,13 @@ class RecordParser:
                 continue
             items.append(Item(feedback, source.name, line))
         return items
+
+
+def _one_row(text: str) -> list[str] | None:
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error:
+        return None
 
 
 def _open(name: str) -> tuple[IO[bytes] | gzip.GzipFile | None, int, int]:
@@ -249,7 +263,6 @@ class AccountingReader:
         self._queue: asyncio.Queue[list[Item] | None] = asyncio.Queue(self.max_in_flight)
         self._slots = asyncio.Semaphore(self.max_in_flight)
         self._stop = asyncio.Event()
-        self._commits = 0  # successful commits, to tell a bad record from an outage
         self._unmatched_log = _Sampler()
 
     def stop(self) -> None:
@@ -352,7 +365,12 @@ class AccountingReader:
             self.counts.lines += 1
             self.parser.malformed(source, line, "line too long or unterminated quote")
         splitter.dropped.clear()
-        items = self.parser.parse(source, records)
+        try:
+            items = self.parser.parse(source, records)
+        except Exception:  # a bug: lose these records, not the stream
+            log.exception("accounting records skipped", source=source.name, records=len(records))
+            self.counts.malformed += len(records)
+            return
         if items:
             hand_over(items)
 
@@ -386,16 +404,14 @@ class AccountingReader:
     async def _commit(self, items: list[Feedback]) -> list[bool | None]:
         """Per item True/False as FeedbackWriter.record says; None: not storable."""
         failures = 0
-        commits_before = self._commits
         while True:
             try:
-                done: list[bool | None] = list(await self.writer.record(items))
-                self._commits += 1
-                return done
+                return list(await self.writer.record(items))
             except StorageUnavailable as exc:
                 failures += 1
-                # Others commit while this one keeps failing: something in it is the problem.
-                if failures >= 3 and self._commits > commits_before:
+                # The database answers, yet this keeps failing: something in it cannot be
+                # stored. Halve it until that record is found; the others are committed.
+                if failures >= 3 and await self._database_answers():
                     if len(items) == 1:
                         return [None]
                     half = len(items) // 2
@@ -411,6 +427,13 @@ class AccountingReader:
                     error=str(exc)[:200],
                 )
                 await asyncio.sleep(delay)
+
+    async def _database_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self.writer.db.ping(), 10)
+        except Exception:
+            return False
+        return True
 
     async def _summaries(self) -> None:
         last: dict[str, Any] = {}
