@@ -321,3 +321,35 @@ async def test_policy_answers_and_refuses_bad_requests(
     ):
         # No answer: the connection is closed (Postfix applies its default_action).
         assert await asyncio.to_thread(_talk, port, bad, wait_close=True) == b""
+
+
+def test_settings_and_their_validation() -> None:
+    from relay import config
+
+    s = config.load(
+        None,
+        env={
+            "RELAY_SOCKETMAP_LISTEN": "127.0.0.1:10027, [::1]:10027",
+            "RELAY_MX_POLICY_LISTEN": "127.0.0.1:10029",
+            "RELAY_MX_LOOKUP_MAX_STALE": "60",
+        },
+    )
+    assert s.mx.socketmap_listen == ["127.0.0.1:10027", "[::1]:10027"]
+    assert (s.mx.policy_listen, s.mx.lookup_max_stale) == (["127.0.0.1:10029"], 60.0)
+    assert config.load(None, env={}).mx.socketmap_listen == []  # off by default
+    with pytest.raises(config.ConfigError) as bad:
+        config.load(
+            None,
+            env={
+                "RELAY_SOCKETMAP_LISTEN": "127.0.0.1",
+                "RELAY_MX_LOOKUP_MAX_CONNECTIONS": "0",
+                "RELAY_POWERMTA_SUPPRESS_CATEGORIES": "bad-mailbox,no-such-category",
+                "RELAY_POWERMTA_RELAY_DOMAINS_FILE": "../escape.conf",
+            },
+        )
+    assert bad.value.problems == [
+        "mx.socketmap_listen: missing port in '127.0.0.1'",
+        "mx.lookup_max_connections: must be at least 1",
+        "powermta.suppress_categories: unknown category 'no-such-category'",
+        "powermta.relay_domains_file: a file name inside powermta.include_dir",
+    ]
