@@ -25,6 +25,7 @@ import asyncio
 import csv
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,7 @@ async def run(database: str, url: str, records: int, recipients: int) -> None:
         raise SystemExit(1)
     print(f"[{database}] {'pipe':10s} {total} records in {took:.2f}s: {total / took:,.0f}/s "
           "(a relay pmta-accounting process, start included)")  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:
