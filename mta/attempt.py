@@ -128,7 +128,8 @@ class MessageAttempt:
         for number, (body, members) in enumerate(groups):
             rcpts = [msg.recipients[i].rcpt for i in members]
             started = time.monotonic()
-            result = await transaction.send(conn, msg.mail_from, rcpts, body)
+            # pmta: message_id for PowerMTA's X-Job
+            result = await transaction.send(conn, msg.mail_from, rcpts, body, message_id=msg.id)
             metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
             for j, reply in result.replies.items():
                 self.replies[members[j]] = reply

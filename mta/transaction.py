@@ -19,6 +19,7 @@ import aiosmtplib
 
 from mta.errors import TRANSACTION_FAILURES, ServerClosing
 from mta.pool import Connection
+from mta.powermta.inject import injection_body  # PowerMTA (pmta)
 
 # RFC 3463 enhanced status code at the start of the reply text: class.subject.detail.
 ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)")
@@ -83,8 +84,12 @@ def connection_failure(exc: BaseException, stage: str) -> Reply:
     return Reply(code if isinstance(code, int) else None, text, stage, failure=True)
 
 
-async def send(conn: Connection, mail_from: str, rcpts: list[str], body: bytes) -> Result:
+async def send(
+    conn: Connection, mail_from: str, rcpts: list[str], body: bytes, *, message_id: str = ""
+) -> Result:
     """Run one transaction for ``rcpts`` (indexes in the result refer to this list)."""
+    # PowerMTA (pmta): X-Job / X-Virtual-MTA for a PowerMTA server, before SIZE is computed.
+    body = injection_body(conn.server, message_id, body)
     smtp = conn.smtp
     result = Result()
     replies = result.replies

@@ -1,4 +1,5 @@
-"""``relay serve | migrate | check-config``, ``relay --version``: see docs/operations.md."""
+"""``relay serve | migrate | check-config | pmta-accounting | pmta-sync``, ``relay --version``:
+see docs/operations.md."""
 
 from __future__ import annotations
 
@@ -90,6 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the checks that bind the listeners and connect to the database and Redis",
     )
+    # PowerMTA (mta/powermta): accounting records in, include files out.
+    acct = sub.add_parser(
+        "pmta-accounting",
+        help="record PowerMTA accounting CSV from files or stdin (<acct-file |relay ...>)",
+    )
+    acct.add_argument("-c", "--config", help="TOML file (default: $RELAY_CONFIG)")
+    acct.add_argument("files", nargs="*", metavar="FILE", help="CSV files (.gz too); - = stdin")
+    pmta_sync = sub.add_parser(
+        "pmta-sync", help="write PowerMTA's domain include files; reload PowerMTA on a change"
+    )
+    pmta_sync.add_argument("-c", "--config", help="TOML file (default: $RELAY_CONFIG)")
     # Worker processes of `relay serve` (smtp.processes, delivery.processes); not for direct use.
     child = sub.add_parser("worker", help="a worker process of `relay serve` (not for direct use)")
     child.add_argument("-c", "--config")
@@ -107,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
         listen = [(k, int(fd)) for k, _, fd in (item.partition(":") for item in args.listen)]
         return run_async(settings, run_child(settings, args.role, args.ipc_fd, listen))
+    if args.cmd in ("pmta-accounting", "pmta-sync"):
+        return _powermta(settings, args)
     if args.cmd == "check-config":
         return _check_config(settings, network=not args.no_network)
     if args.cmd == "migrate":
@@ -129,6 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     from relay.server import run
 
     return run(settings)
+
+
+def _powermta(settings: config.Settings, args: argparse.Namespace) -> int:
+    from mta.powermta import commands
+
+    try:
+        if args.cmd == "pmta-accounting":
+            return commands.run(settings, commands.accounting(settings, args.files))
+        return commands.run(settings, commands.sync(settings))
+    except config.ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{args.cmd}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _multiprocess_metrics(settings: config.Settings) -> None:

@@ -213,6 +213,31 @@ class WebhookSettings:
 
 
 @dataclass
+class MxSettings:
+    # Postfix lookups (mta/postfix): socketmap table and policy delegation; empty = off.
+    socketmap_listen: list[str] = field(default_factory=list)
+    policy_listen: list[str] = field(default_factory=list)
+    lookup_max_connections: int = 256
+    lookup_idle_timeout: float = 300.0
+    # Older than this (seconds), the relay-domain set is not trusted: TEMP / DEFER_IF_PERMIT.
+    lookup_max_stale: float = 900.0
+
+
+@dataclass
+class PowerMtaSettings:
+    # relay pmta-accounting: bounce categories that suppress the recipient.
+    suppress_categories: list[str] = field(
+        default_factory=lambda: ["bad-mailbox", "bad-domain", "inactive-mailbox"]
+    )
+    # relay pmta-sync: the include files PowerMTA reads, and how to make it read them again.
+    include_dir: str = "/etc/pmta/relay"
+    relay_domains_file: str = "relay-domains.conf"
+    bounce_domains_file: str = "relay-bounce-domains.conf"
+    reload_command: str = "pmta reload"
+    reload_timeout: float = 60.0
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -227,6 +252,8 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    mx: MxSettings = field(default_factory=MxSettings)
+    powermta: PowerMtaSettings = field(default_factory=PowerMtaSettings)
 
     # Derived once by load(); not settings themselves.
     source: str = ""
@@ -266,6 +293,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "RELAY_LOG_FORMAT": ("log", "format"),
     "RELAY_KEY_ENCRYPTION_KEY": ("security", "key_encryption_key"),
     "RELAY_TRACKING_LISTEN": ("tracking", "listen"),
+    "RELAY_SOCKETMAP_LISTEN": ("mx", "socketmap_listen"),
 }
 
 _SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
@@ -413,7 +441,12 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
 
 def validate(s: Settings) -> list[str]:
     problems: list[str] = []
-    for name, items in (("smtp.listen", s.smtp.listen), ("smtp.smtps_listen", s.smtp.smtps_listen)):
+    for name, items in (
+        ("smtp.listen", s.smtp.listen),
+        ("smtp.smtps_listen", s.smtp.smtps_listen),
+        ("mx.socketmap_listen", s.mx.socketmap_listen),
+        ("mx.policy_listen", s.mx.policy_listen),
+    ):
         for item in items:
             try:
                 parse_hostport(item)
@@ -509,6 +542,49 @@ def validate(s: Settings) -> list[str]:
         problems.append("events.retention_days: 0 (keep every event) or more")
     if not 1 <= s.events.partitions_ahead_days <= 366:
         problems.append("events.partitions_ahead_days: 1 to 366")
+    problems.extend(_validate_mx_powermta(s))
+    return problems
+
+
+# PowerMTA's bounce categories (its User's Guide, "Bounce categories").
+POWERMTA_BOUNCE_CATEGORIES = frozenset(
+    {
+        "bad-configuration",
+        "bad-connection",
+        "bad-domain",
+        "bad-mailbox",
+        "content-related",
+        "inactive-mailbox",
+        "invalid-sender",
+        "message-expired",
+        "no-answer-from-host",
+        "other",
+        "policy-related",
+        "protocol-errors",
+        "quota-issues",
+        "relaying-issues",
+        "routing-errors",
+        "spam-related",
+        "virus-related",
+    }
+)
+
+
+def _validate_mx_powermta(s: Settings) -> list[str]:
+    problems: list[str] = []
+    if s.mx.lookup_max_connections < 1:
+        problems.append("mx.lookup_max_connections: must be at least 1")
+    if s.mx.lookup_idle_timeout <= 0 or s.mx.lookup_max_stale <= 0:
+        problems.append("mx.lookup_idle_timeout and mx.lookup_max_stale: must be more than 0")
+    for category in s.powermta.suppress_categories:
+        if category.lower() not in POWERMTA_BOUNCE_CATEGORIES:
+            problems.append(f"powermta.suppress_categories: unknown category {category!r}")
+    for name in ("relay_domains_file", "bounce_domains_file"):
+        value = getattr(s.powermta, name)
+        if not value or "/" in value or value.startswith("."):
+            problems.append(f"powermta.{name}: a file name inside powermta.include_dir")
+    if s.powermta.reload_timeout <= 0:
+        problems.append("powermta.reload_timeout: must be more than 0")
     return problems
 
 

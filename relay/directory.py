@@ -87,6 +87,9 @@ class DeliveryServerView:
     enforced_from: str
     senderinfo_as_mfrom: bool
     senderinfo_as_from: bool
+    # PowerMTA: X-Job / X-Virtual-MTA added at injection (mta/powermta/inject.py).
+    powermta: bool = False
+    powermta_vmta: str = ""
 
 
 def _verified_hosts(meta: Any) -> frozenset[str]:
@@ -305,6 +308,8 @@ class Directory:
                 enforced_from=r.enforced_from,
                 senderinfo_as_mfrom=bool(r.senderinfo_as_mfrom),
                 senderinfo_as_from=bool(r.senderinfo_as_from),
+                powermta=bool(r.powermta),
+                powermta_vmta=r.powermta_vmta,
             )
             for r in rows
         ]

@@ -19,7 +19,12 @@ BOUNCED = "bounced"  # 5xx from a delivery server
 FAILED = "failed"  # gave up: maximum age reached, or queue cleared
 SUPPRESSED = "suppressed"  # a hard bounce added the recipient to the suppression list
 
-ALL = (ACCEPTED, REJECTED, DELIVERED, DEFERRED, BOUNCED, FAILED, SUPPRESSED)
+# PowerMTA's own delivery of a message we handed to it (an accounting `d` record): the
+# receiving MX accepted it. Not a second `delivered`: statistics count the hand-off (DELIVERED)
+# once, and this event only says how far the message got after it.
+ACCEPTED_BY_MTA = "accepted-by-mta"
+
+ALL = (ACCEPTED, REJECTED, DELIVERED, DEFERRED, BOUNCED, FAILED, SUPPRESSED, ACCEPTED_BY_MTA)
 
 # Engagement and feedback-loop outcomes the documents name. No component of this relay records
 # them yet (there is no open/click tracking or complaint ingestion); the names are fixed here so
@@ -52,7 +57,7 @@ FILTERS: dict[str, tuple[str, ...]] = {
     "accepted-by-oempro": (ACCEPTED,),
     "delivered": (DELIVERED,),
     "delivery": (DELIVERED,),
-    "accepted-by-mta": (DELIVERED,),
+    "accepted-by-mta": (DELIVERED, ACCEPTED_BY_MTA),
     "bounced": (BOUNCED,),
     "bounce": (BOUNCED,),
     "rejected-by-mta": (BOUNCED,),

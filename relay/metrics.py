@@ -183,6 +183,22 @@ TRACKING_REQUESTS = Counter(
     ["kind", "result"],
 )
 
+MX_LOOKUPS = Counter(
+    "relay_mx_lookups_total",
+    "Postfix lookups answered (mx.socketmap_listen, mx.policy_listen)",
+    ["listener", "result"],  # socketmap | policy; found | notfound | temp | perm | skipped
+)
+MX_LOOKUP_CONNECTIONS = Counter(
+    "relay_mx_lookup_connections_total",
+    "Connections to the Postfix lookup listeners: accepted, or refused over the cap",
+    ["listener", "result"],
+)
+MX_LOOKUP_ERRORS = Counter(
+    "relay_mx_lookup_errors_total",
+    "Postfix lookup connections closed for a protocol violation or an idle timeout",
+    ["listener", "reason"],  # protocol | timeout
+)
+
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

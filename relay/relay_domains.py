@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 
@@ -36,6 +37,9 @@ class RelayDomains:
         self._inflight: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.reloads = 0
+        # time.monotonic() of the last successful load (0: never); the Postfix lookups
+        # (mta/postfix) answer "cannot tell" when it is too old.
+        self.loaded_at = 0.0
 
     def __len__(self) -> int:
         return len(self._names)
@@ -72,6 +76,7 @@ class RelayDomains:
             names = await repo.enabled_names(conn)
         self._names = frozenset(n.lower() for n in names)
         self.reloads += 1
+        self.loaded_at = time.monotonic()
 
     async def _run(self) -> None:
         delay = self.refresh_interval

@@ -85,6 +85,7 @@ class Relay:
         self.feedback: Any = None
         self.tracking: Any = None
         self.event_maintenance: EventMaintenance | None = None
+        self.lookups: Any = None  # Postfix socketmap / policy listeners (mta/postfix)
         self._stopping = False
         # Set when delivery in this process died: the node stops (exit 1) rather than accept
         # mail nobody delivers; systemd restarts it.
@@ -178,6 +179,14 @@ class Relay:
 
             self.tracking = await TrackingServer.create(services, self.feedback)
             await self.tracking.start()
+        # Postfix lookups (mta/postfix): the same relay-domain set as the admin app's check.
+        from mta.postfix.lookups import PostfixLookups, configured
+
+        if configured(s.mx):
+            from relay.admin.resources import RELAY_DOMAINS
+
+            self.lookups = PostfixLookups(s.mx, self.admin.app[RELAY_DOMAINS])
+            await self.lookups.start()
         log.info(
             "relay started",
             smtp=[f"{h}:{p}" for h, p in self.smtp.bound("smtp")],
@@ -252,6 +261,8 @@ class Relay:
             await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
         if self.webhooks is not None:
             await self.webhooks.stop(self.settings.webhooks.timeout, self.hurry)
+        if self.lookups is not None:
+            await self.lookups.stop(min(timeout, 5.0))
         if self.admin is not None:
             await self.admin.stop()
         if self.probe is not None:

@@ -1,12 +1,12 @@
 #!/bin/sh
-# Fetch the relay's PowerMTA domain lists into /etc/pmta and reload PowerMTA when they changed.
+# Fetch the relay's PowerMTA domain lists into /etc/pmta/relay and reload PowerMTA when they changed.
 # Usage: RELAY_URL=http://127.0.0.1:8025 RELAY_ADMIN_API_KEY=... fetch-domain-lists.sh
 # A failed fetch leaves the current files in place (curl --fail, then an atomic rename).
 set -eu
 
 : "${RELAY_URL:?set RELAY_URL, e.g. http://127.0.0.1:8025}"
 : "${RELAY_ADMIN_API_KEY:?set RELAY_ADMIN_API_KEY}"
-DIR="${PMTA_DIR:-/etc/pmta}"
+DIR="${PMTA_DIR:-/etc/pmta/relay}"
 PMTA="${PMTA:-pmta}"
 changed=0
 

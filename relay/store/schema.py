@@ -271,6 +271,9 @@ delivery_servers = Table(
     Column("senderinfo_as_from", Boolean, nullable=False, server_default=text("false")),
     Column("sender_rotation", String(16), nullable=False, server_default="Disabled"),
     Column("sender_rotation_settings", Text, nullable=False, server_default=""),
+    # A PowerMTA server gets X-Job (and X-Virtual-MTA when set) at injection (mta/powermta).
+    Column("powermta", Boolean, nullable=False, server_default=text("false")),
+    Column("powermta_vmta", String(255), nullable=False, server_default=""),
     Column("verification_results", JSON, nullable=False),
     Column("verification_last_checked_at", DateTime, nullable=True),
     Column("created_at", DateTime, nullable=False),

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
+from mta.powermta.inject import valid_vmta_name
 from relay.addresses import is_valid_email
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
@@ -90,6 +91,14 @@ def parse_server(p: Params, *, password_required: bool) -> dict[str, Any]:
     enforced = p.str("DomainSettings_EnforcedFrom") or ""
     if enforced and not is_valid_email(enforced):
         errors.append((16, "Invalid email address value for domainsettings_enforcedfrom"))
+    powermta: bool | None = None
+    try:
+        powermta = p.bool("PowerMTA")
+    except ValueError:
+        errors.append((18, "Invalid powermta value (must be: 1, 0)"))
+    vmta = p.str("PowerMTAVirtualMTA") or ""
+    if vmta and not valid_vmta_name(vmta):
+        errors.append((19, "Invalid powermtavirtualmta value (letters, digits, '.', '-', '_')"))
     if errors:
         errors.sort()
         raise ApiError([c for c, _ in errors], [m for _, m in errors])
@@ -104,6 +113,8 @@ def parse_server(p: Params, *, password_required: bool) -> dict[str, Any]:
         "enforced_from": enforced,
         "senderinfo_as_mfrom": (p.str("SenderInfoAsMFrom") or "").lower() == "enabled",
         "senderinfo_as_from": (p.str("SenderInfoAsFrom") or "").lower() == "enabled",
+        "powermta": bool(powermta),
+        "powermta_vmta": vmta,
     }
     for _, name, column in DOMAIN_FIELDS:
         values[column] = p.str(name)
@@ -154,6 +165,8 @@ def server_body(row: Row, assignments: list[Row]) -> dict[str, Any]:
         "VerificationLastCheckedAt": fmt_dt(row.verification_last_checked_at),
         "UserGroupAssignments": list(groups.values()),
         "IsAllocated": bool(groups),
+        "PowerMTA": bool(row.powermta),
+        "PowerMTAVirtualMTA": row.powermta_vmta,
     }
 
 
@@ -176,6 +189,10 @@ async def create(call: Call) -> dict[str, Any]:
         DomainSettings_EnforcedFrom (String): enforced From address.
         SenderInfoAsMFrom (String): "Enabled" or "Disabled" (default).
         SenderInfoAsFrom (String): "Enabled" or "Disabled" (default).
+        PowerMTA (Integer): 1 when the server is PowerMTA (default 0): mail handed to it
+            carries ``X-Job: <MessageID>`` for its accounting records.
+        PowerMTAVirtualMTA (String): VirtualMTA or pool name sent as ``X-Virtual-MTA``
+            (PowerMTA servers only; letters, digits, ".", "-", "_").
 
     Errors:
         0: Success
@@ -195,6 +212,8 @@ async def create(call: Call) -> dict[str, Any]:
         14: Invalid sendmethodsmtpauth value (must be: true, false)
         15: Invalid sendmethodsmtptimeout value (must be numeric)
         16: Invalid email address value for domainsettings_enforcedfrom
+        18: Invalid powermta value (must be: 1, 0)
+        19: Invalid powermtavirtualmta value (letters, digits, '.', '-', '_')
     """
     values = parse_server(call.params, password_required=True)
     # Without SMTP AUTH a password would be a secret stored for nothing.
@@ -209,6 +228,8 @@ async def create(call: Call) -> dict[str, Any]:
 async def get_all(call: Call) -> dict[str, Any]:
     """List every delivery server with its settings, test results and group assignments,
     keyed by DeliveryServerID. Passwords are never returned (``********`` when one is set).
+    ``PowerMTA`` (true/false) and ``PowerMTAVirtualMTA`` say whether mail to the server
+    carries PowerMTA's ``X-Job`` / ``X-Virtual-MTA`` headers.
 
     Errors:
         0: Success
@@ -288,6 +309,8 @@ def _update_values(p: Params, current: Row) -> dict[str, Any]:
         ("DomainSettings_EnforcedFrom", "enforced_from"),
         ("SenderInfoAsMFrom", "senderinfo_as_mfrom"),
         ("SenderInfoAsFrom", "senderinfo_as_from"),
+        ("PowerMTA", "powermta"),
+        ("PowerMTAVirtualMTA", "powermta_vmta"),
     ):
         if not p.has(param):
             del values[column]
@@ -333,6 +356,9 @@ async def update(call: Call) -> dict[str, Any]:
         SenderInfoAsMFrom (String): "Enabled" or "Disabled".
         SenderInfoAsFrom (String): "Enabled" or "Disabled".
         SenderRotation (String): "Enabled" or "Disabled".
+        PowerMTA (Integer): 1 when the server is PowerMTA, 0 when not; omitted keeps it.
+        PowerMTAVirtualMTA (String): VirtualMTA or pool for ``X-Virtual-MTA``; omitted
+            keeps it, empty removes it.
 
     Errors:
         0: Success
@@ -353,6 +379,8 @@ async def update(call: Call) -> dict[str, Any]:
         15: Invalid sendmethodsmtptimeout value (must be numeric)
         16: Invalid email address value for domainsettings_enforcedfrom
         17: Delivery server not found
+        18: Invalid powermta value (must be: 1, 0)
+        19: Invalid powermtavirtualmta value (letters, digits, '.', '-', '_')
     """
     p = call.params
     try:

@@ -3,17 +3,16 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
 
+from mta.powermta.lists import domain_lists, render
 from relay import metrics
 from relay.admin import auth
 from relay.admin.dispatcher import Call, command, json_response
 from relay.admin.errors import ApiError
 from relay.admin.resources import RELAY_DOMAINS
-from relay.dns.records import return_path_host
 from relay.store.repos import domains as repo
 
 JSON, BOUNCE, RELAY = "json", "powermta-bounce-domains", "powermta-relay-domains"
@@ -25,9 +24,7 @@ AUTH_FAILED = metrics.RELAY_DOMAIN_CHECKS.labels("auth_failed")
 
 
 def _text(lines: list[str], what: str) -> web.Response:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    header = [f"# {what}: {sum(1 for x in lines if not x.startswith('#'))} entries, {stamp}"]
-    return web.Response(text="\n".join(header + lines) + "\n", content_type="text/plain")
+    return web.Response(text=render(lines, what), content_type="text/plain")
 
 
 @command(
@@ -54,15 +51,12 @@ async def sender_domains(call: Call) -> dict[str, Any] | web.Response:
         raise ApiError(1, "Invalid DomainsResponseFormat")
     async with call.services.db.read() as conn:
         rows = await repo.enabled(conn)
-    settings = call.services.settings
-    names = sorted({row.name for row in rows})
     if fmt == JSON:
-        return {"Success": True, "Domains": names}
-    bounce_hosts = sorted({return_path_host(r.name, r.options or {}, settings) for r in rows})
+        return {"Success": True, "Domains": sorted({row.name for row in rows})}
+    lists = domain_lists(rows, call.services.settings)  # the same as `relay pmta-sync` writes
     if fmt == RELAY:
-        relay = sorted(set(names) | set(bounce_hosts))
-        return _text([f"relay-domain {name}" for name in relay], "relay domains")
-    return _text([f"domain {host}" for host in bounce_hosts], "bounce domains")
+        return _text(lists.relay, "relay domains")
+    return _text(lists.bounce, "bounce domains")
 
 
 def relay_domain_of(value: str) -> str:

@@ -70,6 +70,8 @@ async def update(ex: ExampleSession) -> None:
         DomainSettings_OpenTracking="open.example.com",
         DomainSettings_MFrom="bounce.example.com",
         SenderRotation="Enabled",
+        PowerMTA=1,
+        PowerMTAVirtualMTA="pool-transactional",
     )
 
 

@@ -1,0 +1,1 @@
+"""PowerMTA integration: injection headers, accounting records, include files."""
