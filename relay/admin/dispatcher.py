@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from relay import metrics
@@ -38,6 +39,7 @@ from relay.admin.errors import (
     unknown_command,
 )
 from relay.admin.params import Params
+from relay.ratelimit import LimiterUnavailable
 from relay.services import Services
 from relay.store.db import StorageUnavailable
 
@@ -47,12 +49,16 @@ log = structlog.get_logger("relay.admin")
 
 # "The database cannot be reached", as a command sees it: the queue's own wrapper, SQLAlchemy's
 # wrapping of such driver errors, and a refused or timed-out connection (asyncpg's connect).
+# Shared counters that cannot be reached answer the same (limits fall back on the node's own
+# counters first, relay.ratelimit; these are what would be left).
 STORAGE_ERRORS = (
     StorageUnavailable,
     OperationalError,
     InterfaceError,
     ConnectionError,
     TimeoutError,
+    RedisError,
+    LimiterUnavailable,
 )
 
 Result = dict[str, Any] | web.StreamResponse
