@@ -56,7 +56,10 @@ class FailureThrottle:
         )
 
     async def check(self, username: str, ip: str) -> str | None:
-        """None: go ahead and check the password. ``"ip"`` or ``"user"``: refuse, and why."""
+        """None: go ahead and check the password; the attempt counts as a failure from now
+        on, until ``succeeded`` or ``undecided`` says otherwise (so concurrent attempts see
+        each other, rather than all passing before the first failure is counted). ``"ip"``
+        or ``"user"``: refuse, and why; nothing is counted."""
         ip_key, user_key, pair_key, known_key = self._keys(username, ip)
         by_ip, by_user, by_pair, known = await self.counters.counts(
             [
@@ -67,18 +70,26 @@ class FailureThrottle:
             ]
         )
         if known > 0:
-            return IP if by_pair >= self.per_ip else None
-        if by_ip >= self.per_ip:
+            if by_pair >= self.per_ip:
+                return IP
+        elif by_ip >= self.per_ip:
             return IP
-        if by_user >= self.per_user:
+        elif by_user >= self.per_user:
             return USER
+        await self._count(username, ip, 1.0)
         return None
 
-    async def failed(self, username: str, ip: str) -> None:
+    async def succeeded(self, username: str, ip: str) -> None:
+        """The password was right: not a failure, and the address is known for the user."""
+        await self._count(username, ip, -1.0)
+        await self.counters.add(self._keys(username, ip)[3], KNOWN_WINDOW)
+
+    async def undecided(self, username: str, ip: str) -> None:
+        """The password could not be checked (storage trouble): not a failure either."""
+        await self._count(username, ip, -1.0)
+
+    async def _count(self, username: str, ip: str, amount: float) -> None:
         ip_key, user_key, pair_key, _ = self._keys(username, ip)
         await self.counters.add_many(
-            [(ip_key, self.window), (user_key, self.window), (pair_key, self.window)]
+            [(ip_key, self.window), (user_key, self.window), (pair_key, self.window)], amount
         )
-
-    async def succeeded(self, username: str, ip: str) -> None:
-        await self.counters.add(self._keys(username, ip)[3], KNOWN_WINDOW)

@@ -108,26 +108,25 @@ class RelayHandler:
 
     async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
         username = login.decode("utf-8", "replace")
+        held_back = await self.auth_throttle.check(username, server.peer_ip)
+        if held_back is not None:
+            metrics.SMTP_AUTH.labels("throttled").inc()
+            metrics.AUTH_THROTTLED.labels("smtp", held_back).inc()
+            log.info(
+                "auth refused: too many failures",
+                peer=server.peer_ip,
+                username=username[:64],
+                scope=held_back,
+            )
+            server.close_now(replies.AUTH_THROTTLED)
+            return AuthResult(success=False, handled=True)
         try:
-            held_back = await self.auth_throttle.check(username, server.peer_ip)
-            if held_back is not None:
-                metrics.SMTP_AUTH.labels("throttled").inc()
-                metrics.AUTH_THROTTLED.labels("smtp", held_back).inc()
-                log.info(
-                    "auth refused: too many failures",
-                    peer=server.peer_ip,
-                    username=username[:64],
-                    scope=held_back,
-                )
-                server.close_now(replies.AUTH_THROTTLED)
-                return AuthResult(success=False, handled=True)
             cred = await policy.authenticate(
                 self.directory, username, password.decode("utf-8", "replace")
             )
         except Refused as exc:
             metrics.SMTP_AUTH.labels("failure").inc()
             server.auth_failures += 1
-            await self.auth_throttle.failed(username, server.peer_ip)
             log.info(
                 "auth failed",
                 peer=server.peer_ip,
@@ -141,6 +140,7 @@ class RelayHandler:
             # RFC 4954 6: 535 whatever the reason (a deleted domain's credential included).
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         except Exception as exc:  # storage trouble: temporary, the client retries
+            await self.auth_throttle.undecided(username, server.peer_ip)
             await server.push(reply_for(exc, "auth"))
             return AuthResult(success=False, handled=True)
         metrics.SMTP_AUTH.labels("success").inc()

@@ -356,17 +356,20 @@ async def user_login(call: Call) -> dict[str, Any]:
     if held_back is not None:
         metrics.AUTH_THROTTLED.labels("api", held_back).inc()
         raise ApiError(4, "Too many failed login attempts; try again later")
-    async with services.db.read() as conn:
-        user = await repo.find_by_email(conn, email)
-    stored = user.password_hash if user is not None else None
-    if stored is None:
-        if not _DUMMY_HASH:
-            _DUMMY_HASH.append(await asyncio.to_thread(hash_password, new_session_id()))
-        stored = _DUMMY_HASH[0]
-    valid = await asyncio.to_thread(verify_password, password, stored)
+    try:
+        async with services.db.read() as conn:
+            user = await repo.find_by_email(conn, email)
+        stored = user.password_hash if user is not None else None
+        if stored is None:
+            if not _DUMMY_HASH:
+                _DUMMY_HASH.append(await asyncio.to_thread(hash_password, new_session_id()))
+            stored = _DUMMY_HASH[0]
+        valid = await asyncio.to_thread(verify_password, password, stored)
+    except Exception:
+        await throttle.undecided(email, client)  # not a failed login: storage trouble
+        raise
     if user is None or not valid or not user.password_hash:
-        await throttle.failed(email, client)
-        raise ApiError(3, "Invalid email address or password")
+        raise ApiError(3, "Invalid email address or password")  # counted as failed already
     await throttle.succeeded(email, client)
     session_id = new_session_id()
     now = time.time()
