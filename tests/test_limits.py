@@ -516,11 +516,14 @@ async def test_data_memory_budget_refuses_with_452_and_is_given_back(
         assert await a.cmd("DATA") == replies.DATA_GO_AHEAD
         await a.send(big)
         await wait_until(lambda: budget.used >= len(big), what="A's DATA held")
-        # B declares more than is left: told at MAIL. Without SIZE, refused after its DATA.
+        held_by_a = budget.used
+        # B declares more than is left: told at MAIL. Without SIZE, refused after its DATA;
+        # what it held went back as soon as it did not fit.
         b = await signed_in(running, acct)
         assert await b.cmd("MAIL FROM:<app@example.com> SIZE=500000") == replies.DATA_NO_ROOM
         out = await send(b, ["b@example.net"], big)
         assert out[-1] == replies.DATA_NO_ROOM
+        assert budget.used == held_by_a
         # The session stays in step, and A completes.
         assert await b.cmd("NOOP") == "250 2.0.0 OK"
         await a.send(b".\r\n")

@@ -229,3 +229,12 @@ def test_connection_limits_are_the_nodes_and_survive_a_worker_restart(
     poll(all_ten_again, "the slots back")
     code, _, err = node.stop()
     assert code == 0, err[-3000:]
+
+
+async def test_bench_stall_measures_a_relay_process() -> None:
+    """bench/stall.py (docs/benchmarks.md) runs: a small message through a real relay."""
+    from bench.stall import run
+
+    result = await run(1000, None)
+    assert str(result["reply"]).startswith("250 2.0.0 Ok: queued as ")
+    assert float(result["message_seconds"]) > 0 and float(result["longest_noop_seconds"]) > 0

@@ -323,6 +323,9 @@ class RelaySMTP(SMTP):
         process's budget cannot cover them."""
         more = size - self._data_held
         if more > 0 and not self.listener.data_budget.take(more):
+            # Refused: the rest is read and dropped, so what it held goes back now, for the
+            # sessions that may still fit.
+            self.release_data()
             self.data_over_budget = True
             return False
         self._data_held = max(size, self._data_held)
