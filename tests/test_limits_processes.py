@@ -134,6 +134,16 @@ def test_send_limit_and_auth_failures_are_the_nodes(
         client.quit()
     assert outcomes == ["sent"] * 3 + ["refused"] * (len(order) - 3)
 
+    # The counts are the main process's: a worker killed and restarted changes nothing.
+    (child,) = child_pids(node.proc.pid, "smtp")
+    os.kill(child, signal.SIGKILL)
+    poll(lambda: child_pids(node.proc.pid, "smtp") not in ([], [child]), "a new SMTP worker")
+    for client in [c for clients in spread(node, 2).values() for c in clients]:
+        client.login(cred["SMTPUsername"], cred["SMTPPassword"])
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            client.sendmail("app@example.com", ["late@example.net"], "From: app@example.com\r\n")
+        client.quit()
+
     # Wrong passwords in both processes add up: 4 from one address, then 421 for the 5th,
     # whichever process it reaches, without the password (right here) being checked.
     by_pid = spread(node, 6)

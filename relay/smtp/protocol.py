@@ -148,9 +148,11 @@ class RelaySMTP(SMTP):
         release = None
         if not self.listener.draining:
             release = await self.listener.services.connections.admit(self.peer_ip)
-        if release is not None and self.transport is None:
-            release()  # gone while we asked
-            return
+        if release is not None and (self.transport is None or self.listener.draining):
+            release()  # gone, or the drain began, while we asked
+            release = None
+            if self.transport is None:
+                return
         if release is None:
             await self.push(
                 replies.SHUTTING_DOWN if self.listener.draining else replies.TOO_MANY_CONNECTIONS
