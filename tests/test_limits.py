@@ -24,13 +24,14 @@ from relay.directory import Topics
 from relay.nodelimits import ConnectionTable, client_key
 from relay.ratelimit import (
     FallbackLimiter,
+    LimiterUnavailable,
     MemoryRateLimiter,
     RedisRateLimiter,
     send_limit_key,
 )
 from relay.smtp import replies
 from relay.store import schema as t
-from tests.apihelpers import bearer, sender_key
+from tests.apihelpers import bearer, make_account, sender_key
 from tests.conftest import Api, free_port
 from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
 from tests.sink import wait_until
@@ -619,3 +620,26 @@ async def test_large_messages_are_checked_and_signed_off_the_event_loop(
     # (a small body under a huge header) in a thread, for the checks and for the signature.
     assert threads["check"][0] == loop_thread and threads["check"][1] != loop_thread
     assert threads["sign"][0] == loop_thread and threads["sign"][1] != loop_thread
+
+
+class Unreachable(MemoryRateLimiter):
+    """Counters that cannot be reached at all (no fallback left)."""
+
+    async def counts(self, items: list[tuple[str, float]]) -> list[float]:
+        raise LimiterUnavailable("the main process is not answering")
+
+    async def hit(self, key: str, limit: int, window: float) -> Any:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+async def test_unreachable_counters_answer_503_not_500(api: Api, services: Any) -> None:
+    """What is left when no counter answers: the documented 503 (99996), never a 500."""
+    acct = await make_account(api)
+    key = await sender_key(api, acct)
+    services.limiter = Unreachable()
+    status, body = await api.request("GET", "/api/v1/webhooks", headers=bearer(key))
+    assert status == 503 and body["Errors"][0]["Code"] == 99996, body
+    res = await api.call("user.login", EmailAddress="owner@example.com", Password="x")
+    assert (res["_status"], res["ErrorCode"]) == (503, 99996), res
