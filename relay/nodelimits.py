@@ -43,7 +43,9 @@ from relay.ratelimit import (
 
 log = structlog.get_logger("relay.nodelimits")
 
-ANSWER_TIMEOUT = 2.0
+# Long enough for a main process that is merely busy (a worker counting alone loosens the
+# limits); short enough that a stopped one costs a session a few seconds, once per back-off.
+ANSWER_TIMEOUT = 10.0
 MAIN = "main"  # the main process's own SMTP server, as a holder of connections
 
 Release = Callable[[], None]

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from redis.exceptions import RedisError
 
 from relay import metrics
 
@@ -278,8 +277,9 @@ class RedisRateLimiter:
             log.debug("could not give back a reservation", key=r.key, error=str(exc))
 
 
-# What a shared counter's failure looks like (Redis down, or the main process not answering).
-UNAVAILABLE = (RedisError, OSError, TimeoutError, LimiterUnavailable)
+# What a shared counter's failure looks like (the main process not answering; FallbackLimiter
+# adds Redis's errors: redis is imported only when it is configured).
+UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, TimeoutError, LimiterUnavailable)
 
 
 class Circuit:
@@ -355,7 +355,10 @@ class FallbackLimiter:
     counted them."""
 
     def __init__(self, primary: Counters, fallback: Counters, *, name: str, where: str) -> None:
+        from redis.exceptions import RedisError
+
         self.primary, self.fallback = primary, fallback
+        self.errors: tuple[type[BaseException], ...] = (RedisError, *UNAVAILABLE)
         self.circuit = Circuit(
             name, where, "shared limits unavailable; counting on this node until they answer"
         )
@@ -365,7 +368,7 @@ class FallbackLimiter:
         if probe is not None:
             try:
                 result = await getattr(self.primary, op)(*args)
-            except UNAVAILABLE as exc:
+            except self.errors as exc:
                 self.circuit.failed(exc, probe)
             except BaseException:
                 self.circuit.abandon(probe)

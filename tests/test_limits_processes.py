@@ -43,9 +43,10 @@ def holder(conn: socket.socket, pids: list[int]) -> int | None:
     inode = None
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        local, remote = fields[1], fields[2]
+        local, remote, state = fields[1], fields[2], fields[3]
         if (
-            int(local.split(":")[1], 16) == server_port
+            state == "01"  # ESTABLISHED (not an old TIME_WAIT of the same ports)
+            and int(local.split(":")[1], 16) == server_port
             and int(remote.split(":")[1], 16) == client_port
         ):
             inode = fields[9]
@@ -132,7 +133,7 @@ def test_send_limit_and_auth_failures_are_the_nodes(
             assert f"{code} {text.decode()}" == replies.SEND_LIMIT
             outcomes.append("refused")
         client.quit()
-    assert outcomes == ["sent"] * 3 + ["refused"] * (len(order) - 3)
+    assert outcomes == ["sent"] * 3 + ["refused"] * (len(order) - 3), warnings(node)
 
     # The counts are the main process's: a worker killed and restarted changes nothing.
     (child,) = child_pids(node.proc.pid, "smtp")
@@ -157,13 +158,19 @@ def test_send_limit_and_auth_failures_are_the_nodes(
     for client in order[4:6]:
         client.ehlo()
         code, text = client.docmd("AUTH", "PLAIN " + plain(cred))
-        assert f"{code} {text.decode()}" == replies.AUTH_THROTTLED
+        assert f"{code} {text.decode()}" == replies.AUTH_THROTTLED, warnings(node)
         client.close()
     # The owner from another address is not held back.
     with smtplib.SMTP("127.0.0.1", node.smtp, timeout=30, source_address=("127.0.0.2", 0)) as c:
         c.login(cred["SMTPUsername"], cred["SMTPPassword"])
     code, _, err = node.stop()
     assert code == 0, err[-3000:]
+
+
+def warnings(node: Node) -> list[str]:
+    """The node's warnings and errors so far (why a test failed, if it did)."""
+    lines = node.err_path.read_text().splitlines()
+    return [line for line in lines if '"warning"' in line or '"error"' in line]
 
 
 def plain(cred: dict[str, Any]) -> str:
@@ -201,7 +208,8 @@ def test_connection_limits_are_the_nodes_and_survive_a_worker_restart(
     conns = [connect(node.smtp) for _ in range(30)]
     admitted = [c for c, first in conns if first.startswith("220 ")]
     refused = [first for _, first in conns if not first.startswith("220 ")]
-    assert len(admitted) == 10 and refused == [replies.TOO_MANY_CONNECTIONS] * 20
+    assert len(admitted) == 10, warnings(node)
+    assert refused == [replies.TOO_MANY_CONNECTIONS] * 20
     holders = {holder(c, pids) for c in admitted}
     # 4 more from another address fit the total of 14, the next does not.
     others = [connect(node.smtp, "127.0.0.2") for _ in range(5)]
