@@ -63,7 +63,13 @@ class SmtpSettings:
     max_auth_failures: int = 3
     max_connections: int = 2000
     max_connections_per_ip: int = 100
+    listen_backlog: int = 1024
     command_timeout: float = 300.0
+    max_session_time: float = 3600.0
+    data_memory_limit: int = 256 * 1024 * 1024
+    auth_failure_window: float = 900.0
+    auth_max_failures_per_ip: int = 10
+    auth_max_failures_per_user: int = 30
     advertised_ports: list[int] = field(default_factory=list)
     advertised_host: str = ""
 
@@ -104,6 +110,7 @@ class AdminSettings:
     rate_limit_requests: int = 100
     rate_limit_window: float = 60.0
     login_max_failures: int = 10
+    login_max_failures_per_ip: int = 5
     login_failure_window: float = 900.0
     relay_domains_refresh: float = 60.0
 
@@ -492,11 +499,19 @@ def validate(s: Settings) -> list[str]:
         "dkim.sign_threads": s.dkim.sign_threads,
         "admin.rate_limit_requests": s.admin.rate_limit_requests,
         "admin.login_max_failures": s.admin.login_max_failures,
+        "admin.login_max_failures_per_ip": s.admin.login_max_failures_per_ip,
+        "smtp.listen_backlog": s.smtp.listen_backlog,
+        "smtp.auth_max_failures_per_ip": s.smtp.auth_max_failures_per_ip,
+        "smtp.auth_max_failures_per_user": s.smtp.auth_max_failures_per_user,
         "database.pool_size": s.database.pool_size,
     }
     for name, value in positive.items():
         if value is not None and value < 1:
             problems.append(f"{name}: must be at least 1")
+    if s.smtp.data_memory_limit < s.smtp.max_message_size:
+        problems.append("smtp.data_memory_limit: at least smtp.max_message_size")
+    if s.smtp.max_session_time < 0 or s.smtp.auth_failure_window <= 0:
+        problems.append("smtp.max_session_time >= 0 (0: no limit) and smtp.auth_failure_window > 0")
     if s.smtp.max_line_length < 0:
         problems.append("smtp.max_line_length: must be 0 (no limit) or more")
     if s.dkim.key_bits not in (1024, 2048, 3072, 4096):

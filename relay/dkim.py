@@ -219,8 +219,9 @@ class DkimSigner:
     ) -> tuple[bytes, bytes]:
         """The DKIM-Signature header (name, value-with-CRLF) for this message."""
         loop = asyncio.get_running_loop()
-        if len(body) > _LARGE_BODY:
-            # Canonicalizing megabytes would hold the loop for milliseconds: use a thread.
+        if len(body) > _LARGE_BODY or sum(len(v) for _, v in headers) > _LARGE_BODY:
+            # Canonicalizing megabytes (of body, or of a header folded over many lines) would
+            # hold the loop for milliseconds or more: use a thread.
             pending = await asyncio.to_thread(
                 prepare_signature, headers, body, domain, selector, int(time.time())
             )

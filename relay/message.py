@@ -72,20 +72,27 @@ def parse(data: bytes) -> ParsedMessage:
         return ParsedMessage([], data[2:])
     else:
         head, body = data[: end + 2], data[end + 4 :]
-    headers: Headers = []
+    # Each header's lines are collected and joined once: appending to a bytes value per folded
+    # line copies it every time, quadratic in a header folded over many lines.
+    names: list[bytes] = []
+    lines: list[list[bytes]] = []
     for line in head.split(b"\r\n"):
         if not line:
             continue  # the split's empty tail
         if line[0] in (0x09, 0x20):
-            if not headers:
+            if not lines:
                 raise MalformedMessage("continuation line before any header")
-            headers[-1][1] += line + b"\r\n"
+            lines[-1].append(line)
             continue
         m = _HEADER_NAME.match(line)
         if m is not None:
-            headers.append([m.group(1), line[m.end() :] + b"\r\n"])
+            names.append(m.group(1))
+            lines.append([line[m.end() :]])
         elif not line.startswith(b"From "):
             raise MalformedMessage("invalid header line")
+    headers: Headers = [
+        [name, b"\r\n".join(value) + b"\r\n"] for name, value in zip(names, lines, strict=True)
+    ]
     return ParsedMessage(headers, body)
 
 

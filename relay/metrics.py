@@ -199,6 +199,25 @@ MX_LOOKUP_ERRORS = Counter(
     ["listener", "reason"],  # protocol | timeout
 )
 
+SMTP_DATA_BYTES = Gauge(
+    "relay_smtp_data_buffered_bytes",
+    "DATA bytes held in memory by SMTP sessions now (bounded per process by "
+    "smtp.data_memory_limit)",
+    multiprocess_mode="livesum",
+)
+AUTH_THROTTLED = Counter(
+    "relay_auth_throttled_total",
+    "Logins refused without checking the password, after too many failures",
+    ["front", "scope"],  # front: smtp | api (user.login); scope: ip | user
+)
+LIMITS_FALLBACK = Gauge(
+    "relay_limits_fallback",
+    "1 while limits are counted without the shared counters they belong in (redis: Redis is "
+    "unreachable, this node counts alone; main_process: a worker counts alone)",
+    ["counters"],
+    multiprocess_mode="livemax",
+)
+
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -13,7 +13,8 @@ In SMTP order:
   and verified -> the sender domain exists and is Enabled -> the sender address is valid and in
   the sender domain or a subdomain of it. A declared SIZE is checked against the limit.
 - RCPT: syntax -> suppression (the account's list, then the global one) -> recipients per
-  transaction -> the account's hourly send limit.
+  transaction -> the account's hourly send limit (reserved: counted at once, given back if the
+  message is not committed).
 - DATA: size -> NUL -> line endings (normalized, never refused) -> line length -> a parseable
   header block -> exactly one From, with one mailbox, in the sender domain.
 
@@ -23,6 +24,7 @@ miss; the only extra lookups are on refusal paths.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass
 
@@ -37,7 +39,7 @@ from relay.message import (
     normalize_line_endings,
     parse,
 )
-from relay.ratelimit import SEND_WINDOW, RateLimiter, send_limit_key
+from relay.ratelimit import SEND_WINDOW, RateLimiter, Reservation, send_limit_key
 from relay.secrets import verify_secret
 
 
@@ -187,21 +189,26 @@ async def check_recipient(
     user: UserView,
     rcpt: str,
     accepted_so_far: int,
-) -> None:
-    """One RCPT: this recipient after ``accepted_so_far`` accepted in the transaction."""
+) -> Reservation | None:
+    """One RCPT: this recipient after ``accepted_so_far`` accepted in the transaction. With a
+    send limit, its reservation: the caller releases it unless the message is committed."""
     if not is_valid_email(rcpt):
         raise Refused(Reason.RECIPIENT_INVALID, rcpt)
     if await directory.suppression(user.id, rcpt) is not None:
         raise Refused(Reason.RECIPIENT_SUPPRESSED, rcpt)
     if accepted_so_far >= settings.smtp.max_recipients:
         raise Refused(Reason.TOO_MANY_RECIPIENTS, str(settings.smtp.max_recipients))
-    # The account's hourly limit (0 = unlimited): this one and those accepted before it must
-    # fit. Written out here rather than in a helper: no extra await per RCPT.
+    # The account's hourly limit (0 = unlimited), reserved: counted now if it fits, in one step
+    # for every process and node, so concurrent sessions cannot all take the last unit; the
+    # front end gives it back if the message is not committed. Written out here rather than in
+    # a helper: no extra await per RCPT.
     limit = user.send_limit_per_hour
     if limit:
-        sent = await limiter.count(send_limit_key(user.id), SEND_WINDOW)
-        if sent + accepted_so_far + 1 > limit:
+        held = await limiter.reserve(send_limit_key(user.id), limit, SEND_WINDOW)
+        if held is None:
             raise Refused(Reason.SEND_LIMIT)
+        return held
+    return None
 
 
 async def check_recipients(
@@ -210,9 +217,11 @@ async def check_recipients(
     settings: Settings,
     user: UserView,
     rcpts: list[str],
-) -> None:
+) -> Reservation | None:
     """A whole envelope at once (the HTTP front ends): the same checks as ``check_recipient``
-    for every recipient; a suppression refusal names every suppressed address."""
+    for every recipient; a suppression refusal names every suppressed address. With a send
+    limit, the reservation of all of them: the caller releases it unless the message is
+    committed."""
     for rcpt in rcpts:
         check_recipient_address(rcpt)
     suppressed = [r for r in rcpts if await directory.suppression(user.id, r) is not None]
@@ -221,12 +230,29 @@ async def check_recipients(
     check_recipient_count(settings, len(rcpts))
     limit = user.send_limit_per_hour
     if limit and rcpts:  # with none (a credential check only) there is nothing to count
-        sent = await limiter.count(send_limit_key(user.id), SEND_WINDOW)
-        if sent + len(rcpts) > limit:
+        held = await limiter.reserve(send_limit_key(user.id), limit, SEND_WINDOW, len(rcpts))
+        if held is None:
             raise Refused(Reason.SEND_LIMIT)
+        return held
+    return None
 
 
 # -- DATA -------------------------------------------------------------------------------------
+
+# Content at least this large is checked in a worker thread: normalizing, splitting and parsing
+# megabytes (or hundreds of thousands of header lines) would hold the event loop, and with it
+# every other session of the process, for that long.
+OFF_LOOP_SIZE = 256 * 1024
+
+
+async def check_message(
+    settings: Settings, data: bytes, sender_domain: str
+) -> tuple[bytes, ParsedMessage]:
+    """``check_content`` for a front end on the event loop: in a thread when ``data`` is
+    large."""
+    if len(data) >= OFF_LOOP_SIZE:
+        return await asyncio.to_thread(check_content, settings, data, sender_domain)
+    return check_content(settings, data, sender_domain)
 
 
 def check_content(

@@ -19,6 +19,8 @@ Parent and child talk over a socketpair, one JSON object per line:
 - ``{"t": "reset"}`` parent to child: drop every cache (the parent lost its Redis subscription).
 - ``{"t": "reload"}`` parent to child: SIGHUP reached the parent; reload (relay.reload).
 - ``{"t": "ready"}`` child to parent: the child serves.
+- ``{"t": "lim", ...}`` SMTP child to parent, ``{"t": "limr", ...}`` back: the node's limits,
+  which the parent holds (relay.nodelimits).
 A child whose parent goes away (EOF) shuts down; a child that dies is restarted with backoff.
 """
 
@@ -38,6 +40,7 @@ import structlog
 from relay import metrics
 from relay.cache import LocalBus
 from relay.config import Settings
+from relay.nodelimits import ParentLink
 from relay.reload import Reloader
 from relay.services import Services
 
@@ -190,6 +193,8 @@ class ChildProcesses:
             await self._serve(child, child.link)
             code = await child.proc.wait()
             metrics.process_gone(child.proc.pid)
+            if self.services.node_limits is not None:
+                self.services.node_limits.holder_gone(child.name)
             child.link, child.ready = None, asyncio.Event()
             if child.role in self._stopping:
                 return
@@ -211,6 +216,10 @@ class ChildProcesses:
                 self.services.notify_enqueued()
             elif kind == "ready":
                 child.ready.set()
+            elif kind == "lim" and self.services.node_limits is not None:
+                answer = self.services.node_limits.handle(child.name, message)
+                if answer is not None:
+                    link.send(answer)
 
     async def stop(self, role: str, timeout: float, hurry: asyncio.Event | None = None) -> None:
         """SIGTERM the children of ``role`` (each drains within its own bound), then wait."""
@@ -264,9 +273,10 @@ async def run_child(
 ) -> int:
     """Entry point of a worker process (`relay worker`, started by `relay serve` only)."""
     bus = ChildBus()
-    services = await Services.create(settings, bus=bus, multi_process=True)
+    parent = ParentLink()
+    services = await Services.create(settings, bus=bus, multi_process=True, parent=parent)
     link = await Link.from_socket(socket.socket(fileno=ipc_fd))
-    bus.link = link
+    bus.link = parent.link = link
     await services.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -295,6 +305,8 @@ async def run_child(
                 bus._reset_all()
             elif kind == "reload":
                 reload()
+            elif kind == "limr":
+                parent.resolve(message)
         stop.set()  # the parent is gone
 
     listener = asyncio.create_task(listen_to_parent(), name="parent-link")

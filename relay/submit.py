@@ -2,7 +2,9 @@
 
 Shared by the SMTP DATA stage and the HTTP send API, so both produce identical messages.
 Returns only after the group commit holds the message, its recipients and their 'accepted'
-events; raises StorageUnavailable (SMTP: 451 4.3.0) otherwise.
+events; raises StorageUnavailable (SMTP: 451 4.3.0) otherwise. Nothing after the commit can
+fail the message: the send limit was reserved before (relay.policy), so the commit alone
+decides the answer.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from relay.dkim import DkimSigner
 from relay.message import ParsedMessage, date_header, message_id_header, received_header
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
-from relay.ratelimit import SEND_WINDOW, send_limit_key
 from relay.services import Services
 
 
@@ -97,7 +98,5 @@ class Submitter:
                 not_before=not_before,
             )
         )
-        if user.send_limit_per_hour:
-            await self.services.limiter.add(send_limit_key(user.id), SEND_WINDOW, len(recipients))
         metrics.MESSAGE_BYTES.observe(len(body))
         return queue_id

@@ -12,13 +12,18 @@ class RawSMTP:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def connect(cls, port: int, *, tls: bool = False) -> tuple[RawSMTP, str]:
+    async def connect(
+        cls, port: int, *, tls: bool = False, source: str | None = None
+    ) -> tuple[RawSMTP, str]:
+        """``source``: the client's address (any of 127.0.0.0/8 reaches a loopback listener)."""
         ctx = None
         if tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, local_addr=(source, 0) if source else None
+        )
         client = cls(reader, writer)
         return client, await client.reply()
 

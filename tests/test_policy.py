@@ -249,19 +249,33 @@ async def test_send_limit(sender: Sender) -> None:
     await sender.admin("user.update", UserID=sender.user_id, SendLimitPerHour=3)
     user = (await policy.check_sender(directory, await sender.credential(), None)).user
     assert user.send_limit_per_hour == 3
-    await limiter.add(send_limit_key(user.id), SEND_WINDOW, 2)
-    # One more fits; a second one in the same transaction does not.
-    await policy.check_recipient(directory, limiter, settings, user, "a@example.net", 0)
+    key = send_limit_key(user.id)
+    await limiter.add(key, SEND_WINDOW, 2)
+    # One more fits, and is counted at once (reserved); a second one does not.
+    held = await policy.check_recipient(directory, limiter, settings, user, "a@example.net", 0)
+    assert held is not None and await limiter.count(key, SEND_WINDOW) == 3
     with refused(Reason.SEND_LIMIT):
         await policy.check_recipient(directory, limiter, settings, user, "b@example.net", 1)
-    await policy.check_recipients(directory, limiter, settings, user, ["a@example.net"])
+    # Given back (the message was not committed): it fits again.
+    held.release()
+    assert await limiter.count(key, SEND_WINDOW) == 2
+    held = await policy.check_recipients(directory, limiter, settings, user, ["a@example.net"])
+    assert held is not None and held.amount == 1
+    held.release()
     with refused(Reason.SEND_LIMIT):
         await policy.check_recipients(
             directory, limiter, settings, user, ["a@example.net", "b@example.net"]
         )
+    assert await limiter.count(key, SEND_WINDOW) == 2  # a refusal counts nothing
     # No recipients (smtprelay checking a credential only): nothing to count.
-    await limiter.add(send_limit_key(user.id), SEND_WINDOW, 5)
-    await policy.check_recipients(directory, limiter, settings, user, [])
+    await limiter.add(key, SEND_WINDOW, 5)
+    assert await policy.check_recipients(directory, limiter, settings, user, []) is None
+    # No limit: nothing reserved.
+    await sender.admin("user.update", UserID=sender.user_id, SendLimitPerHour=0)
+    user = (await policy.check_sender(directory, await sender.credential(), None)).user
+    assert (
+        await policy.check_recipient(directory, limiter, settings, user, "c@example.net", 0) is None
+    )
 
 
 async def test_recipients_at_once(sender: Sender) -> None:

@@ -18,6 +18,7 @@ body, logged here; no stack trace ever reaches a client.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from relay.admin.errors import (
     unknown_command,
 )
 from relay.admin.params import Params
+from relay.ratelimit import LimiterUnavailable
 from relay.services import Services
 from relay.store.db import StorageUnavailable
 
@@ -47,13 +49,26 @@ log = structlog.get_logger("relay.admin")
 
 # "The database cannot be reached", as a command sees it: the queue's own wrapper, SQLAlchemy's
 # wrapping of such driver errors, and a refused or timed-out connection (asyncpg's connect).
+# Shared counters that cannot be reached answer the same (limits fall back on the node's own
+# counters first, relay.ratelimit; these are what would be left), Redis's errors included
+# (see _unavailable).
 STORAGE_ERRORS = (
     StorageUnavailable,
     OperationalError,
     InterfaceError,
     ConnectionError,
     TimeoutError,
+    LimiterUnavailable,
 )
+
+
+def _unavailable(exc: Exception) -> bool:
+    if isinstance(exc, STORAGE_ERRORS):
+        return True
+    # redis is imported only when it is configured: if it is not loaded, this is not its error.
+    redis_errors = sys.modules.get("redis.exceptions")
+    return redis_errors is not None and isinstance(exc, redis_errors.RedisError)
+
 
 Result = dict[str, Any] | web.StreamResponse
 
@@ -254,7 +269,7 @@ async def _run(
 def _failure(spec: CommandSpec, exc: Exception) -> ApiError:
     """The answer to an exception a command did not turn into an ApiError itself."""
     own = spec.storage_error
-    if isinstance(exc, STORAGE_ERRORS) or (own is not None and isinstance(exc, SQLAlchemyError)):
+    if _unavailable(exc) or (own is not None and isinstance(exc, SQLAlchemyError)):
         # The driver's message only: a statement's parameters may hold secrets.
         cause = getattr(exc, "orig", None) or exc
         log.warning("storage unavailable", command=spec.name, error=f"{type(cause).__name__}")

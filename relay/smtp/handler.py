@@ -3,7 +3,9 @@
 AUTH PLAIN/LOGIN are async methods here rather than an aiosmtpd ``authenticator`` (which is
 synchronous and must not do I/O); they answer 535 5.7.8 themselves on failure, since an
 AuthResult(success=False) with the default ``handled`` would leave the client hanging, and
-close the connection with 421 4.7.0 after ``max_auth_failures``.
+close the connection with 421 4.7.0 after ``max_auth_failures``. Failures are also counted
+across connections (relay.authlimit): past its limits, AUTH gets 421 4.7.0 without the password
+being checked.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 from relay import metrics, policy
 from relay.addresses import has_control_chars
+from relay.authlimit import FailureThrottle
 from relay.policy import Reason, Refused
 from relay.queue.model import NewEvent
 from relay.services import Services
@@ -34,6 +37,14 @@ class RelayHandler:
         self.settings = services.settings
         self.directory = services.directory
         self.submitter = submitter
+        smtp = services.settings.smtp
+        self.auth_throttle = FailureThrottle(
+            services.limiter,
+            "smtp",
+            smtp.auth_failure_window,
+            smtp.auth_max_failures_per_ip,
+            smtp.auth_max_failures_per_user,
+        )
 
     # -- greeting -------------------------------------------------------------------------
 
@@ -97,6 +108,18 @@ class RelayHandler:
 
     async def _authenticate(self, server: RelaySMTP, login: bytes, password: bytes) -> AuthResult:
         username = login.decode("utf-8", "replace")
+        held_back = await self.auth_throttle.check(username, server.peer_ip)
+        if held_back is not None:
+            metrics.SMTP_AUTH.labels("throttled").inc()
+            metrics.AUTH_THROTTLED.labels("smtp", held_back).inc()
+            log.info(
+                "auth refused: too many failures",
+                peer=server.peer_ip,
+                username=username[:64],
+                scope=held_back,
+            )
+            server.close_now(replies.AUTH_THROTTLED)
+            return AuthResult(success=False, handled=True)
         try:
             cred = await policy.authenticate(
                 self.directory, username, password.decode("utf-8", "replace")
@@ -117,10 +140,13 @@ class RelayHandler:
             # RFC 4954 6: 535 whatever the reason (a deleted domain's credential included).
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         except Exception as exc:  # storage trouble: temporary, the client retries
+            await self.auth_throttle.undecided(username, server.peer_ip)
             await server.push(reply_for(exc, "auth"))
             return AuthResult(success=False, handled=True)
         metrics.SMTP_AUTH.labels("success").inc()
         server.credential = cred
+        server.progress()
+        await self.auth_throttle.succeeded(username, server.peer_ip)
         return AuthResult(
             success=True, auth_data=LoginPassword(login, b""), message=replies.AUTH_OK
         )
@@ -141,6 +167,8 @@ class RelayHandler:
                 # RFC 1870: refuse at MAIL what would be refused after DATA anyway.
                 if key == "SIZE" and value.isdigit():
                     policy.check_size(self.settings, int(value))
+                    if int(value) > server.listener.data_budget.room():
+                        return replies.DATA_NO_ROOM  # RFC 1870 6.1: not now, try later
             assert server.credential is not None  # auth_required: aiosmtpd answered 530 before
             sender = await policy.check_sender(self.directory, server.credential, address)
         except Exception as exc:
@@ -151,6 +179,7 @@ class RelayHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.sender = sender
+        server.progress()
         return replies.SENDER_OK
 
     async def handle_RCPT(
@@ -164,7 +193,7 @@ class RelayHandler:
         sender = envelope.sender
         assert sender is not None
         try:
-            await policy.check_recipient(
+            held = await policy.check_recipient(
                 self.directory,
                 self.services.limiter,
                 self.settings,
@@ -186,15 +215,26 @@ class RelayHandler:
                     )
                 )
             return reply
+        if held is not None:
+            envelope.held.append(held)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        server.progress()
         return replies.RCPT_OK
 
     async def handle_DATA(self, server: RelaySMTP, session: Any, envelope: RelayEnvelope) -> str:
         sender = envelope.sender
         assert sender is not None and isinstance(envelope.content, bytes)
         try:
-            _, message = policy.check_content(self.settings, envelope.content, sender.domain.name)
+            _, message = await policy.check_message(
+                self.settings, envelope.content, sender.domain.name
+            )
+        except Exception as exc:
+            return reply_for(exc, "data")  # the session gives the reservations back
+        # From here the commit decides: its reservations belong to the message, given back
+        # only if the commit fails (not if this session is cut while it runs: it may commit).
+        held, envelope.held = envelope.held, []
+        try:
             queue_id = await self.submitter.accept(
                 user=sender.user,
                 domain=sender.domain,
@@ -211,6 +251,8 @@ class RelayHandler:
                 ),
             )
         except Exception as exc:
+            for reservation in held:
+                reservation.release()
             return reply_for(exc, "data")
         return replies.QUEUED.format(id=queue_id)
 

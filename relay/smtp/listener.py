@@ -15,7 +15,7 @@ from relay.dkim import DkimSigner
 from relay.queue.ingest import QueueWriter
 from relay.services import Services
 from relay.smtp.handler import RelayHandler
-from relay.smtp.protocol import ConnectionLimits, RelaySMTP, plaintext_networks
+from relay.smtp.protocol import DataBudget, RelaySMTP, plaintext_networks
 from relay.submit import Submitter
 from relay.tls import ServerTLS, tls_files
 
@@ -38,9 +38,10 @@ class SmtpServer:
         self.signer = DkimSigner(s.dkim.sign_threads)
         self.submitter = Submitter(services, writer, self.signer)
         self.handler = RelayHandler(services, self.submitter)
-        self.limits = ConnectionLimits(s.smtp.max_connections, s.smtp.max_connections_per_ip)
         self.plaintext_ok = plaintext_networks(s.smtp.plaintext_auth_networks)
         self.max_message_size = s.smtp.max_message_size
+        self.max_session_time = s.smtp.max_session_time
+        self.data_budget = DataBudget(s.smtp.data_memory_limit)
         self.sessions: set[RelaySMTP] = set()
         self.draining = False
         self._servers: list[tuple[str, asyncio.Server]] = []
@@ -70,10 +71,13 @@ class SmtpServer:
         if self.inherited is not None:
             for kind, sock in self.inherited:
                 implicit = kind == "smtps"
+                # create_server listen()s again on the shared socket: with the same backlog,
+                # or the last process to start would shrink the main process's queue.
                 server = await loop.create_server(
                     lambda implicit=implicit: self._factory(ctx, implicit),
                     sock=sock,
                     ssl=ctx if implicit else None,
+                    backlog=s.smtp.listen_backlog,
                 )
                 self._servers.append((kind, server))
             return
@@ -87,7 +91,7 @@ class SmtpServer:
                     port,
                     ssl=ctx if implicit else None,
                     reuse_address=True,
-                    backlog=1024,
+                    backlog=s.smtp.listen_backlog,
                 )
                 self._servers.append((kind, server))
 

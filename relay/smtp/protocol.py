@@ -8,7 +8,16 @@ What aiosmtpd leaves to us (ARCHITECTURE.md "library traps"), done here:
 - AUTH over plaintext is allowed only for ``plaintext_auth_networks``; on the implicit-TLS
   listener aiosmtpd cannot see the TLS layer, so the policy is set per connection here, never
   on a plaintext listener as a whole (aiosmtpd issues #274, #281).
-- Connection limits (total and per client address), and a drain for graceful shutdown.
+- Connection limits (total and per client address) for the node as a whole, whatever its
+  process count (admission asks ``services.connections``, relay.nodelimits), and a drain for
+  graceful shutdown.
+- Bounded sessions: the idle timer is moved only by progress (a successful AUTH, MAIL, RCPT,
+  DATA and its bytes), not by NOOP, RSET, HELP or EHLO, and ``smtp.max_session_time`` ends even
+  a busy session (after its transaction); RFC 5321 4.5.3.2 lets a server time out idle clients.
+- Bounded memory: DATA held in memory by this process's sessions stays within
+  ``smtp.data_memory_limit`` (``DataBudget``); a message that does not fit is read to its end
+  and refused with 452 4.3.1, and the bytes are given back when the transaction or the
+  connection ends.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -29,6 +38,7 @@ from relay.smtp.errors import reply_for
 if TYPE_CHECKING:
     from relay.directory import CredentialView
     from relay.policy import Sender
+    from relay.ratelimit import Reservation
 
 _DATA_END = b"\r\n.\r\n"
 # The common path argument: <dot-atom@domain> and optional parameters.
@@ -55,26 +65,30 @@ class RelayEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.sender: Sender | None = None
+        # Send-limit reservations of the accepted recipients, given back unless committed.
+        self.held: list[Reservation] = []
 
 
-class ConnectionLimits:
-    def __init__(self, total: int, per_ip: int) -> None:
-        self.total, self.per_ip = total, per_ip
-        self.open = 0
-        self.by_ip: Counter[str] = Counter()
+class DataBudget:
+    """DATA bytes held in memory by one process's sessions, at most ``limit`` in all."""
 
-    def acquire(self, ip: str) -> bool:
-        if self.open >= self.total or self.by_ip[ip] >= self.per_ip:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def room(self) -> int:
+        return self.limit - self.used
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
             return False
-        self.open += 1
-        self.by_ip[ip] += 1
+        self.used += n
+        metrics.SMTP_DATA_BYTES.inc(n)
         return True
 
-    def release(self, ip: str) -> None:
-        self.open -= 1
-        self.by_ip[ip] -= 1
-        if self.by_ip[ip] <= 0:
-            del self.by_ip[ip]
+    def give(self, n: int) -> None:
+        self.used -= n
+        metrics.SMTP_DATA_BYTES.dec(n)
 
 
 class RelaySMTP(SMTP):
@@ -90,13 +104,18 @@ class RelaySMTP(SMTP):
         self.listener = listener  # relay.smtp.listener.SmtpServer
         self.implicit_tls = implicit_tls
         self.peer_ip = ""
-        self.admitted = False
         self.auth_failures = 0
         self.credential: CredentialView | None = None
         self.close_after_transaction = False
+        self._closing_reply = replies.SHUTTING_DOWN
         self._plain_reply = False
         self._greeted = False
         self._idle_deadline = 0.0
+        self._reading_data = False
+        self._release_slot: Callable[[], None] | None = None
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._data_held = 0  # bytes of this session's DATA counted in the listener's budget
+        self.data_over_budget = False
 
     # -- connection lifecycle ----------------------------------------------------------------
 
@@ -111,28 +130,44 @@ class RelaySMTP(SMTP):
         peer = transport.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if peer else ""
         self._auth_require_tls = not (self.implicit_tls or self.listener.plaintext_ok(self.peer_ip))
-        self.admitted = not self.listener.draining and self.listener.limits.acquire(self.peer_ip)
-        if self.admitted:
-            self.listener.sessions.add(self)
-            metrics.SMTP_CONNECTIONS.inc()
-            metrics.SMTP_SESSIONS.labels("smtps" if self.implicit_tls else "smtp").inc()
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self.admitted:
-            self.admitted = False
-            self.listener.limits.release(self.peer_ip)
+        self.give_back()
+        self.release_data()
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        if self._release_slot is not None:
+            self._release_slot()
+            self._release_slot = None
             self.listener.sessions.discard(self)
             metrics.SMTP_CONNECTIONS.dec()
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        if not self.admitted:
+        # Admission by the node's connection table (in the main process: may be a question to it).
+        release = None
+        if not self.listener.draining:
+            release = await self.listener.services.connections.admit(self.peer_ip)
+        if release is not None and (self.transport is None or self.listener.draining):
+            release()  # gone, or the drain began, while we asked
+            release = None
+            if self.transport is None:
+                return
+        if release is None:
             await self.push(
                 replies.SHUTTING_DOWN if self.listener.draining else replies.TOO_MANY_CONNECTIONS
             )
             if self.transport is not None:
                 self.transport.close()
             return
+        self._release_slot = release
+        self.listener.sessions.add(self)
+        metrics.SMTP_CONNECTIONS.inc()
+        metrics.SMTP_SESSIONS.labels("smtps" if self.implicit_tls else "smtp").inc()
+        if self.listener.max_session_time:
+            self._session_timer = self.loop.call_later(
+                self.listener.max_session_time, self._session_expired
+            )
         await super()._handle_client()
 
     def _create_session(self) -> RelaySession:
@@ -141,16 +176,43 @@ class RelaySMTP(SMTP):
     def _create_envelope(self) -> RelayEnvelope:
         return RelayEnvelope()
 
+    def _set_post_data_state(self) -> None:
+        # The transaction ends (DATA answered, RSET, EHLO, STARTTLS): what it held goes back.
+        self.give_back()
+        self.release_data()
+        super()._set_post_data_state()
+
+    def give_back(self) -> None:
+        """Send-limit reservations of a transaction that did not commit go back."""
+        envelope = self.envelope
+        if isinstance(envelope, RelayEnvelope) and envelope.held:
+            held, envelope.held = envelope.held, []
+            for reservation in held:
+                reservation.release()
+
     @property
     def in_transaction(self) -> bool:
         return bool(self.envelope is not None and self.envelope.mail_from)
 
     def shutdown(self) -> None:
         """Graceful stop: idle sessions get 421 now, the others after their transaction."""
+        self._close_after_transaction(replies.SHUTTING_DOWN)
+
+    def _session_expired(self) -> None:
+        """``smtp.max_session_time`` is up: close now when idle, else after the transaction,
+        which gets one more idle period at most."""
+        self._close_after_transaction(replies.SESSION_TOO_LONG)
+        if self.close_after_transaction:
+            self._session_timer = self.loop.call_later(
+                self._timeout_duration, self.close_now, replies.SESSION_TOO_LONG
+            )
+
+    def _close_after_transaction(self, reply: str) -> None:
         if self.in_transaction:
             self.close_after_transaction = True
+            self._closing_reply = reply
         else:
-            self.close_now(replies.SHUTTING_DOWN)
+            self.close_now(reply)
 
     def close_now(self, reply: str) -> None:
         # uvloop's transports are not asyncio.WriteTransport subclasses: cast, don't isinstance.
@@ -169,20 +231,28 @@ class RelaySMTP(SMTP):
     # -- idle timeout -------------------------------------------------------------------------
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        """aiosmtpd cancels and re-creates a timer on every command. Keep one timer and a
-        deadline instead: a command only moves the deadline; the timer re-arms itself for the
-        rest when it fires early (RFC 5321 4.5.3.2 idle limits are minutes, not microseconds)."""
+        """aiosmtpd calls this at the connection and before every command. Only the first call
+        arms the idle timer, and only DATA bytes move it from here: other commands (NOOP, RSET,
+        EHLO, a failed AUTH) are not progress, or a client could hold a connection for ever.
+        ``progress`` moves it. One timer and a deadline: the timer re-arms itself for the rest
+        when it fires early (RFC 5321 4.5.3.2 idle limits are minutes, not microseconds)."""
         loop = self.loop
-        self._idle_deadline = loop.time() + (duration or self._timeout_duration)
         if self._timeout_handle is None or self._timeout_handle.cancelled():
+            self._idle_deadline = loop.time() + (duration or self._timeout_duration)
             self._timeout_handle = loop.call_at(self._idle_deadline, self._timeout_cb)
+        elif self._reading_data:
+            self._idle_deadline = loop.time() + self._timeout_duration
+
+    def progress(self) -> None:
+        """The client moved its transaction on: it has another idle period."""
+        self._idle_deadline = self.loop.time() + self._timeout_duration
 
     def _timeout_cb(self) -> None:
         left = self._idle_deadline - self.loop.time()
         if left > 0:
             self._timeout_handle = self.loop.call_later(left, self._timeout_cb)
             return
-        super()._timeout_cb()
+        self.close_now(replies.IDLE_TIMEOUT)
 
     # -- replies ------------------------------------------------------------------------------
 
@@ -231,8 +301,16 @@ class RelaySMTP(SMTP):
             await self.push(replies.DATA_SYNTAX)
             return
         await self.push(replies.DATA_GO_AHEAD)
-        content = await self._read_data()
-        if content is None:
+        self.progress()
+        self._reading_data = True
+        try:
+            content = await self._read_data()
+        finally:
+            self._reading_data = False
+        if content is None and self.data_over_budget:
+            status = replies.DATA_NO_ROOM
+            metrics.SMTP_REPLIES.labels("data", status[:3]).inc()
+        elif content is None:
             status = reply_for(Refused(Reason.MESSAGE_TOO_BIG), "data")
         else:
             self.envelope.content = self.envelope.original_content = content
@@ -240,7 +318,26 @@ class RelaySMTP(SMTP):
         self._set_post_data_state()
         await self.push(status)
         if self.close_after_transaction:
-            self.close_now(replies.SHUTTING_DOWN)
+            self.close_now(self._closing_reply)
+
+    def hold_data(self, size: int) -> bool:
+        """This session's DATA now holds ``size`` bytes; False (nothing more counted) if the
+        process's budget cannot cover them."""
+        more = size - self._data_held
+        if more > 0 and not self.listener.data_budget.take(more):
+            # Refused: the rest is read and dropped, so what it held goes back now, for the
+            # sessions that may still fit.
+            self.release_data()
+            self.data_over_budget = True
+            return False
+        self._data_held = max(size, self._data_held)
+        return True
+
+    def release_data(self) -> None:
+        if self._data_held:
+            self.listener.data_budget.give(self._data_held)
+            self._data_held = 0
+        self.data_over_budget = False
 
     async def _read_data(self) -> bytes | None:
         """The dot-unstuffed content, or None if it exceeded the size limit (all of it is still
@@ -265,7 +362,9 @@ class RelaySMTP(SMTP):
                 del buf[: max(0, len(buf) - len(_DATA_END))]
                 scanned = 0
             buf += chunk
-            if not too_big and len(buf) > limit + 2 + len(_DATA_END):
+            if not too_big and (
+                len(buf) > limit + 2 + len(_DATA_END) or not self.hold_data(len(buf))
+            ):
                 too_big = True
         leftover = bytes(buf[idx + len(_DATA_END) :])
         if leftover:
@@ -294,4 +393,4 @@ def plaintext_networks(networks: list[str]) -> Any:
     return allowed
 
 
-__all__ = ["ConnectionLimits", "RelayEnvelope", "RelaySMTP", "RelaySession", "plaintext_networks"]
+__all__ = ["DataBudget", "RelayEnvelope", "RelaySMTP", "RelaySession", "plaintext_networks"]

@@ -27,6 +27,8 @@ AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
 AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_TOO_MANY = "421 4.7.0 Too many authentication failures, closing connection"
+# Failures across connections (per client address or per username): AUTH is not even tried.
+AUTH_THROTTLED = "421 4.7.0 Too many failed authentications, try again later"
 AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
 AUTH_BAD_PLAIN = "501 5.5.2 Cannot split auth value"
 
@@ -61,6 +63,10 @@ MALFORMED = "554 5.6.0 Malformed message: {detail}"
 # -- connection and trouble -------------------------------------------------------------------
 
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+IDLE_TIMEOUT = "421 4.4.2 Idle too long, closing connection"
+SESSION_TOO_LONG = "421 4.4.2 Session time limit reached, please reconnect"
+# The process's DATA memory is spent (RFC 3463 4.3.1 "mail system full"; RFC 1870 6.1 at MAIL).
+DATA_NO_ROOM = "452 4.3.1 Insufficient system storage, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
 

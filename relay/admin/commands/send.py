@@ -34,6 +34,7 @@ from relay.admin.errors import INTERNAL_ERROR, ApiError, storage_unavailable
 from relay.admin.refusals import relay_error, send_error
 from relay.admin.senderkey import sender_scope
 from relay.message import from_addresses
+from relay.ratelimit import Reservation
 from relay.smtp import replies
 from relay.submit import Origin, Submitter
 
@@ -134,34 +135,47 @@ async def send_email(call: Call) -> dict[str, Any]:
     )
     user, domain = scope.user, scope.domain
     services = call.services
+    held: Reservation | None = None
     try:
         policy.check_account(user, domain)
         mail = parse_email(call.params, services.settings, domain.name)
         recipients = mail.recipients
-        await policy.check_recipients(
+        held = await policy.check_recipients(
             services.directory, services.limiter, services.settings, user, recipients
         )
         submitter = _submitter(call)
-        _data, message = policy.check_content(services.settings, build_mime(mail), domain.name)
-    except policy.Refused as exc:
-        raise send_error(exc) from None
-    queue_id = await submitter.accept(
-        user=user,
-        domain=domain,
-        mail_from=mail.sender[1],
-        recipients=recipients,
-        message=message,
-        origin=Origin(
-            source="api",
-            client_ip=call.request.remote or "",
-            helo="api",
-            tls=None,
-            authenticated=True,
-            api_key_id=scope.api_key_id,
-        ),
-        tags=mail.tags,
-    )
+        _data, message = await policy.check_message(
+            services.settings, build_mime(mail), domain.name
+        )
+        queue_id = await submitter.accept(
+            user=user,
+            domain=domain,
+            mail_from=mail.sender[1],
+            recipients=recipients,
+            message=message,
+            origin=Origin(
+                source="api",
+                client_ip=call.request.remote or "",
+                helo="api",
+                tls=None,
+                authenticated=True,
+                api_key_id=scope.api_key_id,
+            ),
+            tags=mail.tags,
+        )
+    except Exception as exc:
+        _give_back(held)
+        if isinstance(exc, policy.Refused):
+            raise send_error(exc) from None
+        raise
     return {"MessageID": queue_id}
+
+
+def _give_back(held: Reservation | None) -> None:
+    """The send limit reserved for a message that was not committed goes back. (Not on
+    cancellation: a commit already under way may still hold the message.)"""
+    if held is not None:
+        held.release()
 
 
 def _missing(code: int, text: str) -> ApiError:
@@ -213,14 +227,16 @@ async def smtp_relay(call: Call) -> dict[str, Any]:
     directory, settings = services.directory, services.settings
     recipients = [r.strip() for r in (p.str("RcptTo") or "").split(",") if r.strip()]
     raw = p.raw("RawEmail")
+    held: Reservation | None = None
     try:
         cred = await policy.authenticate(directory, username, password)
         sender = await policy.check_sender(directory, cred, p.str("MailFrom") or None)
-        await policy.check_recipients(
+        held = await policy.check_recipients(
             directory, services.limiter, settings, sender.user, recipients
         )
         result: dict[str, Any] = {"SMTPUsername": username, "SMTPPassword": password}
         if not raw:
+            _give_back(held)  # a check only: nothing is sent
             return ok(**result)
         if not recipients:
             raise ApiError(
@@ -229,23 +245,26 @@ async def smtp_relay(call: Call) -> dict[str, Any]:
                 extra={"SMTPResponse": replies.NO_RECIPIENTS},
             )
         submitter = _submitter(call)
-        _data, message = policy.check_content(
+        _data, message = await policy.check_message(
             settings, str(raw).encode("utf-8"), sender.domain.name
         )
-    except policy.Refused as exc:
-        raise relay_error(exc) from None
-    queue_id = await submitter.accept(
-        user=sender.user,
-        domain=sender.domain,
-        mail_from=sender.mail_from or from_addresses(message)[0],
-        recipients=recipients,
-        message=message,
-        origin=Origin(
-            source="api",
-            client_ip=call.request.remote or "",
-            helo="smtprelay",
-            credential_id=cred.id,
-        ),
-    )
+        queue_id = await submitter.accept(
+            user=sender.user,
+            domain=sender.domain,
+            mail_from=sender.mail_from or from_addresses(message)[0],
+            recipients=recipients,
+            message=message,
+            origin=Origin(
+                source="api",
+                client_ip=call.request.remote or "",
+                helo="smtprelay",
+                credential_id=cred.id,
+            ),
+        )
+    except Exception as exc:
+        _give_back(held)
+        if isinstance(exc, policy.Refused):
+            raise relay_error(exc) from None
+        raise
     log.info("smtprelay queued", uuid=clean_text(p.str("UUID") or "")[:64], queue_id=queue_id)
     return ok(SMTPResponse=replies.QUEUED.format(id=queue_id), **result)

@@ -18,9 +18,11 @@ from typing import Any
 
 from sqlalchemy import Row
 
+from relay import metrics
 from relay.addresses import is_valid_email
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
+from relay.authlimit import FailureThrottle
 from relay.directory import Topics
 from relay.secrets import (
     hash_password,
@@ -29,6 +31,7 @@ from relay.secrets import (
     new_user_api_key,
     verify_password,
 )
+from relay.services import Services
 from relay.store.db import fmt_dt
 from relay.store.repos import sessions as sessions_repo
 from relay.store.repos import users as repo
@@ -307,16 +310,26 @@ async def user_delete(call: Call) -> dict[str, Any]:
 _DUMMY_HASH: list[str] = []
 
 
-def _login_key(email: str) -> str:
-    return f"login-failures:{hash_secret(email)}"
+def _login_throttle(services: Services) -> FailureThrottle:
+    admin = services.settings.admin
+    return FailureThrottle(
+        services.limiter,
+        "login",
+        admin.login_failure_window,
+        admin.login_max_failures_per_ip,
+        admin.login_max_failures,
+    )
 
 
 @command("user.login", auth="none")
 async def user_login(call: Call) -> dict[str, Any]:
     """Exchange a user's email address and password for a SessionID (the user commands'
-    ``SessionID`` parameter), valid for ``admin.session_ttl`` seconds. After
-    ``admin.login_max_failures`` wrong passwords for an address within
-    ``admin.login_failure_window`` seconds, logins for it are refused until the window passes.
+    ``SessionID`` parameter), valid for ``admin.session_ttl`` seconds. Failed logins are
+    counted per email address and per client address within ``admin.login_failure_window``
+    seconds: after ``admin.login_max_failures`` for an address, logins for it are refused
+    until the window passes, except from a client address that has logged in as that user
+    before; after ``admin.login_max_failures_per_ip`` from one client address, logins from it
+    are refused the same way. The password is not checked while refused.
 
     Parameters:
         EmailAddress (String, required): the user's address.
@@ -337,20 +350,27 @@ async def user_login(call: Call) -> dict[str, Any]:
         raise ApiError(2, "Missing required parameter (Password)")
     services = call.services
     admin = services.settings.admin
-    key = _login_key(email)
-    if await services.limiter.count(key, admin.login_failure_window) >= admin.login_max_failures:
+    throttle = _login_throttle(services)
+    client = call.request.remote or ""
+    held_back = await throttle.check(email, client)
+    if held_back is not None:
+        metrics.AUTH_THROTTLED.labels("api", held_back).inc()
         raise ApiError(4, "Too many failed login attempts; try again later")
-    async with services.db.read() as conn:
-        user = await repo.find_by_email(conn, email)
-    stored = user.password_hash if user is not None else None
-    if stored is None:
-        if not _DUMMY_HASH:
-            _DUMMY_HASH.append(await asyncio.to_thread(hash_password, new_session_id()))
-        stored = _DUMMY_HASH[0]
-    valid = await asyncio.to_thread(verify_password, password, stored)
+    try:
+        async with services.db.read() as conn:
+            user = await repo.find_by_email(conn, email)
+        stored = user.password_hash if user is not None else None
+        if stored is None:
+            if not _DUMMY_HASH:
+                _DUMMY_HASH.append(await asyncio.to_thread(hash_password, new_session_id()))
+            stored = _DUMMY_HASH[0]
+        valid = await asyncio.to_thread(verify_password, password, stored)
+    except Exception:
+        await throttle.undecided(email, client)  # not a failed login: storage trouble
+        raise
     if user is None or not valid or not user.password_hash:
-        await services.limiter.add(key, admin.login_failure_window)
-        raise ApiError(3, "Invalid email address or password")
+        raise ApiError(3, "Invalid email address or password")  # counted as failed already
+    await throttle.succeeded(email, client)
     session_id = new_session_id()
     now = time.time()
     expires = now + admin.session_ttl
