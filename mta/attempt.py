@@ -22,6 +22,7 @@ import structlog
 
 from mta import retry, transaction
 from mta.pool import ConnectionPool
+from mta.returnpath import ReturnPath  # returnpath
 from mta.routing import Route
 from mta.transaction import CONNECTION_ERRORS, Reply, connection_failure
 from relay import events, metrics
@@ -50,9 +51,14 @@ OPEN_ERRORS: tuple[type[BaseException], ...] = (
 
 class MessageAttempt:
     def __init__(
-        self, message: QueuedMessage, pool: ConnectionPool, settings: DeliverySettings
+        self,
+        message: QueuedMessage,
+        pool: ConnectionPool,
+        settings: DeliverySettings,
+        return_path: ReturnPath | None = None,  # returnpath
     ) -> None:
         self.message = message
+        self.return_path = return_path  # returnpath
         self.pool = pool
         self.settings = settings
         self.started = time.monotonic()
@@ -86,7 +92,10 @@ class MessageAttempt:
             try:
                 async with pool.connection() as conn:
                     started = time.monotonic()
-                    result = await transaction.send(conn, msg.mail_from, rcpts, msg.body)
+                    if self.return_path is not None:  # returnpath: VERP per recipient
+                        result = await self.return_path.send(conn, server, msg, rcpts)
+                    else:
+                        result = await transaction.send(conn, msg.mail_from, rcpts, msg.body)
                     metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
             except OPEN_ERRORS as exc:
                 self.error = connection_failure(exc, "connect")

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mta.attempt import MessageAttempt
 from mta.pool import ConnectionPool, client_tls_context
 from mta.recorder import OutcomeRecorder
+from mta.returnpath import ReturnPath  # returnpath
 from mta.routing import Router
 from relay import metrics
 from relay.queue.delivery import DeliveryStore
@@ -57,6 +58,10 @@ class DeliveryService:
         self.store = DeliveryStore(services.db, services.bus)
         self.router = Router(services.directory)
         self.recorder = OutcomeRecorder(self.store)
+        # returnpath: VERP MAIL FROM and the delivery servers' From rules (mta/returnpath.py)
+        self.return_path = ReturnPath(
+            services.db, services.box, services.settings, services.directory
+        )
         self.pool: ConnectionPool | None = None
         # Set when a side task died: why the worker stopped (and `failed` is set).
         self.error: BaseException | None = None
@@ -78,6 +83,7 @@ class DeliveryService:
         tls = await asyncio.to_thread(client_tls_context, s.tls_verify, s.tls_ca_file)
         hostname = await asyncio.to_thread(lambda: self.services.settings.hostname)
         self.pool = ConnectionPool(s, tls, hostname)
+        await self.return_path.start()  # returnpath: loads the shared VERP key
         self._watch(self.recorder.start())
         self._watch(asyncio.create_task(self.pool.run_reaper(), name="delivery-pool-reaper"))
         if not self.services.db.is_sqlite:
@@ -125,6 +131,7 @@ class DeliveryService:
         await asyncio.gather(*self._side, return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
+        await self.return_path.close()  # returnpath
         await self.store.close()
         metrics.DELIVERY_WORKER_UP.set(0)
         metrics.DELIVERY_IN_FLIGHT.set(0)
@@ -241,7 +248,7 @@ class DeliveryService:
 
     async def _deliver(self, message: QueuedMessage, deadline: float) -> None:
         assert self.pool is not None
-        attempt = MessageAttempt(message, self.pool, self.settings)
+        attempt = MessageAttempt(message, self.pool, self.settings, self.return_path)  # returnpath
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 if not message.body:

@@ -128,6 +128,23 @@ class LogSettings:
 @dataclass
 class SecuritySettings:
     key_encryption_key: str = ""
+    # Key of the VERP tokens in return paths (mta/returnpath.py); every node must use the same.
+    # Empty: generated once and kept in the database, which every node shares.
+    return_path_secret: str = ""
+
+
+@dataclass
+class MxSettings:
+    """The MX listener for bounces and complaints (mta/bounces/)."""
+
+    listen: list[str] = field(default_factory=list)
+    max_message_size: int = 10 * 1024 * 1024
+    max_line_length: int = 998
+    max_connections: int = 200
+    max_connections_per_ip: int = 20
+    command_timeout: float = 300.0
+    report_retention_days: float = 30.0
+    report_max_stored: int = 10_000
 
 
 @dataclass
@@ -142,6 +159,7 @@ class Settings:
     dns: DnsSettings = field(default_factory=DnsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    mx: MxSettings = field(default_factory=MxSettings)
 
     # Derived once by load(); not settings themselves.
     source: str = ""
@@ -180,6 +198,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "RELAY_HOSTNAME": ("server", "hostname"),
     "RELAY_LOG_FORMAT": ("log", "format"),
     "RELAY_KEY_ENCRYPTION_KEY": ("security", "key_encryption_key"),
+    "RELAY_MX_LISTEN": ("mx", "listen"),
 }
 
 _SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
@@ -301,7 +320,11 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
 
 def validate(s: Settings) -> list[str]:
     problems: list[str] = []
-    for name, items in (("smtp.listen", s.smtp.listen), ("smtp.smtps_listen", s.smtp.smtps_listen)):
+    for name, items in (
+        ("smtp.listen", s.smtp.listen),
+        ("smtp.smtps_listen", s.smtp.smtps_listen),
+        ("mx.listen", s.mx.listen),
+    ):
         for item in items:
             try:
                 parse_hostport(item)
@@ -348,6 +371,10 @@ def validate(s: Settings) -> list[str]:
         "admin.rate_limit_requests": s.admin.rate_limit_requests,
         "admin.login_max_failures": s.admin.login_max_failures,
         "database.pool_size": s.database.pool_size,
+        "mx.max_message_size": s.mx.max_message_size,
+        "mx.max_connections": s.mx.max_connections,
+        "mx.max_connections_per_ip": s.mx.max_connections_per_ip,
+        "mx.report_max_stored": s.mx.report_max_stored,
     }
     for name, value in positive.items():
         if value is not None and value < 1:
@@ -367,6 +394,12 @@ def validate(s: Settings) -> list[str]:
             decode_kek(s.security.key_encryption_key)
         except ValueError as exc:
             problems.append(f"security.key_encryption_key: {exc}")
+    if s.security.return_path_secret and len(s.security.return_path_secret) < 16:
+        problems.append("security.return_path_secret: at least 16 characters (random)")
+    if s.mx.max_line_length < 0:
+        problems.append("mx.max_line_length: must be 0 (no limit) or more")
+    if s.mx.command_timeout <= 0 or s.mx.report_retention_days <= 0:
+        problems.append("mx.command_timeout and mx.report_retention_days: must be more than 0")
     if s.admin.relay_domains_refresh <= 0:
         problems.append("admin.relay_domains_refresh: must be more than 0")
     if s.dns.timeout <= 0 or s.dns.cache_ttl < 0:
