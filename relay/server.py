@@ -71,6 +71,7 @@ class Relay:
         self.children: Any = None
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
+        self.mx: Any = None  # bounces: the MX listener (mta/bounces/listener.py)
         self._stopping = False
         # Set when delivery in this process died: the node stops (exit 1) rather than accept
         # mail nobody delivers; systemd restarts it.
@@ -124,6 +125,11 @@ class Relay:
             failed = self.delivery.failed
             self._watcher = asyncio.create_task(failed.wait(), name="delivery-watch")
             self._watcher.add_done_callback(lambda _t: self.failed.set())
+        if s.mx.listen:  # bounces: the MX listener for return-path mail
+            from mta.bounces.listener import MxServer
+
+            self.mx = MxServer(services)
+            await self.mx.start()
         host, port = parse_hostport(s.admin.listen)
         self.admin = AdminServer(services, host, port, submitter=self.smtp.submitter)
         await self.admin.start()
@@ -153,6 +159,8 @@ class Relay:
             drains.append(self.smtp.stop(timeout, self.hurry))
         if self.children is not None:
             drains.append(self.children.stop("smtp", timeout, self.hurry))
+        if self.mx is not None:  # bounces
+            drains.append(self.mx.stop(timeout, self.hurry))
         await asyncio.gather(*drains)
         if self.writer is not None:
             await self.writer.stop()

@@ -97,7 +97,7 @@ async def test_the_stored_key_is_sealed_with_the_key_encryption_key(services: Se
         stored = await conn.scalar(
             t.server_secrets.select().with_only_columns(t.server_secrets.c.value)
         )
-    assert stored.startswith("enc:v1:")
+    assert stored is not None and stored.startswith("enc:v1:")
     again = await load_keys(services.db, box)
     mid = str(uuid.uuid4())
     assert again.parse(keys.address(mid, "a@b.example", "h.example")) is not None
