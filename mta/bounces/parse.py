@@ -92,12 +92,12 @@ class Report:
         """The block about ``recipient``: the one naming it, else the worst one (an alias
         expanded by the remote side reports under another address)."""
         lowered = recipient.lower()
-        for status in self.statuses:
-            if lowered in status.addresses():
-                return status
+        named = [s for s in self.statuses if lowered in s.addresses()]
         rank = {"failed": 0, "delayed": 1}
-        candidates = [s for s in self.statuses if s.action in rank]
-        return min(candidates, key=lambda s: rank[s.action]) if candidates else None
+        candidates = [s for s in named or self.statuses if s.action in rank]
+        if not candidates:
+            return named[0] if named else None
+        return min(candidates, key=lambda s: rank[s.action])
 
 
 def parse_report(data: bytes) -> Report:
@@ -200,23 +200,35 @@ def _original(parts: list[Message]) -> Message | None:
 def _field_blocks(part: Message) -> list[list[tuple[str, str]]]:
     """The blank-line separated field blocks of a report part (RFC 3464 2.1, RFC 5965 3.1)."""
     payload = part.get_payload()
-    if isinstance(payload, list):
-        text = "\n\n".join(p.as_string(maxheaderlen=0) for p in payload if isinstance(p, Message))
-    else:
-        text = _text_of(part)
     blocks: list[list[tuple[str, str]]] = []
-    for chunk in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")):
-        if not chunk.strip():
-            continue
-        fields = HeaderParser(policy=email.policy.compat32).parsestr(chunk.strip() + "\n")
-        items = [(k.lower(), _clean(v)) for k, v in fields.items()]
-        if items:
-            blocks.append(items)
-    return blocks
+    texts: list[str] = []
+    if isinstance(payload, list):
+        # The email package parsed the blocks as messages: message/delivery-status gives one
+        # per block; other message/* types one, whose body holds the blocks after the first.
+        for sub in payload:
+            if isinstance(sub, Message):
+                blocks.append([(k.lower(), _clean(v)) for k, v in sub.items()])
+                # decode=True: the raw bytes (get_payload() would decode 8-bit text as ASCII).
+                rest = None if sub.is_multipart() else sub.get_payload(decode=True)
+                if isinstance(rest, bytes):
+                    texts.append(rest[:_TEXT_LIMIT].decode("utf-8", "replace"))
+    else:
+        texts.append(_text_of(part))
+    for text in texts:
+        for chunk in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")):
+            if not chunk.strip():
+                continue
+            fields = HeaderParser(policy=email.policy.compat32).parsestr(chunk.strip() + "\n")
+            blocks.append([(k.lower(), _clean(v)) for k, v in fields.items()])
+    return [b for b in blocks if b]
 
 
 def _clean(value: object) -> str:
-    text = re.sub(r"\s*\r?\n[ \t]+", " ", str(value)).strip()
+    text = str(value)
+    if not text.isascii():
+        # 8-bit header bytes come as surrogate escapes (compat32): UTF-8 (RFC 6532) or junk.
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = re.sub(r"\s*\r?\n[ \t]+", " ", text).strip()
     return text[:_VALUE_LIMIT]
 
 
