@@ -65,6 +65,8 @@ _TOKEN_CHARS = -(-_TOKEN_BYTES * 8 // 5)
 LOCAL_PART_LENGTH = len(PREFIX) + _TOKEN_CHARS
 assert LOCAL_PART_LENGTH <= 64  # RFC 5321 4.5.3.1.1
 _TOKEN_RE = re.compile(rf"(?i){re.escape(PREFIX)}([a-z2-7]{{{_TOKEN_CHARS}}})")
+# A return path anywhere in a text (a report quoting it); still to be verified with ``parse``.
+QUOTED = re.compile(rf"(?i){re.escape(PREFIX)}[a-z2-7]{{{_TOKEN_CHARS}}}@[a-z0-9.-]+")
 SECRET_NAME = "return_path_verp"  # noqa: S105 (the row name, not a secret)
 
 
@@ -117,8 +119,15 @@ class VerpKeys:
             return None
         if len(raw) != _TOKEN_BYTES or not hmac.compare_digest(raw[-MAC_BYTES:], expected):
             return None
+        if base64.b32encode(raw).decode().rstrip("=") != text:
+            return None  # unused low bits set: not the one spelling we issue
         message_id = str(uuid.UUID(bytes=raw[:_ID_BYTES]))
         return Token(message_id, raw[_ID_BYTES : _ID_BYTES + TAG_BYTES], _host(host))
+
+    def quoted(self, text: str) -> set[Token]:
+        """The valid return paths quoted in ``text``."""
+        found = (self.parse(m.group(0)) for m in QUOTED.finditer(text))
+        return {t for t in found if t is not None}
 
     def is_recipient(self, token: Token, recipient: str) -> bool:
         return hmac.compare_digest(token.tag, self.tag(recipient))

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from relay.addresses import is_valid_email
+
 
 class ConfigError(Exception):
     """Raised with every problem found, one per line, so an operator fixes them in one pass."""
@@ -138,6 +140,7 @@ class MxSettings:
     """The MX listener for bounces and complaints (mta/bounces/)."""
 
     listen: list[str] = field(default_factory=list)
+    feedback_addresses: list[str] = field(default_factory=list)
     max_message_size: int = 10 * 1024 * 1024
     max_line_length: int = 998
     max_connections: int = 200
@@ -396,6 +399,9 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"security.key_encryption_key: {exc}")
     if s.security.return_path_secret and len(s.security.return_path_secret) < 16:
         problems.append("security.return_path_secret: at least 16 characters (random)")
+    for address in s.mx.feedback_addresses:
+        if not is_valid_email(address):
+            problems.append(f"mx.feedback_addresses: not an email address: {address!r}")
     if s.mx.max_line_length < 0:
         problems.append("mx.max_line_length: must be 0 (no limit) or more")
     if s.mx.command_timeout <= 0 or s.mx.report_retention_days <= 0:

@@ -381,3 +381,37 @@ async def test_listener_off_by_default_and_config_checked(tmp_path: Path, db_url
             env={"RELAY_MX_LISTEN": "nohost", "RELAY_SECURITY_RETURN_PATH_SECRET": "short"},
         )
     assert "mx.listen" in str(err.value) and "return_path_secret" in str(err.value)
+
+
+async def test_feedback_address_reports_are_matched_by_the_return_path_they_quote(
+    make_mx: Any,
+) -> None:
+    fbl = "fbl@bounce.operator.test"
+    mx = await make_mx(RELAY_MX_FEEDBACK_ADDRESSES=fbl)
+    yahoo = await mx.send("yahoo-fbl@example.net")
+    jmrp = await mx.send("jmrp-fbl@example.net")
+    dsn = await mx.send("dsn-fbl@example.net")
+    c, _ = await RawSMTP.connect(mx.port)
+    await c.cmd("EHLO feedback.example")
+    await c.cmd("MAIL FROM:<>")
+    assert await c.cmd("RCPT TO:<FBL@Bounce.Operator.TEST>") == mx_replies.RECIPIENT_OK
+    assert await c.cmd("RCPT TO:<abuse@bounce.operator.test>") == mx_replies.NOT_A_RETURN_PATH
+    await c.close()
+    # Yahoo quotes it as Original-Mail-From; the older JMRP shape only in the reported
+    # message's Return-Path; a DSN in the returned headers.
+    for sent, name in (
+        (yahoo, "yahoo_arf"),
+        (jmrp, "microsoft_jmrp_legacy"),
+        (dsn, "postfix_failed"),
+    ):
+        assert (await to_mx(mx.port, [fbl], report(name, sent))).startswith("2.0.0"), name
+    assert [e.event for e in await events_of(mx, yahoo.message_id)] == ["complained", "suppressed"]
+    assert [e.event for e in await events_of(mx, jmrp.message_id)] == ["complained", "suppressed"]
+    assert [e.event for e in await events_of(mx, dsn.message_id)] == ["bounced", "suppressed"]
+    # Without a return path in it, a report to the feedback address is kept for a look.
+    anonymous = report("yahoo_arf", yahoo).replace(yahoo.verp.encode(), b"someone@example.com")
+    assert (await to_mx(mx.port, [fbl], anonymous)).startswith("2.0.0")
+    rows = await stored(mx)
+    assert [(r.result, r.reason, r.rcpt, r.message_id) for r in rows] == [
+        ("unmatched", "no return path in report", fbl, None)
+    ]

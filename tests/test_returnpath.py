@@ -284,3 +284,18 @@ async def test_one_transaction_per_recipient_and_failover_mid_message(
         await wait_until(a_deferred, what="a deferred, b and c delivered")
     finally:
         await stop_relay(running, session)
+
+
+def test_only_the_canonical_spelling_of_a_token_is_accepted() -> None:
+    """The last base32 character carries 3 bits of the token and 2 unused ones: a spelling
+    with the unused bits set decodes to the same bytes, and is refused all the same."""
+    keys = VerpKeys(b"k" * 32)
+    for _ in range(20):
+        address = keys.address(str(uuid.uuid4()), "a@example.net", "mail.example.com")
+        local, _, host = address.partition("@")
+        alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+        last = alphabet.index(local[-1])
+        for other in alphabet:
+            spelled = f"{local[:-1]}{other}@{host}"
+            accepted = keys.parse(spelled) is not None
+            assert accepted == (alphabet.index(other) == last), spelled

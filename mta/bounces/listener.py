@@ -2,7 +2,8 @@
 production, where bounces and complaints about our mail arrive.
 
 It has no AUTH and never relays: RCPT is accepted only for a return-path address whose VERP
-token verifies (mta/returnpath.py), at the host it was issued for; anything else gets
+token verifies (mta/returnpath.py), at the host it was issued for, and for the operator's
+``mx.feedback_addresses`` (where feedback loops send every complaint); anything else gets
 ``550 5.7.1`` at RCPT. MAIL accepts any sender, the null reverse-path included (DSNs come from
 ``<>``, RFC 3464 2 / RFC 5321 4.5.5). STARTTLS is offered with the submission listeners'
 certificate, since senders of bounces use it when they can.
@@ -48,7 +49,8 @@ MAX_RECIPIENTS = 20
 class MxEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
-        self.tokens: list[tuple[str, Token]] = []
+        # Each accepted recipient and its token (None: one of mx.feedback_addresses).
+        self.tokens: list[tuple[str, Token | None]] = []
 
 
 class MxSMTP(RelaySMTP):
@@ -142,7 +144,7 @@ class MxHandler:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return _refused("rcpt", replies.TOO_MANY_RCPTS)
         token = self.server.keys.parse(address) if self.server.keys is not None else None
-        if token is None:
+        if token is None and address.lower() not in self.server.feedback_addresses:
             return _refused("rcpt", mx_replies.NOT_A_RETURN_PATH)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -185,6 +187,7 @@ class MxServer:
         self.writer = writer or FeedbackWriter(services.db, services.bus)
         self.limits = ConnectionLimits(s.mx.max_connections, s.mx.max_connections_per_ip)
         self.max_message_size = s.mx.max_message_size
+        self.feedback_addresses = frozenset(a.lower() for a in s.mx.feedback_addresses)
         self.sessions: set[MxSMTP] = set()
         self.draining = False
         self.keys: VerpKeys | None = None

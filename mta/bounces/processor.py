@@ -68,7 +68,8 @@ class Inbound:
     client_ip: str
     helo: str
     mail_from: str
-    rcpts: list[tuple[str, Token]]  # the return-path addresses and their verified tokens
+    # The return-path addresses and their verified tokens; None for a feedback address.
+    rcpts: list[tuple[str, Token | None]]
     data: bytes
 
 
@@ -81,7 +82,8 @@ class ReportProcessor:
         self._next_prune = 0.0
 
     async def handle(self, inbound: Inbound) -> list[str]:
-        """The result for each return path; raises StorageUnavailable (the sender retries)."""
+        """The result for each recipient (return path or feedback address); raises
+        StorageUnavailable (the sender retries)."""
         report = await asyncio.to_thread(parse_report, inbound.data)
         results = []
         for address, token in inbound.rcpts:
@@ -90,20 +92,27 @@ class ReportProcessor:
             except Exception as exc:
                 if _storage_trouble(exc):
                     raise
-                log.exception("report not processed", message_id=token.message_id)
+                log.exception("report not processed", message_id=token and token.message_id)
                 await self._store(inbound, address, token, ERROR, type(exc).__name__)
                 result = ERROR
             metrics.MX_REPORTS.labels(result).inc()
             results.append(result)
         return results
 
-    async def _one(self, inbound: Inbound, report: Report, address: str, token: Token) -> str:
+    async def _one(
+        self, inbound: Inbound, report: Report, address: str, token: Token | None
+    ) -> str:
         if report.kind == UNPARSED:
             await self._store(inbound, address, token, UNPARSED_RESULT, report.why)
             return UNPARSED_RESULT
         if report.kind == IGNORED:
-            log.info("report ignored", why=report.why, message_id=token.message_id)
+            log.info("report ignored", why=report.why)
             return IGNORED_RESULT
+        if token is None:  # sent to a feedback address: the report says which return path
+            token = self._quoted_token(report, inbound.data)
+            if token is None:
+                await self._store(inbound, address, None, UNMATCHED, "no return path in report")
+                return UNMATCHED
         async with self.db.read() as conn:
             candidates = await repo.recipients_of(conn, token.message_id)
         recipient = next((r for r in candidates if self.keys.is_recipient(token, r)), None)
@@ -127,6 +136,21 @@ class ReportProcessor:
             suppressed=item.suppress is not None,
         )
         return item.event
+
+    def _quoted_token(self, report: Report, data: bytes) -> Token | None:
+        """The return path a report quotes: the ARF Original-Mail-From, the reported
+        message's Return-Path, else the only one found anywhere in it."""
+        quoted: list[str] = []
+        if report.complaint is not None and report.complaint.original_mail_from:
+            quoted.append(report.complaint.original_mail_from)
+        if report.original is not None:
+            quoted.extend(str(v) for v in report.original.get_all("Return-Path") or [])
+        for text in quoted:
+            token = self.keys.parse(text.strip())
+            if token is not None:
+                return token
+        found = self.keys.quoted(data[:STORED_BYTES].decode("latin-1"))
+        return found.pop() if len(found) == 1 else None
 
     def _feedback(
         self, report: Report, message_id: str, recipient: str, data: bytes
@@ -166,6 +190,7 @@ class ReportProcessor:
     async def _store(
         self, inbound: Inbound, address: str, token: Token | None, result: str, why: str
     ) -> None:
+        # (token None: a report to a feedback address that quoted no return path)
         """Keep an unusable report for inspection (never its content in the log)."""
         now = time.time()
         async with self.db.write() as conn:
