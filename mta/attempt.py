@@ -17,6 +17,7 @@ recipient:
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ import structlog
 from mta import retry, transaction
 from mta.errors import OPEN_ERRORS
 from mta.pool import Connection, ConnectionPool
+from mta.returnpath import ReturnPath
 from mta.routing import Route
 from mta.transaction import Reply, Result, connection_failure
 from relay import events, metrics
@@ -46,9 +48,14 @@ NO_CONTENT = "message content is no longer stored"
 
 class MessageAttempt:
     def __init__(
-        self, message: QueuedMessage, pool: ConnectionPool, settings: DeliverySettings
+        self,
+        message: QueuedMessage,
+        pool: ConnectionPool,
+        settings: DeliverySettings,
+        return_path: ReturnPath | None = None,
     ) -> None:
         self.message = message
+        self.return_path = return_path
         self.pool = pool
         self.settings = settings
         self.started = time.monotonic()
@@ -128,8 +135,13 @@ class MessageAttempt:
         for number, (body, members) in enumerate(groups):
             rcpts = [msg.recipients[i].rcpt for i in members]
             started = time.monotonic()
-            # pmta: message_id for PowerMTA's X-Job
-            result = await transaction.send(conn, msg.mail_from, rcpts, body, message_id=msg.id)
+            # PowerMTA's X-Job names the message (mta/powermta/inject.py).
+            send = functools.partial(transaction.send, message_id=msg.id)
+            if self.return_path is not None:
+                # A VERP return path per recipient, and the server's From rules.
+                result = await self.return_path.send(conn, server, msg, rcpts, body, send)
+            else:
+                result = await send(conn, msg.mail_from, rcpts, body)
             metrics.DELIVERY_SECONDS.observe(time.monotonic() - started)
             for j, reply in result.replies.items():
                 self.replies[members[j]] = reply

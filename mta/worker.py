@@ -31,6 +31,7 @@ from mta.attempt import MessageAttempt
 from mta.errors import STORAGE_ERRORS
 from mta.pool import ConnectionPool, client_tls_context
 from mta.recorder import OutcomeRecorder
+from mta.returnpath import ReturnPath
 from mta.routing import Router
 from relay import metrics
 from relay.queue.backend import open_backend
@@ -52,6 +53,10 @@ class DeliveryService:
         self.queue = open_backend(services.db, "delivery")
         self.router = Router(services.directory)
         self.recorder = OutcomeRecorder(self.queue, services.bus)
+        # VERP MAIL FROM and the delivery servers' From rules (mta/returnpath.py).
+        self.return_path = ReturnPath(
+            services.db, services.box, services.settings, services.directory
+        )
         self.pool: ConnectionPool | None = None
         # Set when a side task died: why the worker stopped (and `failed` is set).
         self.error: BaseException | None = None
@@ -73,6 +78,7 @@ class DeliveryService:
         tls = await asyncio.to_thread(client_tls_context, s.tls_verify, s.tls_ca_file)
         hostname = await asyncio.to_thread(lambda: self.services.settings.hostname)
         self.pool = ConnectionPool(s, tls, hostname)
+        await self.return_path.start()  # loads the shared VERP key
         self._watch(self.recorder.start())
         self._watch(asyncio.create_task(self.pool.run_reaper(), name="delivery-pool-reaper"))
         listen = self.queue.listen(self._wake.set, self.listening)
@@ -121,6 +127,7 @@ class DeliveryService:
         await asyncio.gather(*self._side, return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
+        await self.return_path.close()
         await self.queue.close()
         metrics.DELIVERY_WORKER_UP.set(0)
         metrics.DELIVERY_IN_FLIGHT.set(0)
@@ -247,7 +254,7 @@ class DeliveryService:
 
     async def _deliver(self, message: QueuedMessage, deadline: float) -> None:
         assert self.pool is not None
-        attempt = MessageAttempt(message, self.pool, self.settings)
+        attempt = MessageAttempt(message, self.pool, self.settings, self.return_path)
         try:
             async with asyncio.timeout_at(_loop_time(deadline)):
                 route = await self.router.route(message.user_id)

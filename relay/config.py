@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from relay.addresses import is_valid_email
+
 
 class ConfigError(Exception):
     """Raised with every problem found, one per line, so an operator fixes them in one pass."""
@@ -197,6 +199,32 @@ class LogSettings:
 @dataclass
 class SecuritySettings:
     key_encryption_key: str = ""
+    # Key of the VERP tokens in return paths (mta/returnpath.py); every node must use the same.
+    # Empty: generated once and kept in the database, which every node shares.
+    return_path_secret: str = ""
+
+
+@dataclass
+class MxSettings:
+    """The MX side: the listener for bounces and complaints (mta/bounces/), and the lookups
+    MX servers ask (mta/postfix/)."""
+
+    listen: list[str] = field(default_factory=list)
+    feedback_addresses: list[str] = field(default_factory=list)
+    max_message_size: int = 10 * 1024 * 1024
+    max_line_length: int = 998
+    max_connections: int = 200
+    max_connections_per_ip: int = 20
+    command_timeout: float = 300.0
+    report_retention_days: float = 30.0
+    report_max_stored: int = 10_000
+    # Postfix lookups: socketmap table and policy delegation; empty = off.
+    socketmap_listen: list[str] = field(default_factory=list)
+    policy_listen: list[str] = field(default_factory=list)
+    lookup_max_connections: int = 256
+    lookup_idle_timeout: float = 300.0
+    # Older than this (seconds), the relay-domain set is not trusted: TEMP / DEFER_IF_PERMIT.
+    lookup_max_stale: float = 900.0
 
 
 @dataclass
@@ -217,17 +245,6 @@ class WebhookSettings:
     max_age: float = 3 * 24 * 3600.0
     max_attempts: int = 0
     retention_days: float = 7.0
-
-
-@dataclass
-class MxSettings:
-    # Postfix lookups (mta/postfix): socketmap table and policy delegation; empty = off.
-    socketmap_listen: list[str] = field(default_factory=list)
-    policy_listen: list[str] = field(default_factory=list)
-    lookup_max_connections: int = 256
-    lookup_idle_timeout: float = 300.0
-    # Older than this (seconds), the relay-domain set is not trusted: TEMP / DEFER_IF_PERMIT.
-    lookup_max_stale: float = 900.0
 
 
 @dataclass
@@ -301,6 +318,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "RELAY_KEY_ENCRYPTION_KEY": ("security", "key_encryption_key"),
     "RELAY_TRACKING_LISTEN": ("tracking", "listen"),
     "RELAY_SOCKETMAP_LISTEN": ("mx", "socketmap_listen"),
+    "RELAY_MX_LISTEN": ("mx", "listen"),
 }
 
 _SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
@@ -453,6 +471,7 @@ def validate(s: Settings) -> list[str]:
         ("smtp.smtps_listen", s.smtp.smtps_listen),
         ("mx.socketmap_listen", s.mx.socketmap_listen),
         ("mx.policy_listen", s.mx.policy_listen),
+        ("mx.listen", s.mx.listen),
     ):
         for item in items:
             try:
@@ -504,6 +523,10 @@ def validate(s: Settings) -> list[str]:
         "smtp.auth_max_failures_per_ip": s.smtp.auth_max_failures_per_ip,
         "smtp.auth_max_failures_per_user": s.smtp.auth_max_failures_per_user,
         "database.pool_size": s.database.pool_size,
+        "mx.max_message_size": s.mx.max_message_size,
+        "mx.max_connections": s.mx.max_connections,
+        "mx.max_connections_per_ip": s.mx.max_connections_per_ip,
+        "mx.report_max_stored": s.mx.report_max_stored,
     }
     for name, value in positive.items():
         if value is not None and value < 1:
@@ -527,6 +550,15 @@ def validate(s: Settings) -> list[str]:
             decode_kek(s.security.key_encryption_key)
         except ValueError as exc:
             problems.append(f"security.key_encryption_key: {exc}")
+    if s.security.return_path_secret and len(s.security.return_path_secret) < 16:
+        problems.append("security.return_path_secret: at least 16 characters (random)")
+    for address in s.mx.feedback_addresses:
+        if not is_valid_email(address):
+            problems.append(f"mx.feedback_addresses: not an email address: {address!r}")
+    if s.mx.max_line_length < 0:
+        problems.append("mx.max_line_length: must be 0 (no limit) or more")
+    if s.mx.command_timeout <= 0 or s.mx.report_retention_days <= 0:
+        problems.append("mx.command_timeout and mx.report_retention_days: must be more than 0")
     if s.admin.relay_domains_refresh <= 0:
         problems.append("admin.relay_domains_refresh: must be more than 0")
     if s.dns.timeout <= 0 or s.dns.cache_ttl < 0:

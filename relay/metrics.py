@@ -218,6 +218,21 @@ LIMITS_FALLBACK = Gauge(
     multiprocess_mode="livemax",
 )
 
+MX_REPORTS = Counter(
+    "relay_mx_reports_total",
+    "Reports received by the MX listener, per return path, by what became of them",
+    ["result"],  # bounced | deferred | complained | unsubscribed | duplicate | ignored |
+    # unmatched | unparsed | error
+)
+MX_CONNECTIONS = Gauge(
+    "relay_mx_connections", "Open connections to the MX listener", multiprocess_mode="livesum"
+)
+MX_REJECTIONS = Counter(
+    "relay_mx_rejections_total",
+    "Commands the MX listener refused, by stage and reply code",
+    ["stage", "code"],
+)
+
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

@@ -86,6 +86,7 @@ class Relay:
         self.tracking: Any = None
         self.event_maintenance: EventMaintenance | None = None
         self.lookups: Any = None  # Postfix socketmap / policy listeners (mta/postfix)
+        self.mx: Any = None  # the MX listener (mta/bounces/listener.py)
         self._stopping = False
         # Set when delivery in this process died: the node stops (exit 1) rather than accept
         # mail nobody delivers; systemd restarts it.
@@ -170,10 +171,16 @@ class Relay:
             services, host, port, submitter=self.smtp.submitter, probe=self.probe
         )
         await self.admin.start()
+        # What comes back about sent mail (tracking hits, bounce reports): one writer.
         from relay.queue.feedback import FeedbackWriter
 
         self.feedback = FeedbackWriter(services.db, services.bus)
         self.feedback.start()
+        if s.mx.listen:  # the MX listener for return-path mail (mta/bounces/)
+            from mta.bounces.listener import MxServer
+
+            self.mx = MxServer(services, self.feedback)
+            await self.mx.start()
         if s.tracking.listen:
             from relay.tracking.listener import TrackingServer
 
@@ -252,6 +259,8 @@ class Relay:
             drains.append(self.smtp.stop(timeout, self.hurry))
         if self.children is not None:
             drains.append(self.children.stop("smtp", timeout, self.hurry))
+        if self.mx is not None:
+            drains.append(self.mx.stop(timeout, self.hurry))
         await asyncio.gather(*drains)
         if self.writer is not None:
             await self.writer.stop()

@@ -41,6 +41,8 @@ class SmtpServer:
         self.plaintext_ok = plaintext_networks(s.smtp.plaintext_auth_networks)
         self.max_message_size = s.smtp.max_message_size
         self.max_session_time = s.smtp.max_session_time
+        # Admission: the node's connection table, whatever the process (relay.nodelimits).
+        self.connections = services.connections
         self.data_budget = DataBudget(s.smtp.data_memory_limit)
         self.sessions: set[RelaySMTP] = set()
         self.draining = False

@@ -140,14 +140,21 @@ class RelaySMTP(SMTP):
             self._release_slot()
             self._release_slot = None
             self.listener.sessions.discard(self)
-            metrics.SMTP_CONNECTIONS.dec()
+            self.counted(-1)
         super().connection_lost(error)
 
+    def counted(self, change: int) -> None:
+        """An admitted connection opened (1) or closed (-1): the listener's metrics."""
+        metrics.SMTP_CONNECTIONS.inc(change)
+        if change > 0:
+            metrics.SMTP_SESSIONS.labels("smtps" if self.implicit_tls else "smtp").inc()
+
     async def _handle_client(self) -> None:
-        # Admission by the node's connection table (in the main process: may be a question to it).
+        # Admission by the listener's connection gate (the submission listeners': the node's
+        # table, in the main process, so may be a question to it).
         release = None
         if not self.listener.draining:
-            release = await self.listener.services.connections.admit(self.peer_ip)
+            release = await self.listener.connections.admit(self.peer_ip)
         if release is not None and (self.transport is None or self.listener.draining):
             release()  # gone, or the drain began, while we asked
             release = None
@@ -162,8 +169,7 @@ class RelaySMTP(SMTP):
             return
         self._release_slot = release
         self.listener.sessions.add(self)
-        metrics.SMTP_CONNECTIONS.inc()
-        metrics.SMTP_SESSIONS.labels("smtps" if self.implicit_tls else "smtp").inc()
+        self.counted(1)
         if self.listener.max_session_time:
             self._session_timer = self.loop.call_later(
                 self.listener.max_session_time, self._session_expired

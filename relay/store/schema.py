@@ -565,3 +565,26 @@ event_firsts = Table(
     Column("event_id", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False, index=True),
 )
+
+# ---------------------------------------------------------------------------------------------
+# The MX listener (mta/bounces/).
+
+# Reports the MX listener accepted but could not use (unparseable, unmatched), kept for
+# inspection for a bounded time and number (mx.report_retention_days, mx.report_max_stored).
+mx_reports = Table(
+    "mx_reports",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("created_at", Float, nullable=False, index=True),
+    # unparsed | unmatched | ignored | error
+    Column("result", String(16), nullable=False),
+    Column("reason", String(255), nullable=False, server_default=""),
+    Column("client_ip", String(64), nullable=False, server_default=""),
+    Column("mail_from", String(320), nullable=False, server_default=""),
+    Column("rcpt", String(320), nullable=False, server_default=""),
+    # The message the envelope's VERP token names, when it had a valid one.
+    Column("message_id", String(36), nullable=True),
+    Column("size", Integer, nullable=False),
+    # The report as received, cut at a bound (``size`` is the whole size).
+    Column("content", LargeBinary, nullable=False),
+)

@@ -11,6 +11,13 @@ from relay.store import schema as t
 from relay.store.db import utcnow
 
 
+async def get(conn: AsyncConnection, name: str) -> str | None:
+    """The stored value of ``name``, if there is one (a read, without the write lock)."""
+    s = t.cluster_secrets
+    value = await conn.scalar(select(s.c.value).where(s.c.name == name))
+    return None if value is None else str(value)
+
+
 async def get_or_create(conn: AsyncConnection, name: str, candidate: str) -> str:
     """The stored value of ``name``; ``candidate`` is stored first if there is none. Nodes
     starting at the same time all end up with the first value written (the insert of the
