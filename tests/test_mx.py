@@ -332,7 +332,7 @@ async def test_hostile_input(make_mx: Any) -> None:
     assert await c.cmd(f"RCPT TO:<{sent.verp}>") == mx_replies.RECIPIENT_OK
     assert (await c.cmd("DATA")).startswith("354")
     await c.send(b"Subject: long\r\n\r\n" + b"z" * 2000 + b"\r\n.\r\n")
-    assert await c.reply() == replies.LINE_TOO_LONG.format(limit=998)
+    assert await c.reply() == replies.LINE_TOO_LONG.format(detail=998)
     # Too many recipients in one transaction.
     assert await c.cmd("MAIL FROM:<>") == mx_replies.SENDER_OK
     for _ in range(20):

@@ -299,9 +299,15 @@ async def _send_through_powermta(
     jobs: dict[str, str] = {}
     for placeholder, rcpts in RECIPIENTS.items():
         await asyncio.to_thread(send, rcpts)
-        await sink.wait_for(lambda s, r=rcpts: any(m.rcpt_tos == r for m in s.messages))
-        (got,) = [m for m in sink.messages if m.rcpt_tos == rcpts]
-        first = got.data.split(b"\r\n", 1)[0].decode()
+        # One transaction per recipient (each has its own VERP return path), all with the
+        # message's X-Job.
+        await sink.wait_for(
+            lambda s, r=rcpts: set(r) <= {x for m in s.messages for x in m.rcpt_tos}
+        )
+        firsts = {
+            m.data.split(b"\r\n", 1)[0].decode() for m in sink.messages if m.rcpt_tos[0] in rcpts
+        }
+        (first,) = firsts
         assert first.startswith("X-Job: "), first
         jobs[placeholder] = first.removeprefix("X-Job: ")
     return jobs, (acct.username, acct.password)

@@ -139,7 +139,7 @@ class MxHandler:
         assert isinstance(content, bytes) and self.server.processor is not None
         limit = self.server.settings.mx.max_line_length
         if limit and has_line_longer_than(normalize_line_endings(content), limit):
-            return _refused("data", replies.LINE_TOO_LONG.format(limit=limit))
+            return _refused("data", replies.LINE_TOO_LONG.format(detail=limit))
         inbound = Inbound(
             client_ip=server.peer_ip,
             helo=session.host_name or "",
