@@ -351,6 +351,9 @@ async def user_login(call: Call) -> dict[str, Any]:
     if user is None or not valid or not user.password_hash:
         await services.limiter.add(key, admin.login_failure_window)
         raise ApiError(3, "Invalid email address or password")
+    if user.status != "Enabled":
+        # Its session would be refused anyway; answered like a wrong password (no leak).
+        raise ApiError(3, "Invalid email address or password")
     session_id = new_session_id()
     now = time.time()
     expires = now + admin.session_ttl
