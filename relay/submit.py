@@ -52,8 +52,11 @@ class Submitter:
         message: ParsedMessage,
         origin: Origin,
         tags: Sequence[str] = (),
+        queue_id: str | None = None,
     ) -> str:
-        queue_id = str(uuid.uuid4())
+        """The message's queue id, once committed; ``queue_id`` to choose it beforehand (a
+        caller that must know it even if this call never returns)."""
+        queue_id = queue_id or str(uuid.uuid4())
         now = time.time()
         # RFC 6409 8.3: a submission server may add a missing Message-ID and Date.
         if not message.values(b"message-id"):
