@@ -72,7 +72,14 @@ def test_values_that_are_not_data_become_malformed() -> None:
         deep = {"a": deep}
     assert clean(deep) is MALFORMED
     assert clean("ok \u00e9") == "ok \u00e9"
-    for bad in ("\ud800", ["a", {"b": "x\udfffy"}], {"\udc80": 1}, float("nan"), [float("inf")]):
+    for bad in (
+        "\ud800",
+        ["a", {"b": "x\udfffy"}],
+        {"\udc80": 1},
+        float("nan"),
+        [float("inf")],
+        "a\x00",
+    ):
         assert clean(bad) is MALFORMED, bad
     p = Params({"S": "\ud800", "\ud800key": "v", "D": {"k": "\ud800"}})
     assert p.raw("S") is MALFORMED and p.present("S")

@@ -10,8 +10,9 @@ This is also where hostile values stop, once for every command:
   like a value of the wrong type (``str`` gives the default, ``int``/``bool`` raise
   ValueError, ``dict`` gives None), so each command answers it with its own code for an
   invalid or missing parameter. Malformed are: text with a lone surrogate (JSON's
-  ``"\\ud800"``: not Unicode, it can be neither stored nor answered; RFC 8259 8.2), a
-  non-finite number (``NaN``, ``Infinity``: not JSON, RFC 8259 6), and nesting deeper than
+  ``"\\ud800"``: not Unicode, it can be neither stored nor answered; RFC 8259 8.2) or a NUL
+  (PostgreSQL's text cannot hold it, no field of the documents has one), a non-finite
+  number (``NaN``, ``Infinity``: not JSON, RFC 8259 6), and nesting deeper than
   ``MAX_DEPTH``. A value is malformed as a whole when anything inside it is.
 - ``int`` accepts only what the database can store: ids, counts and limits are INTEGER
   columns (signed 32 bits on PostgreSQL), so a larger or smaller number (or ``1e300``) is
@@ -50,7 +51,7 @@ MALFORMED: Final = Malformed()
 
 def _bad_scalar(value: Any) -> builtins.bool:
     if isinstance(value, builtins.str):
-        return not value.isascii() and _SURROGATE.search(value) is not None
+        return "\x00" in value or (not value.isascii() and _SURROGATE.search(value) is not None)
     if isinstance(value, float):
         return not math.isfinite(value)
     return isinstance(value, Malformed)

@@ -528,13 +528,13 @@ async def clear_domain_queue(call: Call) -> dict[str, Any]:
 async def set_domain_status(call: Call) -> dict[str, Any]:
     """Set a sender domain's status (admin): Enabled, Disabled or Approval Pending.
 
-    Parameters:
-    DomainID (Integer, required): the sender domain.
-    Status (String, required): Enabled, Disabled or Approval Pending.
-
     A domain name is Enabled for one account at a time: enabling it while another account's
     domain of that name is Enabled is refused (4); set that one to Disabled or Approval Pending
     first.
+
+    Parameters:
+    DomainID (Integer, required): the sender domain.
+    Status (String, required): Enabled, Disabled or Approval Pending.
 
     Errors:
     1: Missing required parameter (DomainID)

@@ -317,6 +317,8 @@ async def user_login(call: Call) -> dict[str, Any]:
     ``SessionID`` parameter), valid for ``admin.session_ttl`` seconds. After
     ``admin.login_max_failures`` wrong passwords for an address within
     ``admin.login_failure_window`` seconds, logins for it are refused until the window passes.
+    A Disabled user cannot log in (3, as for a wrong password), and the APIKey and sessions of
+    a Disabled user are refused like wrong ones (99998) until the user is Enabled again.
 
     Parameters:
         EmailAddress (String, required): the user's address.
