@@ -1,8 +1,16 @@
-"""Email address and domain syntax, shared by the SMTP checks and the API validation."""
+"""Email address and domain syntax, shared by the SMTP checks and the API validation.
+
+Domains are kept and compared in their ASCII form: internationalized names (U-labels, e.g.
+``bücher.example``) become A-labels (``xn--bcher-kva.example``) with IDNA 2008 and the UTS #46
+mapping (the ``idna`` package). Python's own ``idna`` codec implements IDNA 2003, which maps
+some characters to others (``ß`` to ``ss``) and would name a different domain.
+"""
 
 from __future__ import annotations
 
 import re
+
+import idna
 
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+(?!\d+$)(?:[A-Za-z]{{2,63}}|xn--[A-Za-z0-9-]{{1,59}})$")
@@ -19,6 +27,30 @@ def has_control_chars(value: str) -> bool:
 
 def is_valid_domain(name: str) -> bool:
     return len(name) <= 253 and bool(_DOMAIN_RE.match(name))
+
+
+def ascii_domain(name: str) -> str | None:
+    """``name`` in its ASCII form (A-labels, lower case), or None if it is not a valid domain
+    name. ASCII input is only lower-cased and checked."""
+    if len(name) > 1024:
+        return None  # no name; and the mapping's cost grows with the input
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return None
+    name = name.lower()
+    return name if is_valid_domain(name) else None
+
+
+def ascii_address(address: str) -> str:
+    """``address`` with its domain in ASCII form when that domain is an internationalized
+    name (the local part is left alone); unchanged otherwise, for validation to judge."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    converted = ascii_domain(domain)
+    return f"{local}@{converted}" if converted else address
 
 
 def is_valid_email(address: str) -> bool:

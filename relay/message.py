@@ -10,10 +10,16 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.policy import SMTP
 
 from relay.store.db import storable_text
 
+# A line ends at CRLF, or at a bare CR or LF: the same rule for dot-unstuffing and for
+# normalizing, so no line is unstuffed under one rule and becomes a line under the other.
 _ANY_EOL = re.compile(rb"\r\n|\r|\n")
+# RFC 5321 4.5.2: "If the first character is a period and there are other characters on the
+# line, the first character is deleted."
+_STUFFED = re.compile(rb"(\r\n|\r|\n)\.(?=[^\r\n])")
 _HEADER_NAME = re.compile(rb"([\x21-\x7e]+?):")
 _UNFOLD = re.compile(r"\r\n(?=[ \t])")
 
@@ -22,11 +28,27 @@ class MalformedMessage(Exception):
     """The content cannot be a valid RFC 5322 message."""
 
 
+def _crlf_only(data: bytes | bytearray) -> bool:
+    crlf = data.count(b"\r\n")
+    return crlf == data.count(b"\n") == data.count(b"\r")
+
+
+def dot_unstuff(data: bytes | bytearray) -> bytes:
+    """RFC 5321 4.5.2: the leading dot the client added to every line that starts with one is
+    removed. ``data`` begins with a line ending (the one before the first line) and ends with
+    the last line's, terminator removed. Lines are what ``normalize_line_endings`` will make
+    CRLF lines, so a stuffed line after a bare LF (``\\n..\\n``) loses its dot too and
+    arrives as ``.``; a line of a single dot that did not end DATA (``\\n.\\n``) stays."""
+    if _crlf_only(data):
+        # No CRLF "." CRLF line is left (the first one ended DATA): every dot has company.
+        return bytes(data.replace(b"\r\n.", b"\r\n"))
+    return _STUFFED.sub(rb"\1", data)
+
+
 def normalize_line_endings(data: bytes) -> bytes:
     """Bare CR or LF become CRLF (CONTRACT: before signing; aiosmtplib would do it after and
     break the signature). The common case, already clean, is three C-speed counts."""
-    crlf = data.count(b"\r\n")
-    if crlf == data.count(b"\n") == data.count(b"\r"):
+    if _crlf_only(data):
         return data
     return _ANY_EOL.sub(b"\r\n", data)
 
@@ -120,7 +142,11 @@ def from_addresses(msg: ParsedMessage) -> list[str]:
             out.append(simple.group(1) or simple.group(2))
             continue
         pairs = email.utils.getaddresses([text])
-        if not pairs or any("@" not in addr for _, addr in pairs):
+        # The email package joins atoms separated by spaces ("exa mple.com" -> "example.com"):
+        # a domain that is not in the header as such is not the header's domain.
+        if not pairs or any(
+            "@" not in addr or addr.rpartition("@")[2] not in text for _, addr in pairs
+        ):
             raise MalformedMessage("unparseable From header")
         out.extend(addr for _, addr in pairs)
     return out
@@ -128,6 +154,13 @@ def from_addresses(msg: ParsedMessage) -> list[str]:
 
 def header(name: str, value: str) -> tuple[bytes, bytes]:
     return name.encode(), b" " + value.encode("utf-8", "surrogateescape") + b"\r\n"
+
+
+def encoded_header(name: str, text: str) -> tuple[bytes, bytes]:
+    """A header from text the relay was given: RFC 2047 encoded words when it is not ASCII,
+    folded to 78 characters (RFC 5322 2.2.3), by the email package's SMTP policy."""
+    folded = SMTP.fold_binary(*SMTP.header_store_parse(name, text))
+    return name.encode(), folded[len(name) + 1 :]
 
 
 def received_header(

@@ -16,7 +16,8 @@ In SMTP order:
   transaction -> the account's hourly send limit (reserved: counted at once, given back if the
   message is not committed).
 - DATA: size -> NUL -> line endings (normalized, never refused) -> line length -> a parseable
-  header block -> exactly one From, with one mailbox, in the sender domain.
+  header block -> exactly one From, with one mailbox -> whose domain is a domain name
+  (MESSAGE_MALFORMED otherwise) -> in the sender domain.
 
 Lookups go through the Directory (cached), so a check costs a dictionary lookup after the first
 miss; the only extra lookups are on refusal paths.
@@ -28,7 +29,7 @@ import asyncio
 import enum
 from dataclasses import dataclass
 
-from relay.addresses import domain_of, is_same_or_subdomain, is_valid_email
+from relay.addresses import ascii_domain, domain_of, is_same_or_subdomain, is_valid_email
 from relay.config import Settings
 from relay.directory import CredentialView, Directory, DomainView, UserView
 from relay.message import (
@@ -273,6 +274,11 @@ def check_content(
         raise Refused(Reason.MESSAGE_MALFORMED, str(exc)) from None
     if len(msg.values(b"from")) != 1 or len(senders) != 1:
         raise Refused(Reason.FROM_COUNT)
-    if not is_same_or_subdomain(domain_of(senders[0]), sender_domain):
+    # RFC 5322 3.4.1: the domain must be one (``example.com...`` is not); an internationalized
+    # one is compared in its A-label form, the form sender domains are kept in.
+    from_domain = ascii_domain(domain_of(senders[0]))
+    if from_domain is None:
+        raise Refused(Reason.MESSAGE_MALFORMED, "the From address has no valid domain")
+    if not is_same_or_subdomain(from_domain, sender_domain):
         raise Refused(Reason.FROM_NOT_IN_DOMAIN, sender_domain)
     return data, msg

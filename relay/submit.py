@@ -54,9 +54,12 @@ class Submitter:
         origin: Origin,
         tags: Sequence[str] = (),
         not_before: float | None = None,
+        queue_id: str | None = None,
     ) -> str:
-        """Sign and queue; ``not_before`` (Unix time) schedules delivery for later."""
-        queue_id = str(uuid.uuid4())
+        """Sign and queue; the message's queue id once committed. ``not_before`` (Unix time)
+        schedules delivery for later; ``queue_id`` chooses the id beforehand (a caller that
+        must know it even if this call never returns)."""
+        queue_id = queue_id or str(uuid.uuid4())
         now = time.time()
         # RFC 6409 8.3: a submission server may add a missing Message-ID and Date.
         if not message.values(b"message-id"):

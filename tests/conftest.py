@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from relay import config
 from relay.services import Services
@@ -28,6 +29,12 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ADMIN_KEY = "adm_test_0123456789abcdef"  # one value however conftest gets imported
+
+# Property-based tests: the same examples on every CI run (derandomized, a seed-stable
+# profile); fresh random ones elsewhere. No example database is written into the tree.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis_settings.register_profile("dev", database=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "dev"))
 
 
 def free_port() -> int:

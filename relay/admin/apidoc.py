@@ -617,6 +617,22 @@ times replaced by stable placeholders). `tests/test_apidoc.py` fails when this f
 - The v1 routes (`/api/v1/...`) take a JSON body (or a query string) and authenticate with the
   sender domain's API key as a Bearer token; each is also reachable through `/api.php` under
   the command name given with it.
+- Bodies are read whatever the method (`GET` and `DELETE` with a body, as `curl -X GET ... -d`
+  sends them) and whatever the `Content-Type` says: a body that is a JSON object is read as
+  JSON (`curl -d '{...}'` labels it `application/x-www-form-urlencoded`), anything else as a
+  form (`multipart/form-data` on POST, PUT, PATCH and DELETE). Body fields override query
+  fields of the same name. A body that cannot be read (JSON that does not parse, is not UTF-8,
+  or nests too deeply for the parser) gives no parameters: the command reports what is missing.
+- Bad values get the command's own code for an invalid (or, where it has none, a missing)
+  parameter, never an HTTP 500: a value of the wrong type; a whole number outside what the
+  database stores (Integer parameters are -2147483648 to 2147483647; `1e300` and `2^63` are not
+  whole numbers of any parameter); a date outside 1970-01-01 to 9999-12-30 (an invalid date
+  falls back to the default, as every invalid date does); text that is not Unicode (a lone
+  surrogate escape such as `"\\ud800"`) or holds a NUL; `NaN` or `Infinity`; nesting deeper
+  than 16 levels.
+- Domain names may be given in U-labels (`bücher.example`): they are stored and answered in
+  their A-label form (`xn--bcher-kva.example`), as are the domains of the send API's addresses
+  and of suppressed addresses.
 - Errors: `/api.php` commands answer HTTP 200 with `{"Success": false, "ErrorCode": N}` (a
   list of codes for commands that report every problem at once, with `ErrorText` or
   `ErrorMessage`); v1 routes
@@ -625,7 +641,9 @@ times replaced by stable placeholders). `tests/test_apidoc.py` fails when this f
   object, 422 refused content, 429 rate limit or send limit, 503 storage unavailable.
 - Codes common to every command (not repeated in each command's list): 99996 internal
   error or storage unavailable (HTTP 500/503), 99997 unknown command, 99998 authentication
-  failure or session expired, 99999 not enough privileges (a user calling an admin command).
+  failure or session expired (the `APIKey` or `SessionID` of a Disabled user is refused the
+  same way, and a Disabled user cannot log in), 99999 not enough privileges (a user calling an
+  admin command); on the v1 routes of user commands, code 0 with HTTP 401 for the same.
 - Rate limit: the routes marked with one allow 100 requests per 60 seconds per API key
   (`admin.rate_limit_requests` / `admin.rate_limit_window`), counted in Redis when configured
   so that all nodes share it; beyond it HTTP 429 with `Retry-After`.

@@ -54,7 +54,8 @@ def admin_from(services: Services, request: web.Request, params: Params) -> Prin
 
 
 async def user_from(services: Services, params: Params) -> Principal | None:
-    """A user by APIKey or SessionID; None if neither matches an enabled account."""
+    """A user by APIKey or SessionID; None if neither matches an Enabled account: the key or
+    session of a Disabled (or deleted) user is refused exactly like a wrong one."""
     u = t.users
     api_key = params.str("APIKey")
     session_id = params.str("SessionID")
@@ -65,7 +66,7 @@ async def user_from(services: Services, params: Params) -> Principal | None:
                     select(u.c.id, u.c.status).where(u.c.api_key_hash == hash_secret(api_key))
                 )
             ).first()
-            if row is not None and row.status != "Deleted":
+            if row is not None and row.status == "Enabled":
                 return Principal("user", user_id=row.id)
         if session_id:
             s = t.sessions
@@ -76,7 +77,7 @@ async def user_from(services: Services, params: Params) -> Principal | None:
                     .where(s.c.id_hash == hash_secret(session_id), s.c.expires_at > now())
                 )
             ).first()
-            if row is not None and row.status != "Deleted":
+            if row is not None and row.status == "Enabled":
                 return Principal("user", user_id=row.user_id)
     return None
 

@@ -19,7 +19,7 @@ from email.policy import SMTP
 from email.utils import parseaddr
 from typing import Any
 
-from relay.addresses import has_control_chars, is_valid_email
+from relay.addresses import ascii_address, has_control_chars, is_valid_email
 from relay.admin.errors import ApiError
 from relay.admin.params import Params
 from relay.admin.refusals import send_problem
@@ -75,18 +75,19 @@ def clean_text(text: str) -> str:
 
 
 def _mailbox(entry: Any) -> tuple[str, str] | None:
-    """(name, email) from {"name", "email"} or a bare address; None if unusable."""
+    """(name, email) from {"name", "email"} or a bare address; None if unusable. A domain in
+    U-labels becomes its A-label form (the message needs no SMTPUTF8 for it)."""
     if isinstance(entry, str):
         # "Name <address>" or a bare address.
         display, address = parseaddr(entry)
-        return clean_text(display), (address or entry).strip()
+        return clean_text(display), ascii_address((address or entry).strip())
     if isinstance(entry, dict):
         lower = {str(k).lower(): v for k, v in entry.items()}
         email = lower.get("email")
         if not isinstance(email, str) or not email.strip():
             return None
         given = lower.get("name")
-        return (clean_text(given) if isinstance(given, str) else ""), email.strip()
+        return (clean_text(given) if isinstance(given, str) else ""), ascii_address(email.strip())
     return None
 
 
@@ -294,11 +295,13 @@ def parse_email(p: Params, settings: Settings, sender_domain: str) -> Email:
     attachments = _attachments(p.raw("Attachments"), problems)
     headers = _custom_headers(p.raw("Headers"), problems)
     try:
-        send_at = p.int("SendAt")
+        # Unix seconds: wider than an INTEGER column (2038), within what a float holds exactly.
+        send_at = p.int("SendAt", lo=0, hi=2**53)
     except ValueError:
-        send_at = None
-    if send_at and send_at > time.time() + SENDAT_SLACK:
-        problems.add(42, "SendAt: scheduled sending is not supported by this relay")
+        problems.add(42, "Invalid SendAt (a Unix time, in seconds)")
+    else:
+        if send_at and send_at > time.time() + SENDAT_SLACK:
+            problems.add(42, "SendAt: scheduled sending is not supported by this relay")
     problems.items.sort(key=lambda item: item[0])
     problems.raise_if_any()
     assert sender is not None

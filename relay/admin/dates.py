@@ -2,7 +2,8 @@
 
 001: StartDate/EndDate are ``Y-m-d`` (strict); an invalid value falls back to the default;
 EndDate is clamped to be no earlier than StartDate. A period covers whole UTC days, printed
-``YYYY-MM-DD 00:00:00`` to ``YYYY-MM-DD 23:59:59``.
+``YYYY-MM-DD 00:00:00`` to ``YYYY-MM-DD 23:59:59``. A day before 1970-01-01 (no event is
+older than the Unix epoch) or after 9999-12-30 (the day after it must exist) is invalid too.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ from dataclasses import dataclass
 
 from relay.admin.params import Params
 
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+FIRST_DAY = dt.date(1970, 1, 1)
+LAST_DAY = dt.date.max - dt.timedelta(days=1)
 
 
 def parse_day(text: str | None) -> dt.date | None:
-    """A strict ``Y-m-d`` date, or None."""
+    """A strict ``Y-m-d`` date from FIRST_DAY to LAST_DAY, or None."""
     if not text or not _DAY.match(text.strip()):
         return None
     try:
-        return dt.date.fromisoformat(text.strip())
+        day = dt.date.fromisoformat(text.strip())
     except ValueError:
         return None
+    return day if FIRST_DAY <= day <= LAST_DAY else None
 
 
 def today() -> dt.date:
@@ -55,9 +59,11 @@ class Period:
         return (self.last - self.first).days + 1
 
     def previous(self) -> Period:
-        """The period of the same length that ends the second before this one starts."""
+        """The period of the same length that ends the second before this one starts (cut
+        at the first day the calendar has, for a period of thousands of years)."""
         last = self.first - dt.timedelta(days=1)
-        return Period(last - dt.timedelta(days=self.days - 1), last)
+        length = min(self.days, (last - dt.date.min).days + 1)
+        return Period(last - dt.timedelta(days=length - 1), last)
 
     def start_text(self) -> str:
         return f"{self.first.isoformat()} 00:00:00"

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
@@ -38,7 +39,7 @@ from relay.admin.errors import (
     storage_unavailable,
     unknown_command,
 )
-from relay.admin.params import Params
+from relay.admin.params import MALFORMED, Params
 from relay.ratelimit import LimiterUnavailable
 from relay.services import Services
 from relay.store.db import StorageUnavailable
@@ -153,32 +154,50 @@ def json_response(
 
 
 async def read_params(request: web.Request, *, json_only: bool = False) -> Params:
-    """Query string first, then the body (JSON or form) on top."""
+    """Query string first, then the body on top, whatever the method (the documents' curl
+    examples send bodies with GET and DELETE too)."""
     params = Params()
     if not json_only:
         params.update(dict(request.query))
-    if request.can_read_body:
-        ctype = request.content_type
-        if ctype == "application/json" or json_only:
-            try:
-                data = await request.json(loads=json.loads)
-            except (ValueError, UnicodeDecodeError):
-                data = None
-            if isinstance(data, dict):
-                params.update(data)
-        elif ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            form = await request.post()
-            params.update({k: v for k, v in form.items() if isinstance(v, str)})
-        else:
-            # Clients like `curl -d '{...}'` send JSON as form-urlencoded or with no type.
-            text = await request.text()
-            try:
-                data = json.loads(text) if text.strip().startswith("{") else None
-            except ValueError:
-                data = None
-            if isinstance(data, dict):
-                params.update(data)
+    if request.body_exists:
+        params.update(await _body_fields(request, json_only=json_only))
     return params
+
+
+async def _body_fields(request: web.Request, *, json_only: bool) -> dict[str, Any]:
+    """The body's fields: JSON, a form, or multipart. ``curl -d '{...}'`` sends JSON as
+    application/x-www-form-urlencoded (curl's default): a body that is a JSON object is read
+    as JSON whatever its type says. A body that cannot be read (not UTF-8, not JSON, nested
+    beyond what the parser takes) gives no fields, so the command reports what is missing."""
+    ctype = request.content_type
+    if ctype == "multipart/form-data" and not json_only:
+        return await _multipart_fields(request)
+    raw = await request.read()
+    if json_only or ctype == "application/json" or raw.lstrip().startswith(b"{"):
+        try:
+            data = json.loads(raw.decode("utf-8-sig"), parse_constant=_not_a_number)
+        except (ValueError, RecursionError):
+            data = None
+        if isinstance(data, dict) or json_only or ctype == "application/json":
+            return data if isinstance(data, dict) else {}
+    # A form (or a body without a type): invalid UTF-8 becomes U+FFFD, as in query strings.
+    text = raw.decode("utf-8", "replace")
+    return dict(parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="replace"))
+
+
+def _not_a_number(_name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259 6), though Python's parser accepts them.
+    return MALFORMED
+
+
+async def _multipart_fields(request: web.Request) -> dict[str, Any]:
+    """The text fields of a multipart body (files are no parameter of any command). aiohttp
+    reads forms for POST, PUT, PATCH and DELETE only, within the app's size limit."""
+    try:
+        form = await request.post()
+    except ValueError:  # a field that is not text in its declared charset
+        return {}
+    return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 async def authenticate(

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay import metrics
+from relay.message import dot_unstuff
 from relay.policy import Reason, Refused
 from relay.smtp import replies
 from relay.smtp.errors import reply_for
@@ -379,8 +380,7 @@ class RelaySMTP(SMTP):
         if too_big:
             return None
         del buf[idx + 2 :]  # keep the last line's CRLF
-        # RFC 5321 4.5.2: remove the leading dot that the client added to lines starting with one.
-        return bytes(buf.replace(b"\r\n.", b"\r\n"))[2:]
+        return dot_unstuff(buf)[2:]
 
 
 def plaintext_networks(networks: list[str]) -> Any:

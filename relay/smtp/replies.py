@@ -74,6 +74,7 @@ TEMPORARY = "451 4.3.0 Temporary failure, please try again later"
 
 RELAY_AUTH_ERROR = "500 5.0.0 AUTH ERROR"  # the documents' reply for invalid credentials
 NO_RECIPIENTS = "554 5.5.1 No valid recipients"
+IN_PROGRESS = "451 4.3.0 A call with this UUID is still being queued, try again later"
 
 # The policy's reasons, as SMTP replies. A refused AUTH is always AUTH_INVALID (RFC 4954 6:
 # 535 is the reply to rejected credentials), whatever the reason.

@@ -119,6 +119,14 @@ gateway_domains = Table(
         sqlite_where=text("status != 'Deleted'"),
         postgresql_where=text("status != 'Deleted'"),
     ),
+    # A name is Enabled for one account at a time (docs/dns.md "Who owns a domain").
+    Index(
+        "uq_gateway_domains_name_enabled",
+        "name",
+        unique=True,
+        sqlite_where=text("status = 'Enabled'"),
+        postgresql_where=text("status = 'Enabled'"),
+    ),
 )
 
 smtp_credentials = Table(
@@ -402,6 +410,19 @@ events = Table(
     Index("ix_events_domain_created", "domain_id", "created_at"),
     Index("ix_events_domain_event_created", "domain_id", "event", "created_at"),
     Index("ix_events_message", "message_id"),
+)
+
+# emailgateway.smtprelay's UUID per account (key: its SHA-256), for a bounded time: a retried
+# call answers the first call's queue id instead of queueing again. The primary key decides
+# between concurrent retries; completed_at is NULL while the first call is still submitting.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("user_id", Integer, primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("queue_id", String(36), nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("completed_at", Float, nullable=True),
 )
 
 # Keys of feedback already recorded (relay/queue/feedback.py): a PowerMTA accounting record or

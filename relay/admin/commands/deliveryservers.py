@@ -417,7 +417,7 @@ def _test_results(p: Params) -> dict[str, bool] | None:
     if isinstance(raw, str) and raw.strip().startswith("{"):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(raw, dict) or not raw:
         return None
@@ -492,9 +492,7 @@ async def delete_servers(call: Call) -> dict[str, Any]:
         0: Success
         1: Missing deliveryserverid
     """
-    raw = call.params.raw("DeliveryServerID")
-    items = raw if isinstance(raw, list) else str(raw if raw is not None else "").split(",")
-    ids = [int(i) for i in (str(x).strip() for x in items) if i.isdigit()]
+    ids = call.params.int_list("DeliveryServerID")
     if not ids:
         raise ApiError([1], ["Missing deliveryserverid"])
     async with call.services.db.write() as conn:

@@ -7,11 +7,13 @@ import datetime as dt
 import time
 from typing import Any
 
+import structlog
 from sqlalchemy import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay import events
-from relay.addresses import has_control_chars, is_valid_domain, is_valid_sublabel
+from relay.addresses import ascii_domain, has_control_chars, is_valid_sublabel
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.admin.resources import DNS_CHECKER
@@ -25,6 +27,8 @@ from relay.store.db import fmt_dt
 from relay.store.repos import domains as repo
 from relay.store.repos import events as events_repo
 from relay.store.repos import users as users_repo
+
+log = structlog.get_logger("relay.admin.domains")
 
 STATUSES = ("Enabled", "Disabled", "Approval Pending")
 TRACK_MERGE_CHARS = ("-", ".")
@@ -121,20 +125,21 @@ def parse_update(call: Call) -> dict[str, Any]:
             except ValueError:
                 raise ApiError(code, f"Invalid {name} value (1 or 0)") from None
             out[name] = value if name == "TrackPrefixDisabled" else int(value)
+    # p.str() is None for a value given but not text (an object, a list, malformed).
     for param, key in (("Subdomain", "CustomSubdomain"), ("TrackPrefix", "CustomTrackPrefix")):
         if given(param):
-            text = p.str(param) or ""
-            if text and not is_valid_sublabel(text):
+            text = p.str(param)
+            if text is None or (text and not is_valid_sublabel(text)):
                 raise ApiError(code, INVALID_OVERRIDE)
             out[key] = text.lower() or None
     if given("TrackMerge"):
-        merge = p.str("TrackMerge") or ""
-        if merge and merge not in TRACK_MERGE_CHARS:
+        merge = p.str("TrackMerge")
+        if merge is None or (merge and merge not in TRACK_MERGE_CHARS):
             raise ApiError(code, INVALID_OVERRIDE)
         out["TrackMerge"] = merge or None
     if given("HostingProvider"):
-        provider = p.str("HostingProvider") or ""
-        if len(provider) > 255 or has_control_chars(provider):
+        provider = p.str("HostingProvider")
+        if provider is None or len(provider) > 255 or has_control_chars(provider):
             raise ApiError(code, "Invalid HostingProvider value")
         out["HostingProvider"] = provider or None
     return out
@@ -161,6 +166,14 @@ def domain_id_param(call: Call, missing_code: int, not_found_code: int) -> int:
     return domain_id
 
 
+def records_of(row: Row) -> dict[str, list[Any]]:
+    return dict((row.verification_meta or {}).get("DNSRecords") or {})
+
+
+def enabled_elsewhere_error(code: int) -> ApiError:
+    return ApiError(code, "The domain name is Enabled for another account")
+
+
 def checker(call: Call) -> DnsChecker:
     return call.request.app[DNS_CHECKER]
 
@@ -181,8 +194,15 @@ async def add_domain(call: Call) -> dict[str, Any]:
     The number of live domains is limited by the user's (else the user group's)
     MaxSenderDomains; 0 means unlimited.
 
+    A domain name may be added by several accounts (adding proves nothing; a squatter adding
+    it first must not lock the owner out), but it is Enabled for one account at a time:
+    emailgateway.verifydomain decides, from the records the domain's DNS publishes. An
+    internationalized name (U-labels, ``bücher.example``) is stored and answered in its ASCII
+    form (A-labels, ``xn--bcher-kva.example``; IDNA 2008 with the UTS #46 mapping), the form
+    its DNS records use.
+
     Parameters:
-    DomainName (String, required): the domain, e.g. example.com.
+    DomainName (String, required): the domain, e.g. example.com or bücher.example.
     Subdomain (String): return-path subdomain override (letters, digits, hyphens; 32 max).
     TrackPrefix (String): tracking prefix override (letters, digits, hyphens; 32 max).
     TrackMerge (String): tracking merge character, "-" or ".".
@@ -195,10 +215,11 @@ async def add_domain(call: Call) -> dict[str, Any]:
     4: Invalid subdomain or track prefix value
     5: Domain already exists in this account
     """
-    name = (call.params.str("DomainName") or "").lower().rstrip(".")
-    if not name:
+    given = (call.params.str("DomainName") or "").rstrip(".")
+    if not given:
         raise ApiError([1], "Missing required parameter (DomainName)")
-    if not is_valid_domain(name):
+    name = ascii_domain(given)
+    if name is None:
         raise ApiError([2], "Invalid domain name format")
     options: dict[str, Any] = {"LinkTracking": 1, "OpenTracking": 1, "UnsubscribeLink": 0}
     options.update(parse_overrides(call, 4))
@@ -326,9 +347,16 @@ async def verify_domain(call: Call) -> dict[str, Any]:
     but does not demote an Enabled domain, and a Disabled domain stays Disabled. The
     per-record flags are stored; nothing is written when nothing changed.
 
+    A domain name is Enabled for one account at a time. When another account's domain of the
+    same name is Enabled, its records are looked up too: if they no longer verify (its DNS
+    now publishes this domain's records, DKIM key included), that domain goes back to Approval
+    Pending and this one is Enabled; if they still verify, this one stays Approval Pending and
+    the answer is error 3 (the per-record flags are stored all the same).
+
     Errors:
     1: Missing required parameter (DomainID)
     2: Domain not found or access denied
+    3: The domain name is Enabled for another account (not in the documents)
     """
     domain_id = domain_id_param(call, 1, 2)
     db = call.services.db
@@ -336,27 +364,49 @@ async def verify_domain(call: Call) -> dict[str, Any]:
         row = await repo.get(conn, domain_id, user_id=call.user_id)
     if row is None:
         raise ApiError(2, "Domain not found or access denied")
-    records = (row.verification_meta or {}).get("DNSRecords") or {}
+    records = records_of(row)
     outcome = await verify_records(checker(call), records)
     status = status_after(row.status, outcome)
-    status_changed = False
-    if status != row.status or outcome.records != records:
-        async with db.write() as conn:
-            current = await repo.get(conn, domain_id, user_id=call.user_id)
-            if current is None:
-                raise ApiError(2, "Domain not found or access denied")
-            meta = dict(current.verification_meta or {})
-            # Only if the expected records did not change while we were looking them up.
-            if same_records(meta.get("DNSRecords") or {}, records) and (
-                current.status == row.status
-            ):
-                meta["DNSRecords"] = outcome.records
-                await repo.update_fields(conn, domain_id, verification_meta=meta, status=status)
-                status_changed = status != row.status
+    # A name is Enabled for one account at a time; verification decides who (docs/dns.md).
+    holder = taken_over = None
+    if status == "Enabled" and row.status != "Enabled":
+        async with db.read() as conn:
+            holder = await repo.enabled_elsewhere(conn, row.name, domain_id)
+        if holder is not None:
+            theirs = await verify_records(checker(call), records_of(holder))
+            if status_after("Enabled", theirs) == "Enabled":
+                status = row.status  # their records are still published: they keep it
             else:
-                status = current.status
+                taken_over = theirs
+    status_changed = False
+    try:
+        if status != row.status or outcome.records != records:
+            async with db.write() as conn:
+                current = await repo.get(conn, domain_id, user_id=call.user_id)
+                if current is None:
+                    raise ApiError(2, "Domain not found or access denied")
+                meta = dict(current.verification_meta or {})
+                # Only if the expected records did not change while we were looking them up.
+                if same_records(records_of(current), records) and current.status == row.status:
+                    if holder is not None and taken_over is not None:
+                        their_meta = {**(holder.verification_meta or {})}
+                        their_meta["DNSRecords"] = taken_over.records
+                        await repo.demote(conn, holder.id, their_meta)
+                    meta["DNSRecords"] = outcome.records
+                    await repo.update_fields(conn, domain_id, verification_meta=meta, status=status)
+                    status_changed = status != row.status
+                else:
+                    status = current.status
+    except IntegrityError:
+        # Another account's domain of this name became Enabled meanwhile: the index decided.
+        raise enabled_elsewhere_error(3) from None
     if status_changed:
+        if taken_over is not None and holder is not None:
+            log.info("domain taken over", domain=row.name, domain_id=domain_id, from_id=holder.id)
+            await publish_domain_change(call, holder.id, True)
         await publish_domain_change(call, domain_id, True)
+    if holder is not None and taken_over is None:
+        raise enabled_elsewhere_error(3)
     return ok(
         Domain={"DomainID": row.id, "SenderDomain": row.name, "Status": status},
         DNSVerificationResults=outcome.records,
@@ -474,6 +524,10 @@ async def clear_domain_queue(call: Call) -> dict[str, Any]:
 async def set_domain_status(call: Call) -> dict[str, Any]:
     """Set a sender domain's status (admin): Enabled, Disabled or Approval Pending.
 
+    A domain name is Enabled for one account at a time: enabling it while another account's
+    domain of that name is Enabled is refused (4); set that one to Disabled or Approval Pending
+    first.
+
     Parameters:
     DomainID (Integer, required): the sender domain.
     Status (String, required): Enabled, Disabled or Approval Pending.
@@ -482,16 +536,24 @@ async def set_domain_status(call: Call) -> dict[str, Any]:
     1: Missing required parameter (DomainID)
     2: Domain not found
     3: Invalid Status (Enabled, Disabled or Approval Pending)
+    4: The domain name is Enabled for another account (not in the documents)
     """
     domain_id = domain_id_param(call, 1, 2)
     status = call.params.str("Status") or ""
     match = {s.lower(): s for s in STATUSES}.get(status.lower())
     if match is None:
         raise ApiError(3, "Invalid Status (Enabled, Disabled or Approval Pending)")
-    async with call.services.db.write() as conn:
-        if not await repo.update_fields(conn, domain_id, status=match):
-            raise ApiError(2, "Domain not found")
-        row = await repo.get(conn, domain_id)
+    try:
+        async with call.services.db.write() as conn:
+            current = await repo.get(conn, domain_id)
+            if current is None:
+                raise ApiError(2, "Domain not found")
+            if match == "Enabled" and await repo.enabled_elsewhere(conn, current.name, domain_id):
+                raise enabled_elsewhere_error(4)
+            await repo.update_fields(conn, domain_id, status=match)
+            row = await repo.get(conn, domain_id)
+    except IntegrityError:
+        raise enabled_elsewhere_error(4) from None
     assert row is not None
     await call.services.bus.publish(Topics.DOMAIN, domain_id)
     await call.services.bus.publish(Topics.RELAY_DOMAINS, "*")

@@ -260,7 +260,7 @@ def _timestamp(value: str | None) -> float | None:
     """A Unix timestamp, or (002) "YYYY-MM-DD HH:MM:SS" UTC; None if neither."""
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         parsed = dt.datetime.strptime(value, "%Y-%m-%d %H:%M:%S")

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from mta.powermta.lists import domain_lists, render
 from relay import metrics
+from relay.addresses import ascii_domain
 from relay.admin import auth
 from relay.admin.dispatcher import Call, command, json_response
 from relay.admin.errors import ApiError
@@ -62,7 +63,8 @@ async def sender_domains(call: Call) -> dict[str, Any] | web.Response:
 def relay_domain_of(value: str) -> str:
     """The domain of ``example.com``, ``user@example.com`` or ``<user@Example.COM.>``."""
     value = value.strip().strip("<>").strip()
-    return value.rpartition("@")[2].rstrip(".").lower()
+    domain = value.rpartition("@")[2].rstrip(".").lower()
+    return domain if domain.isascii() else (ascii_domain(domain) or domain)
 
 
 @command(

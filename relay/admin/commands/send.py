@@ -14,14 +14,17 @@ Not in the documents, and numbered after their last code: 39 an attachment witho
 or whose content is not base64; 40 a custom header with an invalid name, a line break in its
 value, or a name the relay sets itself (From, To, Cc, Bcc, Subject, Reply-To, Sender, Received,
 Return-Path, DKIM-Signature, MIME-Version, Content-*); 41 a message the content checks refuse
-(too large, over-long lines); 42 SendAt in the future (this relay does not schedule). There are
-no templates, lists, subscribers or journeys here, so TemplateID, TargetListID, ListID,
-SubscriberID, JourneyID and ActionID never name anything that exists (codes 15, 16, 35-38).
+(too large, over-long lines); 42 SendAt in the future (this relay does not schedule) or not a
+Unix time. There are no templates, lists, subscribers or journeys here, so TemplateID,
+TargetListID, ListID, SubscriberID, JourneyID and ActionID never name anything that exists
+(codes 15, 16, 35-38).
 TrackLinks and TrackOpens are accepted and ignored: the relay does not rewrite content.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -31,14 +34,17 @@ from relay import policy
 from relay.admin.compose import build_mime, clean_text, parse_email
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import INTERNAL_ERROR, ApiError, storage_unavailable
+from relay.admin.idempotency import InProgress, key_of
 from relay.admin.refusals import relay_error, send_error
+from relay.admin.resources import IDEMPOTENCY
 from relay.admin.senderkey import sender_scope
-from relay.message import from_addresses
+from relay.message import encoded_header, from_addresses
 from relay.ratelimit import Reservation
 from relay.smtp import replies
 from relay.submit import Origin, Submitter
 
 SUBMITTER = web.AppKey("submitter", Submitter)
+MAX_SUBJECT = 998  # smtprelay's Subject: one header line's worth (RFC 5322 2.1.1)
 log = structlog.get_logger("relay.admin.send")
 
 
@@ -125,7 +131,8 @@ async def send_email(call: Call) -> dict[str, Any]:
         39: Invalid attachment (not in the documents)
         40: Invalid custom header (not in the documents)
         41: Message refused by the content checks (not in the documents)
-        42: SendAt in the future: scheduling is not supported (not in the documents)
+        42: SendAt in the future (scheduling is not supported) or not a Unix time (not in the
+            documents)
         429: Email send rate limit exceeded
     """
     scope = await sender_scope(
@@ -195,13 +202,20 @@ async def smtp_relay(call: Call) -> dict[str, Any]:
     (docs/smtp.md): the credentials of a deleted sender domain answer 4 with the reply an
     open SMTP session gets at MAIL, ``550 5.7.1``.
 
+    ``UUID`` is an idempotency key of the credential's account, remembered for 24 hours from
+    the first call that queues a message with it: a call repeating a UUID (a retry after a
+    timeout, or several at once) queues nothing and answers what the first call answered, the
+    same ``queued as <id>``, whatever else it carries. While the first call is still queueing,
+    a repeat waits for it up to 10 seconds, then answers 10 (retry later). A refused call
+    queues nothing and remembers nothing: its retry is checked again.
+
     Parameters:
         SMTPUsername (String, required): SMTP username.
         SMTPPassword (String, required): SMTP password.
-        UUID (String): the caller's message id (logged; the queue assigns its own).
+        UUID (String): the caller's unique message id: the idempotency key (above).
         MailFrom (String): envelope sender; must be in the credential's sender domain.
         RcptTo (String): comma-separated envelope recipients; required with RawEmail.
-        Subject (String): informational.
+        Subject (String): the Subject header, when RawEmail has none.
         RawEmail (String): the message (RFC 5322); queued when given.
 
     Errors:
@@ -216,6 +230,8 @@ async def smtp_relay(call: Call) -> dict[str, Any]:
         8: Recipient email address is suppressed
         9: Message refused (content checks, recipient syntax or count, send limit; not in the
             documents)
+        10: A call with this UUID is still queueing its message; retry later (not in the
+            documents)
     """
     p = call.params
     username, password = p.str("SMTPUsername") or "", p.str("SMTPPassword") or ""
@@ -227,17 +243,29 @@ async def smtp_relay(call: Call) -> dict[str, Any]:
     directory, settings = services.directory, services.settings
     recipients = [r.strip() for r in (p.str("RcptTo") or "").split(",") if r.strip()]
     raw = p.raw("RawEmail")
+    result: dict[str, Any] = {"SMTPUsername": username, "SMTPPassword": password}
+    keys = call.request.app[IDEMPOTENCY]
     held: Reservation | None = None
     try:
         cred = await policy.authenticate(directory, username, password)
+        uuid = p.str("UUID") or ""
+        key = key_of(uuid) if raw and uuid else None
+        if key is not None:
+            # Before the checks: a retry answers what the first call did, even if, say, the
+            # send limit is reached since (by that very message).
+            done = await keys.completed(cred.user_id, key)
+            if done is not None:
+                return ok(SMTPResponse=replies.QUEUED.format(id=done), **result)
         sender = await policy.check_sender(directory, cred, p.str("MailFrom") or None)
         held = await policy.check_recipients(
             directory, services.limiter, settings, sender.user, recipients
         )
-        result: dict[str, Any] = {"SMTPUsername": username, "SMTPPassword": password}
         if not raw:
             _give_back(held)  # a check only: nothing is sent
             return ok(**result)
+        if not isinstance(raw, str):
+            # A number, an object, or text that is not Unicode (a lone surrogate).
+            raise policy.Refused(policy.Reason.MESSAGE_MALFORMED, "RawEmail is not text")
         if not recipients:
             raise ApiError(
                 9,
@@ -246,25 +274,58 @@ async def smtp_relay(call: Call) -> dict[str, Any]:
             )
         submitter = _submitter(call)
         _data, message = await policy.check_message(
-            settings, str(raw).encode("utf-8"), sender.domain.name
+            settings, raw.encode("utf-8"), sender.domain.name
         )
-        queue_id = await submitter.accept(
-            user=sender.user,
-            domain=sender.domain,
-            mail_from=sender.mail_from or from_addresses(message)[0],
-            recipients=recipients,
-            message=message,
-            origin=Origin(
-                source="api",
-                client_ip=call.request.remote or "",
-                helo="smtprelay",
-                credential_id=cred.id,
-            ),
-        )
+        subject = clean_text(p.str("Subject") or "")[:MAX_SUBJECT]
+        if subject and not message.values(b"subject"):
+            message.headers.append(list(encoded_header("Subject", subject)))
+        queue_id: str | None = None
+        if key is not None:
+            try:
+                claim = await keys.claim(cred.user_id, key)
+            except InProgress:
+                raise ApiError(
+                    10,
+                    "A call with this UUID is still queueing its message; retry later",
+                    extra={"SMTPResponse": replies.IN_PROGRESS},
+                ) from None
+            if claim.done:
+                _give_back(held)
+                return ok(SMTPResponse=replies.QUEUED.format(id=claim.queue_id), **result)
+            queue_id = claim.queue_id
+        try:
+            queue_id = await submitter.accept(
+                user=sender.user,
+                domain=sender.domain,
+                mail_from=sender.mail_from or from_addresses(message)[0],
+                recipients=recipients,
+                message=message,
+                origin=Origin(
+                    source="api",
+                    client_ip=call.request.remote or "",
+                    helo="smtprelay",
+                    credential_id=cred.id,
+                ),
+                queue_id=queue_id,
+            )
+        except BaseException:
+            if key is not None and queue_id is not None:
+                # Nothing was committed: a retry may queue it. (Should this fail too, the
+                # claim is abandoned and taken over after idempotency.STALE seconds.)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(keys.release(cred.user_id, key, queue_id))
+            raise
     except Exception as exc:
         _give_back(held)
         if isinstance(exc, policy.Refused):
             raise relay_error(exc) from None
         raise
-    log.info("smtprelay queued", uuid=clean_text(p.str("UUID") or "")[:64], queue_id=queue_id)
+    if key is not None:
+        try:
+            await keys.complete(cred.user_id, key, queue_id)
+        except Exception as exc:
+            # The commit decides the answer: the message is queued. A retry finds it by the
+            # claim's queue id once the claim is stale.
+            log.warning("smtprelay key not completed", error=type(exc).__name__)
+    log.info("smtprelay queued", uuid=clean_text(uuid)[:64], queue_id=queue_id)
     return ok(SMTPResponse=replies.QUEUED.format(id=queue_id), **result)

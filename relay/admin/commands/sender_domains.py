@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Row
 
-from relay.addresses import is_valid_domain, is_valid_sublabel
+from relay.addresses import ascii_domain, is_valid_domain, is_valid_sublabel
 from relay.admin.commands.domains import checker, options_body
 from relay.admin.dispatcher import Call, command
 from relay.admin.errors import ApiError
@@ -86,8 +86,8 @@ def override_param(call: Call, name: str) -> str | None:
     """None when absent; "" to return to the global default; else a validated label."""
     if call.params.raw(name) is None:
         return None
-    value = call.params.str(name) or ""
-    if value and not is_valid_sublabel(value):
+    value = call.params.str(name)  # None: given, but not text
+    if value is None or (value and not is_valid_sublabel(value)):
         raise ApiError(
             6, INVALID_OVERRIDE.replace("CustomSubdomain or CustomTrackPrefix", name), status=400
         )
@@ -148,7 +148,9 @@ async def create_sender_domain(call: Call) -> dict[str, Any]:
     refreshes that row to Approval Pending with the new options and records instead of
     failing. The number of live sender domains is limited by the user's (else the user
     group's) MaxSenderDomains; 0 means unlimited. A SenderDomain that is not a domain name is
-    refused with code 7.
+    refused with code 7. An internationalized name (U-labels) is stored and answered in its
+    ASCII form (A-labels). A user sender domain authorizes nothing the relay does (no
+    credentials, no relay checks), so several accounts may have the same one Enabled.
 
     Errors:
     1: Missing SenderDomain parameter
@@ -158,9 +160,10 @@ async def create_sender_domain(call: Call) -> dict[str, Any]:
     7: Sender domain create process failed (returned with HTTP 400)
     8: Sender domain could not be retrieved after creation (returned with HTTP 500)
     """  # noqa: E501
-    name = (call.params.str("SenderDomain") or "").lower().rstrip(".")
-    if not name:
+    given = (call.params.str("SenderDomain") or "").rstrip(".")
+    if not given:
         raise ApiError(1, "Missing SenderDomain parameter", status=400)
+    name = ascii_domain(given) or given.lower()
     # RFC 6761 6.3: localhost and every name under it are loopback, never a mail domain.
     if name == "localhost" or name.endswith(".localhost"):
         raise ApiError(4, "localhost is not a valid sender domain", status=400)

@@ -160,9 +160,7 @@ async def account_stats(call: Call) -> dict[str, Any]:
     async with call.services.db.read() as conn:
         domains = await repo.live_domains(conn, call.user_id)
     if p.present("DomainIDs"):
-        raw = p.raw("DomainIDs")
-        items = raw if isinstance(raw, list) else str(raw).split(",")
-        wanted = {int(s) for s in (str(i).strip() for i in items) if s.isdigit()}
+        wanted = set(p.int_list("DomainIDs"))
         domains = [d for d in domains if d.id in wanted]
     ids = [d.id for d in domains]
     found = await _found(call, ids, span)

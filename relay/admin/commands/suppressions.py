@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.addresses import is_valid_email
+from relay.addresses import ascii_address, is_valid_email
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.directory import Topics
@@ -38,7 +38,7 @@ async def target_user(call: Call) -> int:
 
 
 def email_param(call: Call) -> str:
-    email = (call.params.str("EmailAddress") or "").lower()
+    email = ascii_address(call.params.str("EmailAddress") or "").lower()
     if not email:
         raise ApiError(1, "Missing required parameter (EmailAddress)")
     if not is_valid_email(email):

@@ -329,7 +329,9 @@ async def user_login(call: Call) -> dict[str, Any]:
     seconds: after ``admin.login_max_failures`` for an address, logins for it are refused
     until the window passes, except from a client address that has logged in as that user
     before; after ``admin.login_max_failures_per_ip`` from one client address, logins from it
-    are refused the same way. The password is not checked while refused.
+    are refused the same way. The password is not checked while refused. A Disabled user
+    cannot log in (3, as for a wrong password), and the APIKey and sessions of a Disabled user
+    are refused like wrong ones (99998) until the user is Enabled again.
 
     Parameters:
         EmailAddress (String, required): the user's address.
@@ -370,6 +372,9 @@ async def user_login(call: Call) -> dict[str, Any]:
         raise
     if user is None or not valid or not user.password_hash:
         raise ApiError(3, "Invalid email address or password")  # counted as failed already
+    if user.status != "Enabled":
+        # Its session would be refused anyway; answered like a wrong password (no leak).
+        raise ApiError(3, "Invalid email address or password")
     await throttle.succeeded(email, client)
     session_id = new_session_id()
     now = time.time()

@@ -23,6 +23,26 @@ async def find_live(conn: AsyncConnection, user_id: int, name: str) -> Row | Non
     ).first()
 
 
+async def enabled_elsewhere(conn: AsyncConnection, name: str, domain_id: int) -> Row | None:
+    """The domain of that name Enabled for an account, if it is not ``domain_id`` (a name is
+    Enabled once at most: uq_gateway_domains_name_enabled)."""
+    d = t.gateway_domains
+    q = select(d).where(d.c.name == name, d.c.status == "Enabled", d.c.id != domain_id)
+    return (await conn.execute(q)).first()
+
+
+async def demote(conn: AsyncConnection, domain_id: int, verification_meta: dict[str, Any]) -> bool:
+    """An Enabled domain back to Approval Pending with these verification results; False if it
+    was no longer Enabled."""
+    d = t.gateway_domains
+    result = await conn.execute(
+        update(d)
+        .where(d.c.id == domain_id, d.c.status == "Enabled")
+        .values(status="Approval Pending", verification_meta=verification_meta, updated_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
 async def create(conn: AsyncConnection, **values: Any) -> int:
     ts = utcnow()
     d = t.gateway_domains
