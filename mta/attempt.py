@@ -23,13 +23,13 @@ from typing import Any
 
 import structlog
 
-from mta import retry, transaction
+from mta import transaction
 from mta.errors import OPEN_ERRORS
 from mta.pool import Connection, ConnectionPool
 from mta.returnpath import ReturnPath
 from mta.routing import Route
 from mta.transaction import Reply, Result, connection_failure
-from relay import events, metrics
+from relay import events, metrics, retry
 from relay.config import DeliverySettings
 from relay.directory import DeliveryServerView
 from relay.queue.model import (
@@ -198,7 +198,7 @@ class MessageAttempt:
                 suppress = reply.hard_bounce
             else:
                 due_since = max(rc.created_at, msg.not_before or 0.0)
-                decision = retry.after_temporary_failure(attempt, due_since, now, self.settings)
+                decision = retry.after_failure(attempt, due_since, now, self.settings)
                 if decision.give_up:
                     state, event = FAILED, events.FAILED
                     data["reason"] = "max_age"

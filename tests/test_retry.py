@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from mta.retry import after_temporary_failure, backoff
 from mta.transaction import Reply
 from relay.config import DeliverySettings
+from relay.retry import after_failure, backoff
 
 
 def settings(**kw: float) -> DeliverySettings:
@@ -34,11 +34,11 @@ def test_jitter_stays_within_its_fraction() -> None:
 
 def test_max_age_gives_up_and_the_last_retry_lands_on_the_deadline() -> None:
     s = settings(max_age=1000)
-    early = after_temporary_failure(1, accepted_at=0, now=10, settings=s)
+    early = after_failure(1, since=0, now=10, settings=s)
     assert not early.give_up and early.next_attempt_at == 70
-    near = after_temporary_failure(7, accepted_at=0, now=900, settings=s)
+    near = after_failure(7, since=0, now=900, settings=s)
     assert not near.give_up and near.next_attempt_at == 1000  # not 900 + 3600
-    assert after_temporary_failure(8, accepted_at=0, now=1000, settings=s).give_up
+    assert after_failure(8, since=0, now=1000, settings=s).give_up
 
 
 @pytest.mark.parametrize(

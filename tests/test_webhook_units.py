@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from relay import config
+from relay import config, retry
 from relay.config import DnsSettings, WebhookSettings
-from relay.webhooks import batcher, keys, payload, retry
+from relay.webhooks import batcher, keys, payload
 from relay.webhooks.resolver import AddressRefused, CheckedResolver, NoAddress
 from relay.webhooks.sender import Sender
 from relay.webhooks.urls import UrlRefused, check_webhook_url, parse_networks
@@ -99,10 +99,10 @@ def test_retry_schedule_first_within_a_minute_for_at_least_a_day() -> None:
     rng = random.Random(7)
     created = now = 1_000_000.0
     attempt = 1
-    first = retry.after_failure(attempt, created, now, s, rng)
+    first = retry.after_failure(attempt, created, now, s, rng, max_attempts=s.max_attempts)
     assert not first.give_up and first.next_attempt_at - now < 60
     while True:
-        decision = retry.after_failure(attempt, created, now, s, rng)
+        decision = retry.after_failure(attempt, created, now, s, rng, max_attempts=s.max_attempts)
         if decision.give_up:
             break
         assert decision.next_attempt_at > now
@@ -114,9 +114,12 @@ def test_retry_schedule_first_within_a_minute_for_at_least_a_day() -> None:
 
 def test_retry_gives_up_after_max_attempts() -> None:
     s = WebhookSettings(max_attempts=3, retry_jitter=0)
-    assert not retry.after_failure(2, 0.0, 10.0, s).give_up
-    assert retry.after_failure(3, 0.0, 10.0, s).give_up
-    assert retry.after_failure(2, 0.0, 10.0, s).next_attempt_at == 10.0 + 2 * s.retry_base
+    assert not retry.after_failure(2, 0.0, 10.0, s, max_attempts=s.max_attempts).give_up
+    assert retry.after_failure(3, 0.0, 10.0, s, max_attempts=s.max_attempts).give_up
+    assert (
+        retry.after_failure(2, 0.0, 10.0, s, max_attempts=s.max_attempts).next_attempt_at
+        == 10.0 + 2 * s.retry_base
+    )
 
 
 def test_save_time_exemption_for_the_operators_networks() -> None:

@@ -45,12 +45,12 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
-from relay import metrics
+from relay import metrics, retry
 from relay.cache import MISSING, TTLCache
 from relay.directory import Topics
 from relay.services import Services
 from relay.store.db import StorageUnavailable, asyncpg_dsn
-from relay.webhooks import keys, payload, retry
+from relay.webhooks import keys, payload
 from relay.webhooks.batcher import Batcher
 from relay.webhooks.payload import Delivery
 from relay.webhooks.sender import INTERNAL_ERROR, Attempted, Sender
@@ -346,7 +346,9 @@ class WebhookWorker:
         if attempted.ok:
             metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
             return Recorded(d, attempted, number, DELIVERED, now, started)
-        decision = retry.after_failure(number, d.created_at, now, self.settings)
+        decision = retry.after_failure(
+            number, d.created_at, now, self.settings, max_attempts=self.settings.max_attempts
+        )
         if decision.give_up:
             metrics.WEBHOOK_DELIVERIES.labels(outcome="given_up").inc()
             log.warning(
