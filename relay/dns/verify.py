@@ -37,15 +37,14 @@ import structlog
 
 from relay import metrics
 from relay.cache import MISSING, TTLCache
-from relay.config import DnsSettings, parse_hostport
+from relay.config import DnsSettings
 from relay.dns.records import is_advisory
+from relay.dns.resolver import build_resolver
 
 log = structlog.get_logger("relay.dns")
 
 OK, NXDOMAIN, NODATA, ERROR = "ok", "nxdomain", "nodata", "error"
 SUPPORTED_TYPES = ("TXT", "CNAME", "A", "AAAA", "MX")
-# A resolver attempt per nameserver never waits longer than this within the overall timeout.
-_ATTEMPT_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,17 +151,7 @@ class DnsChecker:
 
     def resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is None:
-            configured = self.settings.nameservers
-            res = dns.asyncresolver.Resolver(configure=not configured)
-            if configured:
-                servers: list[str | dns.nameserver.Nameserver] = []
-                for item in configured:
-                    host, port = parse_hostport(item, 53)
-                    servers.append(dns.nameserver.Do53Nameserver(host, port))
-                res.nameservers = servers
-            res.lifetime = self.settings.timeout
-            res.timeout = min(_ATTEMPT_TIMEOUT, self.settings.timeout)
-            self._resolver = res
+            self._resolver = build_resolver(self.settings)
         return self._resolver
 
     def _key(self, host: str, rtype: str) -> str:

@@ -25,12 +25,12 @@ import dns.nameserver
 import dns.resolver
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from relay.config import DnsSettings, parse_hostport
+from relay.config import DnsSettings
+from relay.dns.resolver import build_resolver
 from relay.webhooks.urls import Address, Network, is_refused
 
 MAX_CACHE = 60.0
 NEGATIVE_CACHE = 5.0
-_ATTEMPT_TIMEOUT = 2.0
 
 
 class AddressRefused(OSError):
@@ -39,20 +39,6 @@ class AddressRefused(OSError):
 
 class NoAddress(OSError):
     """The host does not resolve (NXDOMAIN, no A/AAAA, timeout, server failure)."""
-
-
-def build_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
-    configured = settings.nameservers
-    res = dns.asyncresolver.Resolver(configure=not configured)
-    if configured:
-        servers: list[str | dns.nameserver.Nameserver] = []
-        for item in configured:
-            host, port = parse_hostport(item, 53)
-            servers.append(dns.nameserver.Do53Nameserver(host, port))
-        res.nameservers = servers
-    res.lifetime = settings.timeout
-    res.timeout = min(_ATTEMPT_TIMEOUT, settings.timeout)
-    return res
 
 
 def check_address(ip: Address, allow: tuple[Network, ...], host: str = "") -> None:
