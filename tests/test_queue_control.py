@@ -222,14 +222,15 @@ async def test_retry_makes_deferred_recipients_due_now_and_leaves_the_rest(w: Wo
     await w.defer(other, until=now + HOUR)
 
     changed = await control.retry(w.services.db, Selection(message_ids=(deferred, "nope")))
-    assert (changed.recipients, changed.messages, changed.unknown) == (2, {deferred}, ["nope"])
+    assert (changed.recipients, changed.messages, changed.unknown) == (2, {deferred: 2}, ["nope"])
     rows = await w.rows(deferred)
     assert all(r.next_attempt_at <= time.time() for r in rows.values())
     # Due now: the next claim takes them (and nothing else).
     claimed = await w.queue.claim("w", 10, 60)
     assert sorted(c.rcpt for c in claimed) == ["a@example.net", "b@example.net"]
     # Leased right now: a retry leaves them to the delivery that holds them.
-    assert (await control.retry(w.services.db, Selection(everything=True))).recipients == 1
+    everything = await control.retry(w.services.db, Selection(everything=True))
+    assert (everything.messages, everything.in_delivery) == ({other: 1}, {deferred: 2})
     assert (await w.rows(other))["o@example.net"].next_attempt_at <= time.time()
     # A scheduled message keeps its time.
     assert (await w.rows(scheduled))["s@example.net"].next_attempt_at == pytest.approx(now + HOUR)
@@ -257,7 +258,7 @@ async def test_held_recipients_are_never_claimed_until_released(w: World) -> Non
     kept = await w.accept(w.news, ["d@example.net"])
 
     changed = await control.hold(w.services.db, Selection(sender_domain="example.com"))
-    assert (changed.recipients, changed.messages) == (3, {fresh, tried, scheduled})
+    assert (changed.recipients, set(changed.messages)) == (3, {fresh, tried, scheduled})
     assert await w.state(fresh) == {"a@example.net": "held"}
     # Not claimed, even long after they were due; the other domain's mail goes on.
     claimed = await w.queue.claim("w", 10, 60, now + 2 * HOUR)
@@ -289,7 +290,7 @@ async def test_a_hold_lets_the_attempt_in_flight_finish(w: World) -> None:
     mid = await w.accept(w.shop, ["ok@example.net", "later@example.net"])
     claimed = {c.rcpt: c for c in await w.queue.claim("w", 10, 60)}
     changed = await control.hold(w.services.db, Selection(message_ids=(mid,)))
-    assert (changed.recipients, changed.in_delivery) == (2, 2)
+    assert (changed.recipients, changed.busy) == (2, 2)
     page = await control.list_queue(w.services.db, Selection(message_ids=(mid,)))
     assert {(e.state, e.in_delivery) for e in page.entries} == {("held", True)}
     # The attempt's outcomes apply: delivered is final, a deferral stays held.
@@ -343,7 +344,7 @@ async def test_delete_fails_recipients_with_an_event_and_drops_the_body(w: World
     changed = await control.delete(
         w.services.db, Selection(message_ids=(mid, other)), actor="cli:ops"
     )
-    assert (changed.recipients, changed.messages, changed.in_delivery) == (3, {mid, other}, 0)
+    assert (changed.recipients, changed.messages, changed.busy) == (3, {mid: 2, other: 1}, 0)
     rows = await w.rows(mid)
     assert {r.state for r in rows.values()} == {"failed"}
     assert rows["a@example.net"].last_response == control.DELETED_REASON
@@ -367,7 +368,7 @@ async def test_delete_never_takes_a_recipient_from_under_its_delivery(w: World) 
     idle = await w.accept(w.shop, ["idle@example.net"], not_before=time.time() + HOUR)
     (claimed,) = await w.queue.claim("w", 10, 60)
     changed = await control.delete(w.services.db, Selection(everything=True), actor="admin")
-    assert (changed.recipients, changed.in_delivery) == (1, 1)
+    assert (changed.recipients, changed.busy) == (1, 1)
     assert await w.state(idle) == {"idle@example.net": "failed"}
     # In delivery: held, its lease untouched, so the attempt's outcome still applies...
     row = (await w.rows(mid))["busy@example.net"]
@@ -376,7 +377,7 @@ async def test_delete_never_takes_a_recipient_from_under_its_delivery(w: World) 
     # ... and a deferral is never tried again; a second delete finishes the job.
     assert await w.queue.claim("w", 10, 60) == []
     again = await control.delete(w.services.db, Selection(message_ids=(mid,)), actor="admin")
-    assert (again.recipients, again.in_delivery) == (1, 0)
+    assert (again.recipients, again.busy) == (1, 0)
     assert await w.state(mid) == {"busy@example.net": "failed"}
 
 
@@ -385,7 +386,7 @@ async def test_delete_of_a_recipient_held_and_in_delivery_waits_for_it(w: World)
     (claimed,) = await w.queue.claim("w", 10, 60)
     await control.hold(w.services.db, Selection(message_ids=(mid,)))
     changed = await control.delete(w.services.db, Selection(message_ids=(mid,)), actor="admin")
-    assert (changed.recipients, changed.in_delivery) == (0, 1)
+    assert (changed.recipients, changed.busy) == (0, 1)
     await w.queue.record_outcomes([w.outcome(claimed, mid, DELIVERED)])
     assert await w.state(mid) == {"busy@example.net": "delivered"}
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,6 +35,8 @@ from relay import events
 from relay.queue import sql
 from relay.queue.model import HELD, SHOWN_STATES, shown_state
 from relay.store.db import Database
+
+log = structlog.get_logger("relay.queue")
 
 # Recipients per transaction: short enough that delivery workers and the group commit never
 # wait long behind one (SQLite has a single writer), large enough for big queues.
@@ -82,6 +85,18 @@ class Selection:
         """A change needs a target: message ids, ``everything``, or a filter."""
         return bool(self.message_ids) or self.everything or self.filtered
 
+    def describe(self) -> dict[str, Any]:
+        """The selection's terms, for log lines."""
+        terms: dict[str, Any] = {
+            "sender_domain": self.sender_domain,
+            "recipient_domain": self.recipient_domain,
+            "state": self.state,
+            "older_than": self.older_than,
+        }
+        if self.message_ids:
+            terms["queue_ids"] = list(self.message_ids)
+        return {k: v for k, v in terms.items() if v is not None} or {"all": True}
+
 
 @dataclass(slots=True)
 class Entry:
@@ -101,6 +116,23 @@ class Entry:
     sender_domain: str
     size: int
 
+    def view(self) -> dict[str, Any]:
+        """As the queue.list API and ``relay queue list --json`` show it."""
+        return {
+            "QueueID": self.queue_id,
+            "Recipient": self.recipient,
+            "State": self.state,
+            "Attempts": self.attempts,
+            "NextAttemptAt": None if self.next_attempt_at is None else int(self.next_attempt_at),
+            "LastCode": self.last_code,
+            "LastResponse": self.last_response,
+            "InDelivery": self.in_delivery,
+            "AcceptedAt": int(self.accepted_at),
+            "MailFrom": self.sender,
+            "SenderDomain": self.sender_domain,
+            "Size": self.size,
+        }
+
 
 @dataclass(slots=True)
 class Page:
@@ -110,14 +142,59 @@ class Page:
 
 @dataclass(slots=True)
 class Changed:
-    """What a change did: ``recipients`` changed, of ``messages`` messages; ``in_delivery``
-    being delivered right now (left alone, or for delete: held); ``unknown`` queue ids named
-    that are no message."""
+    """What a change did, per message (queue id -> recipients): ``messages`` changed,
+    ``in_delivery`` being delivered right now (retry: left to that attempt; hold: held all
+    the same; delete: held instead of deleted); ``unknown``: queue ids named that are no
+    message."""
 
-    recipients: int = 0
-    messages: set[str] = field(default_factory=set)
-    in_delivery: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    in_delivery: dict[str, int] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
+
+    @property
+    def recipients(self) -> int:
+        return sum(self.messages.values())
+
+    @property
+    def busy(self) -> int:
+        return sum(self.in_delivery.values())
+
+    def view(self) -> dict[str, Any]:
+        """As the admin API and ``relay queue ... --json`` answer."""
+        return {
+            "Recipients": self.recipients,
+            "Messages": len(self.messages),
+            "InDelivery": self.busy,
+            "QueueIDs": sorted(self.messages),
+            "Unknown": self.unknown,
+        }
+
+
+# The log line of each change, per message ("queue held" ...), as postsuper logs per message.
+LOGGED = {"retry": "queue retried", "hold": "queue held", "release": "queue released",
+          "delete": "queue deleted"}  # fmt: skip
+
+
+def log_change(action: str, changed: Changed, sel: Selection, *, by: str, **context: Any) -> None:
+    """The change in the log: one line per message it touched, with its queue id (so that
+    ``grep <queue id>`` finds it with the message's other lines), who made it (``by``) and
+    ``context`` (how: the command); one line naming the selection when it touched none."""
+    event = LOGGED[action]
+    for mid in sorted({*changed.messages, *changed.in_delivery}):
+        log.info(
+            event,
+            queue_id=mid,
+            recipients=changed.messages.get(mid, 0),
+            in_delivery=changed.in_delivery.get(mid, 0),
+            by=by,
+            **context,
+        )
+    if not changed.messages and not changed.in_delivery:
+        log.info(event, recipients=0, **sel.describe(), by=by, **context)
+
+
+def _add(counts: dict[str, int], message_id: str, n: int = 1) -> None:
+    counts[message_id] = counts.get(message_id, 0) + n
 
 
 # -- the selection as SQL ------------------------------------------------------------------------
@@ -239,19 +316,23 @@ def _entry(row: Any, now: float) -> Entry:
 
 
 async def retry(db: Database, sel: Selection, *, now: float | None = None) -> Changed:
-    """Deferred recipients waiting for a later attempt become due now."""
+    """Deferred recipients waiting for a later attempt become due now (one being delivered
+    right now is left to that attempt)."""
     now = time.time() if now is None else now
     changed = await _known(db, sel)
     if sel.state in (None, "deferred"):
+        params = _params(sel, now)
+        busy = _where(sel, sql.SEL_STATE["deferred"], sql.LEASED_NOW)
+        await _count_busy(db, busy, params, changed)
         stmt = sql.QUEUE_RETRY.format(where=_where(sel, sql.RETRY_WAITING))
-        await _batches(db, stmt, _params(sel, now), changed, notify=True)
+        await _batches(db, stmt, params, changed, notify=True)
     return changed
 
 
 async def hold(db: Database, sel: Selection, *, now: float | None = None) -> Changed:
     """Pending recipients are put on hold: never claimed until released. One being delivered
-    right now finishes its attempt (counted in ``in_delivery``); if that attempt does not
-    finish it, it stays held."""
+    right now finishes its attempt (``in_delivery``); if that attempt does not finish it, it
+    stays held."""
     now = time.time() if now is None else now
     changed = await _known(db, sel)
     for state in _pending_part(sel):
@@ -282,9 +363,7 @@ async def delete(db: Database, sel: Selection, *, actor: str, now: float | None 
     pending = _pending_part(sel)
     held = sel.state in (None, HELD)
     if held:
-        count = sql.QUEUE_COUNT.format(where=_where(sel, sql.HELD, sql.LEASED_NOW))
-        async with db.read() as conn:
-            changed.in_delivery += int((await conn.execute(_text(count, params), params)).one()[0])
+        await _count_busy(db, _where(sel, sql.HELD, sql.LEASED_NOW), params, changed)
     payload = json.dumps({"reason": DELETED, "by": actor})
     parts = [_part(s) for s in pending] + ([sql.HELD] if held else [])
     for part in parts:
@@ -295,7 +374,8 @@ async def delete(db: Database, sel: Selection, *, actor: str, now: float | None 
         stmt = sql.QUEUE_HOLD.format(where=_where(sel, _part(state), sql.LEASED_NOW))
         on_hold = Changed()
         await _batches(db, stmt, params, on_hold)
-        changed.in_delivery += on_hold.recipients
+        for mid, n in on_hold.messages.items():
+            _add(changed.in_delivery, mid, n)
     return changed
 
 
@@ -309,6 +389,13 @@ async def _known(db: Database, sel: Selection) -> Changed:
             known = {r[0] for r in rows}
         changed.unknown = [m for m in sel.message_ids if m not in known]
     return changed
+
+
+async def _count_busy(db: Database, where: str, params: dict[str, Any], changed: Changed) -> None:
+    stmt = sql.QUEUE_BUSY.format(where=where)
+    async with db.read() as conn:
+        for mid, n in await conn.execute(_text(stmt, params), params):
+            _add(changed.in_delivery, mid, int(n))
 
 
 async def _batches(
@@ -331,10 +418,10 @@ async def _batches(
     notify = notify and not db.is_sqlite
     while True:
         rows = await _batch(db, clause, args, events, notify)
-        changed.recipients += len(rows)
-        changed.messages.update(r[0] for r in rows)
-        if leased_at is not None:
-            changed.in_delivery += sum(1 for r in rows if r[1] is not None and r[1] >= leased_at)
+        for row in rows:
+            _add(changed.messages, row[0])
+            if leased_at is not None and row[1] is not None and row[1] >= leased_at:
+                _add(changed.in_delivery, row[0])
         if len(rows) < BATCH:
             return
 

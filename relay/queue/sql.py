@@ -343,7 +343,11 @@ WHERE recipients.id IN (SELECT recipients.id FROM recipients WHERE {{where}} LIM
     AND {DELETE_GUARD}
 RETURNING recipients.message_id, recipients.rcpt
 """
-QUEUE_COUNT = "SELECT count(*) FROM recipients WHERE {where}"
+# Per message, the selected recipients a worker holds right now.
+QUEUE_BUSY = (
+    "SELECT recipients.message_id, count(*) FROM recipients WHERE {where} "
+    "GROUP BY recipients.message_id"
+)
 QUEUE_MESSAGE_OWNERS = "SELECT id, user_id, domain_id FROM messages WHERE id IN :message_ids"
 DROP_FINISHED_BODIES = f"""
 UPDATE messages SET body = NULL WHERE id IN :message_ids AND body IS NOT NULL AND {FINISHED}
