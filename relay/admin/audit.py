@@ -81,7 +81,7 @@ def record(
     # What the change made: the new object's id (an integer; never a key or session).
     for key, value in (result or {}).items():
         if key.endswith("ID") and isinstance(value, int) and not isinstance(value, bool):
-            named.setdefault(f"new_{key.lower()}", value)
+            named.setdefault(f"new_{key.lower().removeprefix('new')}", value)
     log.info(
         "admin change",
         command=command,
