@@ -273,7 +273,8 @@ def _print_message(v: dict[str, Any]) -> None:
         "Headers:" if v["Headers"] else "Headers:      (no longer stored: every recipient is final)"
     )
     for h in v["Headers"]:
-        print(f"    {h['Name']}: {h['Value']}")
+        value = " ".join(h["Value"].split())  # unfolded: one line each
+        print(f"    {h['Name']}: {value}")
     print("Recipients:")
     width = max((len(r["Recipient"]) for r in v["Recipients"]), default=0)
     for r in v["Recipients"]:

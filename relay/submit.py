@@ -119,6 +119,6 @@ class Submitter:
             recipients=len(recipients),
             size=len(body),
             message_id=message_id,
-            scheduled=not_before,
+            **({"scheduled": not_before} if not_before is not None else {}),
         )
         return queue_id
