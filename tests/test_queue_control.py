@@ -431,3 +431,38 @@ async def test_retry_and_release_wake_every_node(w: World) -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await listener.close()
+
+
+async def test_changes_race_claims_without_taking_a_leased_recipient(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete in small batches while a worker keeps claiming: what the worker holds is never
+    failed under it (held instead), everything else is failed; nothing is left pending."""
+    monkeypatch.setattr(control, "BATCH", 7)
+    mids = [await w.accept(w.shop, [f"r{i}@example.net" for i in range(10)]) for _ in range(30)]
+    # A head start: some are surely in delivery when the delete begins; more get claimed as it
+    # runs (however the two interleave, the checks below hold).
+    claimed = {c.id for c in await w.queue.claim("w", 50, 300)}
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            claimed.update(c.id for c in await w.queue.claim("w", 5, 300))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(worker())
+    try:
+        changed = await control.delete(w.services.db, Selection(everything=True), actor="admin")
+    finally:
+        stop.set()
+        await task
+    r = t.recipients
+    async with w.services.db.read() as conn:
+        rows = (await conn.execute(select(r.c.id, r.c.state))).all()
+    states = {row.id: row.state for row in rows}
+    assert len(states) == 300 and set(changed.messages) <= set(mids)
+    failed_under_a_worker = [i for i in claimed if states[i] == "failed"]
+    assert failed_under_a_worker == [], "a recipient was failed while a worker held it"
+    assert {states[i] for i in claimed} == {"held"}
+    assert set(states.values()) <= {"failed", "held"}
+    assert changed.recipients + changed.busy == 300
