@@ -99,7 +99,10 @@ class _Refused(Exception):
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from relay import log as relay_log
+    from relay.diagnose import describe_database
     from relay.queue.control import SelectionError
     from relay.store.db import Database
 
@@ -117,6 +120,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         return await _change(db, sel, args)
     except SelectionError as exc:
         raise _Refused(str(exc)) from None
+    except (SQLAlchemyError, OSError) as exc:
+        # Unreachable, or locked past the busy timeout: one line, no traceback.
+        raise _Refused(describe_database(exc, settings.database_url)) from None
     finally:
         await db.close()
 

@@ -302,3 +302,33 @@ async def test_queue_commands_against_a_running_relay(
     everything = err + "".join(cli.logs) + "".join(cli.outputs)
     for secret in (cred["SMTPPassword"], PASSWORD_SHOWN, node.admin_key, user_key):
         assert secret not in everything, "a secret reached the log"
+
+
+def test_usage_and_database_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["RELAY_DATA_DIR"] = str(tmp_path / "var")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "relay", "queue", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    fresh = run("list")
+    assert fresh.returncode == 2
+    assert fresh.stderr.strip().splitlines()[-1] == (
+        "relay queue list: the database has no queue yet: start the relay, or run `relay migrate`"
+    )
+    migrated = subprocess.run(
+        [sys.executable, "-m", "relay", "migrate"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr[-2000:]
+    nothing = run("delete")
+    assert nothing.returncode == 2
+    assert "name queue ids, or select with --all and/or filters" in nothing.stderr
+    both = run("hold", "some-id", "--all")
+    assert both.returncode == 2 and "not both" in both.stderr
+    age = run("list", "--older-than", "soon")
+    assert age.returncode == 2 and "not an age: 'soon'" in age.stderr
+    assert "Traceback" not in fresh.stderr + nothing.stderr + both.stderr + age.stderr
