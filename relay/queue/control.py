@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay import events
+from relay.addresses import ascii_domain
 from relay.queue import sql
 from relay.queue.model import HELD, SHOWN_STATES, shown_state
 from relay.store.db import Database
@@ -223,12 +224,18 @@ def _params(sel: Selection, now: float) -> dict[str, Any]:
     if sel.message_ids:
         params["message_ids"] = list(sel.message_ids)
     if sel.sender_domain is not None:
-        params["sender_domain"] = sel.sender_domain.strip().lower()
+        params["sender_domain"] = _domain(sel.sender_domain)
     if sel.recipient_domain is not None:
-        params["recipient_domain"] = sel.recipient_domain.strip().lower()
+        params["recipient_domain"] = _domain(sel.recipient_domain)
     if sel.older_than is not None:
         params["created_before"] = now - sel.older_than
     return params
+
+
+def _domain(name: str) -> str:
+    """As domains are stored: A-labels, lower case (a name that is none matches nothing)."""
+    name = name.strip()
+    return ascii_domain(name) or name.lower()
 
 
 def _text(statement: str, params: Mapping[str, Any]) -> TextClause:
