@@ -163,7 +163,9 @@ async def test_list_shows_every_live_recipient_with_its_state_and_filters(w: Wor
     assert await listed(w, Selection(recipient_domain="GMAIL.com")) == [
         ("a@gmail.com", "deferred"), ("c@gmail.com", "scheduled"), ("d@gmail.com", "held")
     ]  # fmt: skip
-    assert await listed(w, Selection(sender_domain=" News.Example.ORG")) == [("d@gmail.com", "held")]
+    assert await listed(w, Selection(sender_domain=" News.Example.ORG")) == [
+        ("d@gmail.com", "held")
+    ]
     assert await listed(w, Selection(state="scheduled")) == [("c@gmail.com", "scheduled")]
     assert await listed(w, Selection(state="held")) == [("d@gmail.com", "held")]
     assert await listed(w, Selection(state="deferred", sender_domain="example.com")) == [
