@@ -5,14 +5,17 @@ writes everything pending in ONE transaction (``QueueBackend.record_outcomes``).
 is in flight the next batch gathers, so under load many deliveries share one commit. A failed
 commit is retried a few times, then each delivery's outcomes alone; what still fails is lost,
 but those recipients keep their leases, which expire, so they are delivered again (at least
-once). After a commit: the result metrics, and each hard bounce's suppression published on the
-bus, so every node's SMTP side refuses the address from then on.
+once). After a commit: the result metrics, one log line per outcome (the event's name, the
+queue id, the recipient, the delivery server and its reply: a message's story in the log), and
+each hard bounce's suppression published on the bus, so every node's SMTP side refuses the
+address from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
@@ -62,6 +65,22 @@ class OutcomeRecorder:
         suppressed: set[str] = set()
         for o in outcomes:
             metrics.DELIVERY_RESULTS.labels(result=o.state).inc()
+            data = o.data
+            # Only what this outcome has: a deferral's next attempt, a failure's reason.
+            extra: dict[str, Any] = {k: data[k] for k in ("next_attempt_at", "reason") if k in data}
+            if o.suppress:
+                extra["suppressed"] = True
+            log.info(
+                o.event,
+                queue_id=o.message_id,
+                rcpt=o.rcpt,
+                attempt=o.attempts,
+                server=data.get("server"),
+                code=o.code,
+                reply=o.response,
+                seconds=data.get("seconds"),
+                **extra,
+            )
             if o.suppress:
                 metrics.DELIVERY_SUPPRESSIONS.inc()
                 suppressed.add(f"{o.user_id}:{o.rcpt.lower()}")

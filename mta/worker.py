@@ -236,6 +236,7 @@ class DeliveryService:
             return
         metrics.QUEUE_DEPTH.set(depth.pending)
         metrics.QUEUE_SCHEDULED.set(depth.scheduled)
+        metrics.QUEUE_HELD.set(depth.held)
 
     # -- delivering -----------------------------------------------------------------------
 

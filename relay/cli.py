@@ -1,5 +1,5 @@
-"""``relay serve | migrate | check-config | pmta-accounting | pmta-sync``, ``relay --version``:
-see docs/operations.md."""
+"""``relay serve | migrate | check-config | queue | pmta-accounting | pmta-sync``,
+``relay --version``: see docs/operations.md."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from relay import config
+from relay import config, queuecli
 
 
 def _load(path: str | None) -> config.Settings:
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the checks that bind the listeners and connect to the database and Redis",
     )
+    # The queue: list, show, retry, hold, release, delete (relay/queuecli.py).
+    queuecli.add_parser(sub)
     # PowerMTA (mta/powermta): accounting records in, include files out.
     acct = sub.add_parser(
         "pmta-accounting",
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
         listen = [(k, int(fd)) for k, _, fd in (item.partition(":") for item in args.listen)]
         return run_async(settings, run_child(settings, args.role, args.ipc_fd, listen))
+    if args.cmd == "queue":
+        return queuecli.run(settings, args)
     if args.cmd in ("pmta-accounting", "pmta-sync"):
         return _powermta(settings, args)
     if args.cmd == "check-config":

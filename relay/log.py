@@ -8,6 +8,7 @@ own logger stays at WARNING: at INFO it logs every command line.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -36,10 +37,17 @@ QUIET = {"aiosmtpd": logging.WARNING, "mail.log": logging.WARNING, "aiosqlite": 
          "sqlalchemy": logging.WARNING}  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    # Keys are the code's own names, a few hundred in all: the test runs once per name, not
+    # once per log line (every delivery outcome is one).
+    lowered = key.lower().replace("-", "_")
+    return any(s in lowered for s in SECRET_KEYS)
+
+
 def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
-        lowered = key.lower().replace("-", "_")
-        if any(s in lowered for s in SECRET_KEYS):
+        if _secret_key(key):
             event[key] = "[redacted]"
     return event
 

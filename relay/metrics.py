@@ -74,6 +74,11 @@ QUEUE_SCHEDULED = Gauge(
     "Recipients of scheduled messages, not yet due",
     multiprocess_mode="livemax",
 )
+QUEUE_HELD = Gauge(
+    "relay_queue_held_recipients",
+    "Recipients on hold (relay queue hold), not delivered until released",
+    multiprocess_mode="livemax",
+)
 STORAGE_ERRORS = Counter(
     "relay_queue_storage_errors_total",
     "Queue operations that failed on storage and were retried or reported (claim, load, "

@@ -4,7 +4,8 @@ Shared by the SMTP DATA stage and the HTTP send API, so both produce identical m
 Returns only after the group commit holds the message, its recipients and their 'accepted'
 events; raises StorageUnavailable (SMTP: 451 4.3.0) otherwise. Nothing after the commit can
 fail the message: the send limit was reserved before (relay.policy), so the commit alone
-decides the answer.
+decides the answer. The message's first log line ("accepted", with its queue id) is written
+here, once committed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import structlog
+
 from relay import metrics
 from relay.directory import DomainView, UserView
 from relay.dkim import DkimSigner
@@ -21,6 +24,8 @@ from relay.message import ParsedMessage, date_header, message_id_header, receive
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
 from relay.services import Services
+
+log = structlog.get_logger("relay.submit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,7 @@ class Submitter:
             now=now,
         )
         body = message.to_bytes(prepend=[signature, trace])
+        message_id = message.first_text(b"message-id")
         await self.writer.submit(
             NewMessage(
                 id=queue_id,
@@ -92,7 +98,7 @@ class Submitter:
                 body=body,
                 header_from=message.first_text(b"from"),
                 subject=message.first_text(b"subject"),
-                message_id_header=message.first_text(b"message-id"),
+                message_id_header=message_id,
                 client_ip=origin.client_ip,
                 credential_id=origin.credential_id,
                 api_key_id=origin.api_key_id,
@@ -102,4 +108,17 @@ class Submitter:
             )
         )
         metrics.MESSAGE_BYTES.observe(len(body))
+        log.info(
+            "accepted",
+            queue_id=queue_id,
+            source=origin.source,
+            client_ip=origin.client_ip,
+            user_id=user.id,
+            domain=domain.name,
+            mail_from=mail_from,
+            recipients=len(recipients),
+            size=len(body),
+            message_id=message_id,
+            **({"scheduled": not_before} if not_before is not None else {}),
+        )
         return queue_id

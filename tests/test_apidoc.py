@@ -21,6 +21,7 @@ EXAMPLE_FAMILIES = {
     "stats",
     "deliveryservers",
     "send",
+    "queue",
 }
 
 

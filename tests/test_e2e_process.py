@@ -184,6 +184,15 @@ def test_embedded_default_first_start_restart_and_stop(tmp_path: Path, nodes: li
     send_over_starttls(node.smtp, username, password)
     with pytest.raises(smtplib.SMTPAuthenticationError):
         send_over_starttls(node.smtp, username, "Wrong-Secret-Password-XYZ")
+    # A refused sender, and an admin change to the queue (the log lines of issue 11's tracing).
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", node.smtp, timeout=30) as client:
+        client.starttls(context=ctx)
+        client.login(username, password)
+        assert client.mail("someone@elsewhere.example")[0] == 553
+    held = node.call("queue.hold", AdminAPIKey=admin_key, All=True)
+    assert held["Success"] is True
 
     code, out, err = node.stop()
     assert code == 0, err[-2000:]
@@ -192,6 +201,10 @@ def test_embedded_default_first_start_restart_and_stop(tmp_path: Path, nodes: li
     for secret in (password, "Wrong-Secret-Password-XYZ", user["APIKey"], admin_key):
         assert secret not in err, "a secret reached the log"
     assert '"event": "auth failed"' in err and username in err
+    # Every kind of line that says what happened to a message or who changed what was written
+    # (and checked above for secrets): accepted, refused, admin change, queue held.
+    for kind in ("accepted", "refused", "admin change", "queue held"):
+        assert f'"event": "{kind}"' in err, kind
 
     again = Node(tmp_path, data)
     nodes.append(again)

@@ -21,6 +21,8 @@ class Principal:
     user_id: int | None = None
     domain_id: int | None = None
     api_key_id: int | None = None
+    # How a user proved it: "api_key" or "session" (the audit log says which).
+    via: str = ""
 
     @property
     def is_admin(self) -> bool:
@@ -67,7 +69,7 @@ async def user_from(services: Services, params: Params) -> Principal | None:
                 )
             ).first()
             if row is not None and row.status == "Enabled":
-                return Principal("user", user_id=row.id)
+                return Principal("user", user_id=row.id, via="api_key")
         if session_id:
             s = t.sessions
             row = (
@@ -78,7 +80,7 @@ async def user_from(services: Services, params: Params) -> Principal | None:
                 )
             ).first()
             if row is not None and row.status == "Enabled":
-                return Principal("user", user_id=row.user_id)
+                return Principal("user", user_id=row.user_id, via="session")
     return None
 
 

@@ -12,7 +12,8 @@ authenticates as the command's ``auth`` demands, applies the rate limit where th
 set one, runs the command, and turns an ``ApiError`` into the documented error body. This is
 the one place where other exceptions become answers: the database unavailable is 99996 with
 HTTP 503 (or the command's own documented code, ``storage_error``), anything else a generic 500
-body, logged here; no stack trace ever reaches a client.
+body, logged here; no stack trace ever reaches a client. Every call that changes something is
+logged once it is answered, with who made it (relay.admin.audit).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from aiohttp import web
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from relay import metrics
-from relay.admin import auth
+from relay.admin import audit, auth
 from relay.admin.errors import (
     ApiError,
     auth_failed,
@@ -264,6 +265,7 @@ async def _run(
     services: Services, request: web.Request, params: Params, spec: CommandSpec
 ) -> web.StreamResponse:
     """The command's response; any failure raised as the ApiError to answer."""
+    principal: auth.Principal | None = None
     try:
         principal = await authenticate(spec, services, request, params)
         if spec.rate_limited:
@@ -276,12 +278,19 @@ async def _run(
             if not decision.allowed:
                 raise rate_limited(decision.retry_after, settings.rate_limit_requests)
         result = await spec.func(Call(services, params, principal, request, spec.name))
-    except ApiError:
+    except ApiError as err:
+        if principal is not None:
+            audit.record(spec.name, principal, request.remote, params, err.first_code)
         raise
     except Exception as exc:
-        raise _failure(spec, exc) from None
+        failure = _failure(spec, exc)
+        if principal is not None:
+            audit.record(spec.name, principal, request.remote, params, failure.first_code)
+        raise failure from None
     if isinstance(result, web.StreamResponse):
+        audit.record(spec.name, principal, request.remote, params, 0)
         return result
+    audit.record(spec.name, principal, request.remote, params, 0, result)
     return json_response(result)
 
 

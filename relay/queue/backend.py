@@ -64,7 +64,7 @@ class QueueBackend(Protocol):
         ...
 
     async def pending(self, now: float | None = None) -> QueueDepth:
-        """Recipients waiting for delivery, and those scheduled for later."""
+        """Recipients waiting for delivery, those scheduled for later, and those held."""
         ...
 
     async def record_feedback(self, rows: Sequence[FeedbackRow]) -> list[Recorded]:

@@ -11,11 +11,19 @@ DEFERRED = "deferred"
 DELIVERED = "delivered"
 BOUNCED = "bounced"
 FAILED = "failed"
+# Put on hold by an operator (relay queue hold, queue.hold): never claimed until released,
+# then queued again (never tried) or deferred (tried before).
+HELD = "held"
+# Waiting for a delivery attempt (what the claim takes, the queue-depth gauge counts).
 PENDING_STATES = (QUEUED, DEFERRED)
+# Not final: the message is still wanted by someone (its body is kept).
+LIVE_STATES = (QUEUED, DEFERRED, HELD)
 FINAL_STATES = (DELIVERED, BOUNCED, FAILED)
 # Not stored: how a queued recipient whose message's not_before is still ahead is shown (it
 # is never tried before then).
 SCHEDULED = "scheduled"
+# The states the queue's views show and filter on (relay queue list, queue.list).
+SHOWN_STATES = (QUEUED, SCHEDULED, DEFERRED, HELD)
 
 
 def shown_state(state: str, next_attempt_at: float, now: float) -> str:
@@ -105,6 +113,7 @@ class QueuedMessage:
 class QueueDepth:
     pending: int  # queued or deferred, scheduled ones not counted
     scheduled: int  # queued, waiting for their message's not_before
+    held: int = 0  # on hold until an operator releases them
 
 
 @dataclass(slots=True)

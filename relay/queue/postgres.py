@@ -90,8 +90,8 @@ class PostgresQueue:
 
     async def pending(self, now: float | None = None) -> QueueDepth:
         now = time.time() if now is None else now
-        total, scheduled = await self._pg.run(lambda c: c.fetchrow(sql.PG_DEPTH, now))
-        return QueueDepth(total - scheduled, scheduled)
+        total, scheduled, held = await self._pg.run(lambda c: c.fetchrow(sql.PG_DEPTH, now))
+        return QueueDepth(total - scheduled, scheduled, held)
 
     async def record_feedback(self, feedback: Sequence[FeedbackRow]) -> list[Recorded]:
         if not feedback:

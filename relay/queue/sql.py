@@ -22,10 +22,18 @@ PENDING = "recipients.state IN ('queued', 'deferred')"
 # Never tried and due after its creation: a recipient of a scheduled message (its own partial
 # index, ix_recipients_scheduled, written with the same terms).
 SCHEDULED = "recipients.state = 'queued' AND recipients.next_attempt_at > recipients.created_at"
-# A message none of whose recipients is still pending: its body is no longer needed.
+# On hold (relay queue hold): not pending, so no claim ever sees it (nor the index the claim
+# reads); its own partial index, ix_recipients_held, has the same terms.
+HELD = "recipients.state = 'held'"
+# Not final: pending or held. A held recipient's message still needs its body.
+LIVE = "recipients.state IN ('queued', 'deferred', 'held')"
+# A message none of whose recipients is still live: its body is no longer needed.
 FINISHED = (
-    f"NOT EXISTS (SELECT 1 FROM recipients WHERE recipients.message_id = messages.id AND {PENDING})"
+    f"NOT EXISTS (SELECT 1 FROM recipients WHERE recipients.message_id = messages.id AND {LIVE})"
 )
+# A delivery worker holds the recipient right now (the claim's own test, negated).
+LEASED_NOW = "recipients.lease_until IS NOT NULL AND recipients.lease_until >= :now"
+NOT_LEASED = "(recipients.lease_until IS NULL OR recipients.lease_until < :now)"
 
 MESSAGE_COLUMNS = (
     "id, user_id, domain_id, credential_id, api_key_id, source, mail_from, header_from, "
@@ -75,13 +83,17 @@ RETURNING {CLAIMED_COLUMNS}
 """
 SQLITE_LOAD = f"SELECT {LOADED_COLUMNS} FROM messages WHERE id IN ({{marks}})"
 
-# An outcome applies only to a recipient still pending: the late result of an expired lease
-# never overwrites a final state. A recipient's own body goes once it is final.
+# An outcome applies only to a recipient not final yet: the late result of an expired lease
+# never overwrites a final state. A recipient's own body goes once it is final. A recipient put
+# on hold while this attempt ran (held is not pending, but live) takes a final outcome, and
+# stays held after a deferral: the hold never yanks a delivery, nor is undone by one.
 SQLITE_OUTCOME = f"""
-UPDATE recipients SET state = ?2, attempts = ?3, next_attempt_at = ?4, last_code = ?5,
+UPDATE recipients SET
+    state = CASE WHEN state = 'held' AND ?2 IN ('queued', 'deferred') THEN 'held' ELSE ?2 END,
+    attempts = ?3, next_attempt_at = ?4, last_code = ?5,
     last_response = ?6, lease_owner = NULL, lease_until = NULL, updated_at = ?7,
     body = CASE WHEN ?2 IN ('queued', 'deferred') THEN body END
-WHERE id = ?1 AND {PENDING}
+WHERE id = ?1 AND {LIVE}
 """
 SQLITE_DROP_BODIES = f"""
 UPDATE messages SET body = NULL WHERE id IN ({{marks}}) AND body IS NOT NULL AND {FINISHED}
@@ -91,10 +103,11 @@ UPDATE recipients SET lease_owner = NULL, lease_until = NULL WHERE lease_owner =
 """
 SQLITE_RELEASE_IDS = SQLITE_RELEASE.rstrip() + " AND id IN ({marks})"
 
-# (pending, of which scheduled and not yet due): two index-only counts.
+# (pending, of which scheduled and not yet due, held): three index-only counts.
 SQLITE_DEPTH = f"""
 SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
-       (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > ?)
+       (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > ?),
+       (SELECT count(*) FROM recipients WHERE {HELD})
 """
 
 # Feedback (relay/queue/feedback.py): an item is recorded only when its message and recipient
@@ -160,11 +173,15 @@ WITH o AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::float8[], $5::int[],
         $6::text[], $7::float8[]) AS o(id, state, attempts, nxt, code, resp, upd)
 ), u AS (
-    UPDATE recipients SET state = o.state, attempts = o.attempts, next_attempt_at = o.nxt,
+    UPDATE recipients SET
+        -- held during the attempt: stays held unless the outcome is final (see SQLITE_OUTCOME)
+        state = CASE WHEN recipients.state = 'held' AND o.state IN ('queued', 'deferred')
+            THEN 'held' ELSE o.state END,
+        attempts = o.attempts, next_attempt_at = o.nxt,
         last_code = o.code, last_response = o.resp, lease_owner = NULL, lease_until = NULL,
         updated_at = o.upd,
         body = CASE WHEN o.state IN ('queued', 'deferred') THEN recipients.body END
-    FROM o WHERE recipients.id = o.id AND {PENDING}
+    FROM o WHERE recipients.id = o.id AND {LIVE}
     RETURNING recipients.id
 ), s AS (
     INSERT INTO suppressions (user_id, email, reason, source, created_at)
@@ -183,7 +200,8 @@ UPDATE recipients SET lease_owner = NULL, lease_until = NULL WHERE lease_owner =
 PG_RELEASE_IDS = PG_RELEASE.rstrip() + " AND id = ANY($2::bigint[])"
 PG_DEPTH = f"""
 SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
-       (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > $1)
+       (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > $1),
+       (SELECT count(*) FROM recipients WHERE {HELD})
 """
 
 PG_FEEDBACK = f"""
@@ -227,12 +245,12 @@ SELECT ord, user_id, lower(qrcpt) AS email FROM ok
 
 # == Management (SQLAlchemy text() in the caller's transaction; both backends) =================
 
-# Every pending recipient of a domain's messages becomes failed (a leased one too: if that
-# attempt still completes, the worker's outcome no longer applies).
+# Every pending or held recipient of a domain's messages becomes failed (a leased one too:
+# if that attempt still completes, the worker's outcome no longer applies).
 FAIL_DOMAIN_PENDING = f"""
 UPDATE recipients SET state = 'failed', updated_at = :now, lease_owner = NULL,
     lease_until = NULL, last_response = :reason, body = NULL
-WHERE {PENDING} AND message_id IN (SELECT id FROM messages WHERE domain_id = :domain_id)
+WHERE {LIVE} AND message_id IN (SELECT id FROM messages WHERE domain_id = :domain_id)
 RETURNING message_id, rcpt
 """
 DROP_DOMAIN_BODIES = f"""
@@ -242,3 +260,97 @@ INSERT_EVENT = f"""
 INSERT INTO events ({EVENT_COLUMNS}) VALUES (:created_at, :user_id, :domain_id, :message_id,
     :recipient, :event, :smtp_code, :smtp_response, :data)
 """
+
+# == Queue control (relay/queue/control.py: `relay queue ...`, the queue.* admin commands) ======
+# SQLAlchemy text() with named parameters, both backends. Each change is a batch of at most
+# :batch recipients in its own short transaction; a selection is the AND of the terms below.
+# The state term always comes first and spells its part's index predicate (PENDING or HELD),
+# so both planners read ix_recipients_due or ix_recipients_held, never the whole table.
+
+SEL_MESSAGES = "recipients.message_id IN :message_ids"
+# The sender domain is the gateway domain the message was accepted for (any account's).
+SEL_SENDER_DOMAIN = """EXISTS (SELECT 1 FROM messages
+    JOIN gateway_domains ON gateway_domains.id = messages.domain_id
+    WHERE messages.id = recipients.message_id AND gateway_domains.name = :sender_domain)"""
+SEL_RECIPIENT_DOMAIN = "recipients.rcpt_domain = :recipient_domain"
+SEL_OLDER_THAN = "recipients.created_at < :created_before"
+# The states the views show (model.SHOWN_STATES): each lies within one part.
+SEL_STATE = {
+    "queued": f"{PENDING} AND recipients.state = 'queued' AND recipients.next_attempt_at <= :now",
+    "scheduled": f"{PENDING} AND recipients.state = 'queued' AND recipients.next_attempt_at > :now",
+    "deferred": f"{PENDING} AND recipients.state = 'deferred'",
+    "held": HELD,
+}
+
+# A page of the listing, in next-attempt order (keyset: after (:after_at, :after_id)).
+QUEUE_LIST = """
+SELECT recipients.id, recipients.message_id, recipients.rcpt, recipients.state,
+    recipients.attempts, recipients.next_attempt_at, recipients.last_code,
+    recipients.last_response, recipients.lease_until, messages.created_at, messages.mail_from,
+    messages.size, gateway_domains.name AS sender_domain
+FROM recipients
+JOIN messages ON messages.id = recipients.message_id
+LEFT JOIN gateway_domains ON gateway_domains.id = messages.domain_id
+WHERE {where}
+    AND recipients.next_attempt_at >= :after_at
+    AND (recipients.next_attempt_at > :after_at OR recipients.id > :after_id)
+ORDER BY recipients.next_attempt_at, recipients.id
+LIMIT :limit
+"""
+QUEUE_KNOWN_MESSAGES = "SELECT id FROM messages WHERE id IN :message_ids"
+
+# Each change selects a batch by {where} and repeats its own guard outside the subquery: on
+# PostgreSQL a row a delivery worker changed meanwhile (claimed, finished) is checked again
+# against the guard after its lock is granted, so the guard, not the snapshot, decides.
+
+# Retry: deferred recipients waiting for a later attempt become due now; one a worker holds
+# right now is being tried already. Scheduled messages keep their time (they are 'queued').
+RETRY_GUARD = f"{PENDING} AND recipients.state = 'deferred' AND {NOT_LEASED}"
+RETRY_WAITING = f"{RETRY_GUARD} AND recipients.next_attempt_at > :now"
+QUEUE_RETRY = f"""
+UPDATE recipients SET next_attempt_at = :now, updated_at = :now
+WHERE recipients.id IN (SELECT recipients.id FROM recipients WHERE {{where}} LIMIT :batch)
+    AND {RETRY_WAITING}
+RETURNING recipients.message_id
+"""
+# Hold: pending recipients become held, leased ones too: their attempt goes on, and its
+# outcome applies (final) or keeps them held (a deferral), see SQLITE_OUTCOME.
+QUEUE_HOLD = f"""
+UPDATE recipients SET state = 'held', updated_at = :now
+WHERE recipients.id IN (SELECT recipients.id FROM recipients WHERE {{where}} LIMIT :batch)
+    AND {PENDING}
+RETURNING recipients.message_id, recipients.lease_until
+"""
+# Release: back to what they were, queued (never tried: due at acceptance, or at the message's
+# scheduled time) or deferred (tried before: due now).
+QUEUE_RELEASE = f"""
+UPDATE recipients SET
+    state = CASE WHEN recipients.attempts > 0 THEN 'deferred' ELSE 'queued' END,
+    next_attempt_at = CASE WHEN recipients.attempts > 0 THEN :now
+        ELSE recipients.next_attempt_at END,
+    updated_at = :now
+WHERE recipients.id IN (SELECT recipients.id FROM recipients WHERE {{where}} LIMIT :batch)
+    AND {HELD}
+RETURNING recipients.message_id
+"""
+# Delete: failed for good, as cleardomainqueue does, but never under a running delivery: a
+# recipient a worker holds right now is put on hold instead (QUEUE_HOLD) and reported.
+DELETE_GUARD = f"{LIVE} AND {NOT_LEASED}"
+QUEUE_DELETE = f"""
+UPDATE recipients SET state = 'failed', updated_at = :now, last_response = :reason,
+    lease_owner = NULL, lease_until = NULL, body = NULL
+WHERE recipients.id IN (SELECT recipients.id FROM recipients WHERE {{where}} LIMIT :batch)
+    AND {DELETE_GUARD}
+RETURNING recipients.message_id, recipients.rcpt
+"""
+# Per message, the selected recipients a worker holds right now.
+QUEUE_BUSY = (
+    "SELECT recipients.message_id, count(*) FROM recipients WHERE {where} "
+    "GROUP BY recipients.message_id"
+)
+QUEUE_MESSAGE_OWNERS = "SELECT id, user_id, domain_id FROM messages WHERE id IN :message_ids"
+DROP_FINISHED_BODIES = f"""
+UPDATE messages SET body = NULL WHERE id IN :message_ids AND body IS NOT NULL AND {FINISHED}
+"""
+# Wakes every node's delivery workers (PostgreSQL; delivered at commit).
+NOTIFY_QUEUE = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"

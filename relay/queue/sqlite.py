@@ -77,9 +77,9 @@ def _release(conn: sqlite3.Connection, owner: str, ids: list[int] | None) -> int
     return conn.execute(stmt, (owner, *ids)).rowcount
 
 
-def _depth(conn: sqlite3.Connection, now: float) -> tuple[int, int]:
-    total, scheduled = conn.execute(sql.SQLITE_DEPTH, (now,)).fetchone()
-    return int(total), int(scheduled)
+def _depth(conn: sqlite3.Connection, now: float) -> tuple[int, int, int]:
+    total, scheduled, held = conn.execute(sql.SQLITE_DEPTH, (now,)).fetchone()
+    return int(total), int(scheduled), int(held)
 
 
 def _feedback(
@@ -151,8 +151,9 @@ class SqliteQueue:
         return await self._runner.write(_release, owner, id_list)
 
     async def pending(self, now: float | None = None) -> QueueDepth:
-        total, scheduled = await self._runner.read(_depth, time.time() if now is None else now)
-        return QueueDepth(total - scheduled, scheduled)
+        now = time.time() if now is None else now
+        total, scheduled, held = await self._runner.read(_depth, now)
+        return QueueDepth(total - scheduled, scheduled, held)
 
     async def record_feedback(self, feedback: Sequence[FeedbackRow]) -> list[Recorded]:
         if not feedback:

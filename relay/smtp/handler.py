@@ -141,7 +141,7 @@ class RelayHandler:
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         except Exception as exc:  # storage trouble: temporary, the client retries
             await self.auth_throttle.undecided(username, server.peer_ip)
-            await server.push(reply_for(exc, "auth"))
+            await server.push(reply_for(exc, "auth", peer=server.peer_ip, username=username[:64]))
             return AuthResult(success=False, handled=True)
         metrics.SMTP_AUTH.labels("success").inc()
         server.credential = cred
@@ -172,10 +172,17 @@ class RelayHandler:
             assert server.credential is not None  # auth_required: aiosmtpd answered 530 before
             sender = await policy.check_sender(self.directory, server.credential, address)
         except Exception as exc:
+            cred = server.credential
             if isinstance(exc, Refused) and exc.reason is Reason.CREDENTIAL_INVALID:
                 session.authenticated = False  # the credential is gone: AUTH again
                 server.credential = None
-            return reply_for(exc, "mail")
+            return reply_for(
+                exc,
+                "mail",
+                peer=server.peer_ip,
+                username=cred.username if cred is not None else None,
+                mail_from=address,
+            )
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.sender = sender
@@ -202,7 +209,14 @@ class RelayHandler:
                 len(envelope.rcpt_tos),
             )
         except Exception as exc:
-            reply = reply_for(exc, "rcpt")
+            reply = reply_for(
+                exc,
+                "rcpt",
+                peer=server.peer_ip,
+                username=sender.credential.username,
+                mail_from=sender.mail_from,
+                rcpt=address,
+            )
             if isinstance(exc, Refused) and exc.reason is Reason.RECIPIENT_SUPPRESSED:
                 self.submitter.writer.record(
                     NewEvent(
@@ -230,7 +244,8 @@ class RelayHandler:
                 self.settings, envelope.content, sender.domain.name
             )
         except Exception as exc:
-            return reply_for(exc, "data")  # the session gives the reservations back
+            # The session gives the reservations back.
+            return reply_for(exc, "data", **_data_session(server, sender, envelope))
         # From here the commit decides: its reservations belong to the message, given back
         # only if the commit fails (not if this session is cut while it runs: it may commit).
         held, envelope.held = envelope.held, []
@@ -253,9 +268,19 @@ class RelayHandler:
         except Exception as exc:
             for reservation in held:
                 reservation.release()
-            return reply_for(exc, "data")
+            return reply_for(exc, "data", **_data_session(server, sender, envelope))
         return replies.QUEUED.format(id=queue_id)
 
     async def handle_exception(self, error: Exception) -> str:
         """aiosmtpd's last resort: never 500 with the exception text."""
         return reply_for(error, "protocol")
+
+
+def _data_session(server: RelaySMTP, sender: Any, envelope: RelayEnvelope) -> dict[str, Any]:
+    """What a DATA refusal's log line says about the transaction."""
+    return {
+        "peer": server.peer_ip,
+        "username": sender.credential.username,
+        "mail_from": sender.mail_from,
+        "recipients": len(envelope.rcpt_tos),
+    }

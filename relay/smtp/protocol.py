@@ -318,7 +318,7 @@ class RelaySMTP(SMTP):
             status = replies.DATA_NO_ROOM
             metrics.SMTP_REPLIES.labels("data", status[:3]).inc()
         elif content is None:
-            status = reply_for(Refused(Reason.MESSAGE_TOO_BIG), "data")
+            status = reply_for(Refused(Reason.MESSAGE_TOO_BIG), "data", peer=self.peer_ip)
         else:
             self.envelope.content = self.envelope.original_content = content
             status = await self._call_handler_hook("DATA")

@@ -356,7 +356,7 @@ recipients = Table(
     Column("message_id", String(36), ForeignKey("messages.id"), nullable=False, index=True),
     Column("rcpt", String(320), nullable=False),
     Column("rcpt_domain", String(253), nullable=False),
-    # queued | deferred | delivered | bounced | failed
+    # queued | deferred | held | delivered | bounced | failed
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", Float, nullable=False),
@@ -383,6 +383,14 @@ recipients = Table(
         "next_attempt_at",
         sqlite_where=text("state = 'queued' AND next_attempt_at > created_at"),
         postgresql_where=text("state = 'queued' AND next_attempt_at > created_at"),
+    ),
+    # Recipients on hold (relay queue hold), for the queue listing, release and the gauge:
+    # only held rows enter it, so the hot paths pay nothing.
+    Index(
+        "ix_recipients_held",
+        "next_attempt_at",
+        sqlite_where=text("state = 'held'"),
+        postgresql_where=text("state = 'held'"),
     ),
 )
 

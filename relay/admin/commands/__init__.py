@@ -5,6 +5,7 @@ from relay.admin.commands import (  # noqa: F401
     deliveryservers,
     domains,
     events,
+    queue,
     relay_domains,
     send,
     sender_domains,

@@ -35,6 +35,10 @@ from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
 from relay.admin.params import Params
 from relay.admin.senderkey import sender_scope
+from relay.message import MalformedMessage, unfold
+from relay.message import parse as parse_message
+from relay.queue.model import HELD, SHOWN_STATES, shown_state
+from relay.store.db import storable_text
 from relay.store.repos import domains as domains_repo
 from relay.store.repos import events as repo
 from relay.store.repos import users as users_repo
@@ -516,8 +520,12 @@ async def export_events(call: Call) -> web.StreamResponse:
 MESSAGE_LIMIT = 20
 
 
-def _message(m: Row, recipients: list[Row], evs: list[Row], with_user: bool) -> dict[str, Any]:
-    pending = ("queued", "deferred")
+def message_view(
+    m: Row, recipients: list[Row], evs: list[Row], with_user: bool, now: float | None = None
+) -> dict[str, Any]:
+    """A message as emailgateway.getmessage (and ``relay queue show --json``) shows it."""
+    now = time.time() if now is None else now
+    mine = [r for r in recipients if r.message_id == m.id]
     return {
         "MessageID": m.id,
         "UserID": m.user_id,
@@ -531,33 +539,62 @@ def _message(m: Row, recipients: list[Row], evs: list[Row], with_user: bool) -> 
         "ClientIP": m.client_ip,
         "Size": m.size,
         "CreatedAt": int(m.created_at),
-        "Recipients": [
-            {
-                "Recipient": r.rcpt,
-                "State": r.state,
-                "Attempts": r.attempts,
-                "NextAttemptAt": int(r.next_attempt_at) if r.state in pending else None,
-                "LastCode": r.last_code,
-                "LastResponse": r.last_response or "",
-                "UpdatedAt": int(r.updated_at),
-            }
-            for r in recipients
-            if r.message_id == m.id
+        "ScheduledAt": int(m.not_before) if m.not_before is not None else None,
+        "Headers": _headers(m.body or next((r.body for r in mine if r.body), None)),
+        "Recipients": [_recipient(r, now) for r in mine],
+        "Events": [
+            internal_event(e, with_user=with_user) | {"data": e.data or {}}
+            for e in evs
+            if e.message_id == m.id
         ],
-        "Events": [internal_event(e, with_user=with_user) for e in evs if e.message_id == m.id],
     }
+
+
+def _recipient(r: Row, now: float) -> dict[str, Any]:
+    state = shown_state(r.state, r.next_attempt_at, now)
+    waiting = state in SHOWN_STATES and state != HELD
+    return {
+        "Recipient": r.rcpt,
+        "State": state,
+        "Attempts": r.attempts,
+        "NextAttemptAt": int(r.next_attempt_at) if waiting else None,
+        "LastCode": r.last_code,
+        "LastResponse": r.last_response or "",
+        "UpdatedAt": int(r.updated_at),
+    }
+
+
+def _headers(body: bytes | None) -> list[dict[str, str]]:
+    """The stored message's header fields, unfolded (none once no recipient needs the body)."""
+    if not body:
+        return []
+    try:
+        parsed = parse_message(body)
+    except MalformedMessage:
+        return []
+    return [
+        {"Name": name.decode("ascii", "replace"), "Value": storable_text(unfold(value)) or ""}
+        for name, value in parsed.headers
+    ]
 
 
 @command("emailgateway.getmessage", auth="user_or_admin")
 async def get_message(call: Call) -> dict[str, Any]:
     """Trace a message: find it by its queue id (the id in ``250 2.0.0 Ok: queued as <id>``,
     the events' MessageID) or by its Message-ID header, and show its envelope and headers,
-    each recipient's state (queued, deferred, delivered, bounced, failed) with the number of
-    delivery attempts so far, the time of the next one (Unix time, while queued or
-    deferred) and the last reply, and every event of the message, oldest first. A
+    each recipient's state (queued, scheduled, deferred, held, delivered, bounced, failed)
+    with the number of delivery attempts so far, the time of the next one (Unix time, while
+    queued, scheduled or deferred) and the last reply, and every event of the message,
+    oldest first, with its details (``data``: the delivery server, the attempt, a reason). A
     Message-ID header can name several messages: at most 20 are returned, newest first.
     Users see their own messages; the admin key sees every account's (``UserID``
-    narrows it to one).
+    narrows it to one). This is the API's ``relay queue show``.
+
+    ``Headers`` lists the header fields of the message as the relay hands it on (its own
+    DKIM-Signature and Received fields first) while any recipient still waits for it; once
+    every recipient is final the content is no longer stored and the list is empty
+    (``From``, ``Subject`` and ``MessageIDHeader`` stay). ``ScheduledAt``: the time a
+    scheduled message is sent at (Unix time), else null.
 
     Parameters:
         MessageID (String, required): a queue id or a Message-ID header (with or without
@@ -582,4 +619,4 @@ async def get_message(call: Call) -> dict[str, Any]:
         recipients = await repo.recipients_of(conn, ids)
         evs = await repo.events_of(conn, ids)
     admin = call.principal.is_admin
-    return ok(Messages=[_message(m, recipients, evs, admin) for m in found])
+    return ok(Messages=[message_view(m, recipients, evs, admin) for m in found])

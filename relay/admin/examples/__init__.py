@@ -19,6 +19,7 @@ from relay.admin.examples import (  # noqa: F401  (registers the examples)
     delivery,
     domains,
     eventlog,
+    queue,
     sending,
     webhooks,
 )
