@@ -15,6 +15,12 @@ user (``per_ip`` of them). So an attacker elsewhere, or on a shared address gues
 accounts, cannot lock out an application that has logged in before; a new address during an
 attack on the username waits for the window, like the attacker.
 
+Attempts still being decided are counted apart from failures: a client with no recent failure
+is never held back by its own logins in flight (twenty sessions of one application opening at
+once after a restart all sign in), but once failures start, attempts in flight count as
+failures, so parallel guessers see each other instead of all passing before the first failure
+is counted. A guesser thus gets one parallel burst at most per window beyond the limits.
+
 Usernames and addresses are kept as hashes in the counters' keys.
 """
 
@@ -44,52 +50,58 @@ class FailureThrottle:
     per_ip: int
     per_user: int
 
-    def _keys(self, username: str, ip: str) -> tuple[str, str, str, str]:
+    def _keys(self, username: str, ip: str) -> tuple[list[str], list[str], str]:
+        """(failure keys: ip, user, pair), (in-flight keys: the same three), the known key."""
         user = username.strip().lower()
         client = client_key(ip)
         pair = _digest(user, client)
+        scopes = (f"ip:{client}", f"user:{_digest(user)}", f"pair:{pair}")
         return (
-            f"authfail:{self.name}:ip:{client}",
-            f"authfail:{self.name}:user:{_digest(user)}",
-            f"authfail:{self.name}:pair:{pair}",
+            [f"authfail:{self.name}:{scope}" for scope in scopes],
+            [f"authtry:{self.name}:{scope}" for scope in scopes],
             f"authok:{self.name}:{pair}",
         )
 
     async def check(self, username: str, ip: str) -> str | None:
-        """None: go ahead and check the password; the attempt counts as a failure from now
-        on, until ``succeeded`` or ``undecided`` says otherwise (so concurrent attempts see
-        each other, rather than all passing before the first failure is counted). ``"ip"``
-        or ``"user"``: refuse, and why; nothing is counted."""
-        ip_key, user_key, pair_key, known_key = self._keys(username, ip)
-        by_ip, by_user, by_pair, known = await self.counters.counts(
-            [
-                (ip_key, self.window),
-                (user_key, self.window),
-                (pair_key, self.window),
-                (known_key, KNOWN_WINDOW),
-            ]
+        """None: go ahead and check the password, then say how it went (``succeeded``,
+        ``failed`` or ``undecided``). ``"ip"`` or ``"user"``: refuse, and why; nothing is
+        counted."""
+        failures, tries, known_key = self._keys(username, ip)
+        counted = await self.counters.counts(
+            [*((k, self.window) for k in failures + tries), (known_key, KNOWN_WINDOW)]
         )
+        by_ip, by_user, by_pair, try_ip, try_user, try_pair, known = counted
+
+        def over(failed: float, in_flight: float, limit: int) -> bool:
+            # Attempts in flight count only where failures have started.
+            return failed >= limit or (failed > 0 and failed + in_flight >= limit)
+
         if known > 0:
-            if by_pair >= self.per_ip:
+            if over(by_pair, try_pair, self.per_ip):
                 return IP
-        elif by_ip >= self.per_ip:
+        elif over(by_ip, try_ip, self.per_ip):
             return IP
-        elif by_user >= self.per_user:
+        elif over(by_user, try_user, self.per_user):
             return USER
-        await self._count(username, ip, 1.0)
+        await self._add(tries, 1.0)
         return None
 
     async def succeeded(self, username: str, ip: str) -> None:
-        """The password was right: not a failure, and the address is known for the user."""
-        await self._count(username, ip, -1.0)
-        await self.counters.add(self._keys(username, ip)[3], KNOWN_WINDOW)
+        """The password was right: the address is known for the user from now on."""
+        _, tries, known_key = self._keys(username, ip)
+        await self._add(tries, -1.0)
+        await self.counters.add(known_key, KNOWN_WINDOW)
+
+    async def failed(self, username: str, ip: str) -> None:
+        """The password was wrong (or the user unknown): one failure."""
+        failures, tries, _ = self._keys(username, ip)
+        await self._add(tries, -1.0)
+        await self._add(failures, 1.0)
 
     async def undecided(self, username: str, ip: str) -> None:
-        """The password could not be checked (storage trouble): not a failure either."""
-        await self._count(username, ip, -1.0)
+        """The password could not be checked (storage trouble): not a failure."""
+        _, tries, _ = self._keys(username, ip)
+        await self._add(tries, -1.0)
 
-    async def _count(self, username: str, ip: str, amount: float) -> None:
-        ip_key, user_key, pair_key, _ = self._keys(username, ip)
-        await self.counters.add_many(
-            [(ip_key, self.window), (user_key, self.window), (pair_key, self.window)], amount
-        )
+    async def _add(self, keys: list[str], amount: float) -> None:
+        await self.counters.add_many([(k, self.window) for k in keys], amount)

@@ -421,6 +421,27 @@ async def test_auth_failures_are_throttled_per_address_and_per_user_but_not_the_
         assert await wrong_auth(running, acct.username, "127.0.0.1") == replies.AUTH_THROTTLED
 
 
+async def test_many_sessions_signing_in_at_once_are_not_throttled(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Logins in flight are not failures: an application opening many sessions at once (after
+    a restart, say) signs in on all of them, however low the per-address limit."""
+    env = {"RELAY_SMTP_AUTH_MAX_FAILURES_PER_IP": "3"}
+    async with relay(tmp_path, db_url, **env) as running:
+        acct = await running.new_account()
+        sessions = await asyncio.gather(
+            *(signed_in(running, acct, source="127.0.0.7") for _ in range(15))
+        )
+        for c in sessions:
+            await c.close()
+        # Once failures start, attempts in flight count: parallel guessers see each other.
+        results = await asyncio.gather(
+            *(wrong_auth(running, acct.username, "127.0.0.8") for _ in range(12))
+        )
+        assert results.count(replies.AUTH_INVALID) >= 3
+        assert await wrong_auth(running, acct.username, "127.0.0.8") == replies.AUTH_THROTTLED
+
+
 async def login(api: Api, email: str, password: str, source: str | None = None) -> Any:
     connector = aiohttp.TCPConnector(local_addr=(source, 0)) if source else None
     async with (

@@ -125,6 +125,7 @@ class RelayHandler:
                 self.directory, username, password.decode("utf-8", "replace")
             )
         except Refused as exc:
+            await self.auth_throttle.failed(username, server.peer_ip)
             metrics.SMTP_AUTH.labels("failure").inc()
             server.auth_failures += 1
             log.info(

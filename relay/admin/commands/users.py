@@ -371,9 +371,11 @@ async def user_login(call: Call) -> dict[str, Any]:
         await throttle.undecided(email, client)  # not a failed login: storage trouble
         raise
     if user is None or not valid or not user.password_hash:
-        raise ApiError(3, "Invalid email address or password")  # counted as failed already
+        await throttle.failed(email, client)
+        raise ApiError(3, "Invalid email address or password")
     if user.status != "Enabled":
         # Its session would be refused anyway; answered like a wrong password (no leak).
+        await throttle.failed(email, client)
         raise ApiError(3, "Invalid email address or password")
     await throttle.succeeded(email, client)
     session_id = new_session_id()
