@@ -52,7 +52,51 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+class _Level:
+    """The threshold of the relay's own events: a module value, so a reload changes it for every
+    logger at once (loggers are cached on first use)."""
+
+    value = logging.INFO
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+def _below_level(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+    if _LEVELS.get(method, logging.INFO) < _Level.value:
+        raise structlog.DropEvent
+    return event
+
+
+class _NamedLogger(structlog.WriteLogger):
+    """structlog's plain writer, with the name ``add_logger_name`` reads."""
+
+    def __init__(self, file: Any, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedLoggerFactory:
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def __call__(self, *args: Any) -> _NamedLogger:
+        return _NamedLogger(self.file, str(args[0]) if args else "relay")
+
+
 def configure(fmt: str = "", level: str = "info") -> None:
+    """Our events are rendered by structlog straight to stderr (no stdlib logging in between:
+    half the cost of a line, and a message makes a few); the libraries' stdlib records go
+    through the same processors and renderer, so every line has one format."""
     fmt = fmt or ("console" if sys.stderr.isatty() else "json")
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -65,9 +109,9 @@ def configure(fmt: str = "", level: str = "info") -> None:
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[_below_level, *shared, structlog.processors.format_exc_info, renderer],
+        logger_factory=_NamedLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -89,6 +133,7 @@ def configure(fmt: str = "", level: str = "info") -> None:
 def set_level(level: str) -> None:
     """The level of every logger (at start, and on reload); chatty libraries keep their floor."""
     lvl = getattr(logging, level.upper(), logging.INFO)
+    _Level.value = lvl
     logging.getLogger().setLevel(lvl)
     for name, floor in QUIET.items():
         logging.getLogger(name).setLevel(max(floor, lvl))
