@@ -40,6 +40,7 @@ import structlog
 from relay import metrics
 from relay.cache import LocalBus
 from relay.config import Settings
+from relay.node import Node, build_node
 from relay.nodelimits import ParentLink
 from relay.reload import Reloader
 from relay.services import Services
@@ -274,7 +275,15 @@ async def run_child(
     """Entry point of a worker process (`relay worker`, started by `relay serve` only)."""
     bus = ChildBus()
     parent = ParentLink()
-    services = await Services.create(settings, bus=bus, multi_process=True, parent=parent)
+    node = await build_node(
+        settings,
+        ingest=role == SMTP,
+        background=role == DELIVERY,
+        bus=bus,
+        parent=parent,
+        multi_process=True,
+    )
+    services = node.services
     link = await Link.from_socket(socket.socket(fileno=ipc_fd))
     bus.link = parent.link = link
     await services.start()
@@ -312,17 +321,16 @@ async def run_child(
     listener = asyncio.create_task(listen_to_parent(), name="parent-link")
     try:
         if role == DELIVERY:
-            return await _delivery_child(services, link, stop)
-        return await _smtp_child(services, link, stop, listen, reloader)
+            return await _delivery_child(node, link, stop)
+        return await _smtp_child(node, link, stop, listen, reloader)
     finally:
         listener.cancel()
         link.close()
         await services.close()
 
 
-async def _delivery_child(services: Services, link: Link, stop: asyncio.Event) -> int:
-    from mta.worker import DeliveryService
-
+async def _delivery_child(node: Node, link: Link, stop: asyncio.Event) -> int:
+    services = node.services
     if services.settings.delivery.nice:
         # Acceptance is what clients wait on; delivery is background work that catches up.
         # When the cores are saturated the scheduler favours the SMTP processes; otherwise
@@ -333,38 +341,31 @@ async def _delivery_child(services: Services, link: Link, stop: asyncio.Event) -
         except OSError as exc:
             log.warning("cannot lower the delivery process priority", error=str(exc))
 
-    delivery = DeliveryService(services)
-    await delivery.start()
-    webhooks = None
-    if services.settings.webhooks.enabled:
-        from relay.webhooks.worker import WebhookWorker
-
-        webhooks = WebhookWorker(services)
-        await webhooks.start()
+    delivery = node.delivery
+    assert delivery is not None  # delivery processes exist only when delivery is enabled
+    await node.start_background()
     link.send({"t": "ready"})
     failed = asyncio.create_task(delivery.failed.wait(), name="delivery-failed")
     stopping = asyncio.create_task(stop.wait(), name="stop")
     await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
     for task in (failed, stopping):
         task.cancel()
-    await delivery.stop(services.settings.delivery.stop_timeout)
-    if webhooks is not None:
-        await webhooks.stop(services.settings.webhooks.timeout)
+    await node.stop_background()
     # A failed worker exits 1 so the parent restarts it: better than a node that accepts mail
     # nobody delivers.
     return 1 if delivery.error is not None else 0
 
 
 async def _smtp_child(
-    services: Services,
+    node: Node,
     link: Link,
     stop: asyncio.Event,
     listen: list[tuple[str, int]],
     reloader: Reloader,
 ) -> int:
-    from relay.queue.ingest import QueueWriter
     from relay.smtp.listener import SmtpServer
 
+    services = node.services
     pending = False
 
     def enqueued() -> None:
@@ -380,15 +381,15 @@ async def _smtp_child(
         link.send({"t": "enqueued"})
 
     services.on_enqueued.append(enqueued)
-    writer = QueueWriter(services.db, on_commit=services.notify_enqueued)
-    await writer.start()
+    await node.start_ingest()
+    assert node.submitter is not None
     smtp = SmtpServer(
-        services, writer, inherited=[(k, socket.socket(fileno=fd)) for k, fd in listen]
+        services, node.submitter, inherited=[(k, socket.socket(fileno=fd)) for k, fd in listen]
     )
     await smtp.start()
     reloader.tls_hooks.append(smtp.reload_tls)
     link.send({"t": "ready"})
     await stop.wait()
     await smtp.stop(services.settings.server.shutdown_timeout)
-    await writer.stop()
+    await node.stop_ingest()
     return 0

@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -30,12 +30,17 @@ from relay.config import ConfigError, Settings, parse_hostport
 from relay.diagnose import StartupError, describe_database, describe_redis
 from relay.event_maintenance import EventMaintenance
 from relay.health import StorageProbe
+from relay.node import Node, build_node
 from relay.queue.ingest import QueueWriter
 from relay.reload import Reloader
 from relay.secrets import new_admin_api_key
 from relay.services import Services
 from relay.store import migrate
 from relay.store.repos import sealing
+
+if TYPE_CHECKING:
+    from mta.worker import DeliveryService
+    from relay.webhooks.worker import WebhookWorker
 
 log = structlog.get_logger("relay.server")
 
@@ -73,11 +78,9 @@ def ensure_admin_key(settings: Settings) -> None:
 class Relay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.services: Services | None = None
-        self.writer: QueueWriter | None = None
+        # What this process runs besides its listeners (relay/node.py builds it).
+        self.node: Node | None = None
         self.smtp: Any = None
-        self.delivery: Any = None
-        self.webhooks: Any = None
         self.children: Any = None
         self._watcher: asyncio.Task[Any] | None = None
         self.admin: AdminServer | None = None
@@ -95,6 +98,23 @@ class Relay:
         self.hurry = asyncio.Event()
         self.reloader = Reloader(settings)
 
+    # The node's parts, for the code and tests that look at one (None before start).
+    @property
+    def services(self) -> Services | None:
+        return self.node.services if self.node is not None else None
+
+    @property
+    def writer(self) -> QueueWriter | None:
+        return self.node.writer if self.node is not None else None
+
+    @property
+    def delivery(self) -> DeliveryService | None:
+        return self.node.delivery if self.node is not None else None
+
+    @property
+    def webhooks(self) -> WebhookWorker | None:
+        return self.node.webhooks if self.node is not None else None
+
     async def start(self) -> None:
         s = self.settings
         datadir.secure(s)
@@ -102,9 +122,13 @@ class Relay:
         children = s.delivery.processes if s.delivery.enabled else 0
         has_listeners = bool(s.smtp.listen or s.smtp.smtps_listen)
         smtp_children = max(s.smtp.processes - 1, 0) if has_listeners else 0
-        services = self.services = await Services.create(
-            s, multi_process=children + smtp_children > 0
+        # Delivery and webhook posting run here unless delivery processes do (relay/procs.py):
+        # the main process is the node's ingest bottleneck, and posting webhooks is background
+        # work like delivery, sharing its lower priority.
+        node = self.node = await build_node(
+            s, ingest=True, background=not children, multi_process=children + smtp_children > 0
         )
+        services = node.services
         current: str | None
         try:
             if s.is_embedded_default:
@@ -126,12 +150,12 @@ class Relay:
         redis_state = await self._redis_state()
         self.event_maintenance = EventMaintenance(services.db, s.events)
         await self.event_maintenance.start()
-        self.writer = QueueWriter(services.db, on_commit=services.notify_enqueued)
-        await self.writer.start()
+        await node.start_ingest()
+        assert node.submitter is not None
 
         from relay.smtp.listener import SmtpServer
 
-        self.smtp = SmtpServer(services, self.writer)
+        self.smtp = SmtpServer(services, node.submitter)
         await self.smtp.start()
         self.reloader.tls_hooks.append(self.smtp.reload_tls)
         if children or smtp_children:
@@ -144,32 +168,19 @@ class Relay:
                 listen_fds=self.smtp.listening_fds(),
             )
             await self.children.start()
-        if s.delivery.enabled and not children:
-            from mta.worker import DeliveryService
-
-            self.delivery = DeliveryService(services)
-            await self.delivery.start()
-            failed = self.delivery.failed
-            self._watcher = asyncio.create_task(failed.wait(), name="delivery-watch")
-            self._watcher.add_done_callback(lambda _t: self.failed.set())
         self.probe = StorageProbe(services)
         await self.probe.start()
         # A webhook signing key for every domain (rows from before per-domain keys).
         from relay.webhooks.keys import ensure_keys
 
         await ensure_keys(services.db, services.box)
-        # Webhook workers run where delivery runs: in the delivery processes (relay/procs.py),
-        # else here. The main process is the node's ingest bottleneck; posting webhooks is
-        # background work like delivery, and shares its lower priority.
-        if s.webhooks.enabled and not children:
-            from relay.webhooks.worker import WebhookWorker
-
-            self.webhooks = WebhookWorker(services)
-            await self.webhooks.start()
+        await node.start_background()
+        if node.delivery is not None:
+            failed = node.delivery.failed
+            self._watcher = asyncio.create_task(failed.wait(), name="delivery-watch")
+            self._watcher.add_done_callback(lambda _t: self.failed.set())
         host, port = parse_hostport(s.admin.listen)
-        self.admin = AdminServer(
-            services, host, port, submitter=self.smtp.submitter, probe=self.probe
-        )
+        self.admin = AdminServer(services, host, port, submitter=node.submitter, probe=self.probe)
         await self.admin.start()
         # What comes back about sent mail (tracking hits, bounce reports): one writer.
         from relay.queue.feedback import FeedbackWriter
@@ -262,14 +273,12 @@ class Relay:
         if self.mx is not None:
             drains.append(self.mx.stop(timeout, self.hurry))
         await asyncio.gather(*drains)
-        if self.writer is not None:
-            await self.writer.stop()
+        if self.node is not None:
+            await self.node.stop_ingest()
         if self.children is not None:
             await self.children.stop("delivery", self.settings.delivery.stop_timeout, self.hurry)
-        if self.delivery is not None:
-            await self.delivery.stop(self.settings.delivery.stop_timeout, self.hurry)
-        if self.webhooks is not None:
-            await self.webhooks.stop(self.settings.webhooks.timeout, self.hurry)
+        if self.node is not None:
+            await self.node.stop_background(self.hurry)
         if self.lookups is not None:
             await self.lookups.stop(min(timeout, 5.0))
         if self.admin is not None:
@@ -280,8 +289,8 @@ class Relay:
             await self.feedback.stop()
         if self.event_maintenance is not None:
             await self.event_maintenance.stop(timeout)
-        if self.services is not None:
-            await self.services.close()
+        if self.node is not None:
+            await self.node.services.close()
         log.info("relay stopped")
 
 

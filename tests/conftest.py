@@ -19,6 +19,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from relay import config
+from relay.node import running_node
 from relay.services import Services
 from relay.store import migrate
 from relay.store.db import Database
@@ -162,11 +163,9 @@ def settings(tmp_path: Path, db_url: str) -> config.Settings:
 
 @pytest.fixture
 async def services(settings: config.Settings) -> AsyncIterator[Services]:
-    svc = await Services.create(settings)
-    await migrate.upgrade(svc.db)
-    await svc.start()
-    yield svc
-    await svc.close()
+    """A node's storage, caches and bus, migrated and started (relay.node, nothing else)."""
+    async with running_node(settings) as node:
+        yield node.services
 
 
 class Api:

@@ -21,11 +21,11 @@ from sqlalchemy import select
 
 from mta.worker import DeliveryService
 from relay import config, events, metrics
+from relay.node import running_node
 from relay.queue.backend import open_backend
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
 from relay.services import Services
-from relay.store import migrate
 from relay.store import schema as t
 from tests.conftest import Api, free_port, make_settings
 from tests.sink import Sink, wait_until
@@ -775,13 +775,8 @@ async def node(tmp_path: Path, db_url: str, name: str, **env: str) -> AsyncItera
     settings = make_settings(
         tmp_path / name, db_url, **{**FAST, "RELAY_SERVER_NODE_ID": name, **env}
     )
-    svc = await Services.create(settings)
-    await migrate.upgrade(svc.db)
-    await svc.start()
-    try:
-        yield svc
-    finally:
-        await svc.close()
+    async with running_node(settings) as built:
+        yield built.services
 
 
 async def setup_through_admin(services: Services, sink_port: int) -> Account:

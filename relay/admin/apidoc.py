@@ -427,11 +427,7 @@ async def example_app() -> AsyncIterator[ExampleSession]:
     the real send path (queue writer, DKIM signer, submitter)."""
     from relay import config
     from relay.admin.app import AdminServer
-    from relay.dkim import DkimSigner
-    from relay.queue.ingest import QueueWriter
-    from relay.services import Services
-    from relay.store import migrate
-    from relay.submit import Submitter
+    from relay.node import running_node
 
     with tempfile.TemporaryDirectory(prefix="relay-apidoc-") as tmp:
         settings = config.load(
@@ -448,22 +444,14 @@ async def example_app() -> AsyncIterator[ExampleSession]:
                 "RELAY_DNS_SPF_INCLUDE": "spf.example.com",
             },
         )
-        services = await Services.create(settings)
-        await migrate.upgrade(services.db)
-        await services.start()
-        writer = QueueWriter(services.db)
-        await writer.start()
-        signer = DkimSigner(1)
-        server = AdminServer(services, "127.0.0.1", 0, Submitter(services, writer, signer))
-        await server.start()
-        try:
-            async with aiohttp.ClientSession() as http:
-                yield ExampleSession(f"http://127.0.0.1:{server.port}", http, services)
-        finally:
-            await server.stop()
-            await writer.stop()
-            signer.close()
-            await services.close()
+        async with running_node(settings, ingest=True) as node:
+            server = AdminServer(node.services, "127.0.0.1", 0, node.submitter)
+            await server.start()
+            try:
+                async with aiohttp.ClientSession() as http:
+                    yield ExampleSession(f"http://127.0.0.1:{server.port}", http, node.services)
+            finally:
+                await server.stop()
 
 
 async def run_examples() -> dict[str, Exchange]:

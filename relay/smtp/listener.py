@@ -11,8 +11,6 @@ from typing import cast
 import structlog
 
 from relay.config import parse_hostport
-from relay.dkim import DkimSigner
-from relay.queue.ingest import QueueWriter
 from relay.services import Services
 from relay.smtp.handler import RelayHandler
 from relay.smtp.protocol import DataBudget, RelaySMTP, plaintext_networks
@@ -23,20 +21,20 @@ log = structlog.get_logger("relay.smtp")
 
 
 class SmtpServer:
-    """``inherited``: listening sockets bound by the main process (an SMTP worker process
-    accepts on them too); without it, bind what the settings say."""
+    """``submitter``: the process's submission path (relay.node builds it, and shares it with
+    the HTTP send API). ``inherited``: listening sockets bound by the main process (an SMTP
+    worker process accepts on them too); without it, bind what the settings say."""
 
     def __init__(
         self,
         services: Services,
-        writer: QueueWriter,
+        submitter: Submitter,
         inherited: list[tuple[str, socket.socket]] | None = None,
     ) -> None:
         self.inherited = inherited
         s = services.settings
         self.services = services
-        self.signer = DkimSigner(s.dkim.sign_threads)
-        self.submitter = Submitter(services, writer, self.signer)
+        self.submitter = submitter
         self.handler = RelayHandler(services, self.submitter)
         self.plaintext_ok = plaintext_networks(s.smtp.plaintext_auth_networks)
         self.max_message_size = s.smtp.max_message_size
@@ -139,4 +137,3 @@ class SmtpServer:
         for _, server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1)
-        await asyncio.to_thread(self.signer.close)
