@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench api-docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ pytest: $(BIN)/.installed
 # BENCH_ARGS, e.g. make bench BENCH_ARGS="--database sqlite,postgres --duration 5".
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.relay_bench $(BENCH_ARGS)
+
+# docs/api.md from the command registry and real example runs (tools/apidoc); tests/test_apidoc.py
+# fails when it is stale.
+api-docs: $(BIN)/.installed
+	$(BIN)/python -m tools.apidoc > docs/api.md.new && mv docs/api.md.new docs/api.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

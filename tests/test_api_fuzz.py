@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.admin import apidoc
 from relay.admin.dispatcher import CommandSpec
 from tests.conftest import ADMIN_KEY
 from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
+from tools.apidoc import generator as apidoc
 
 # A few examples each run keep CI within its budget; for a long hunt, e.g.
 # RELAY_FUZZ_EXAMPLES=500 pytest tests/test_api_fuzz.py --timeout 0

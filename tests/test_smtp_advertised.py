@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from relay.admin.commands.smtp import advertised
+from relay.admin.commands.smtp_credentials import advertised
 from tests.conftest import Api, make_settings
 
 

@@ -1,8 +1,8 @@
 """The relay-domain question as Postfix asks it: a domain or an address -> relay or not.
 
 The answer comes from the in-memory set behind ``/api/v1/inbound-relay-domain-check``
-(``relay.relay_domains.RelayDomains``), never from the database, and is the same: the domain
-part of the key, compared case-insensitively without a trailing dot, must be an Enabled
+(``relay.admin.relay_domain_set.RelayDomains``), never from the database, and is the same:
+the domain part of the key, compared case-insensitively without a trailing dot, must be an Enabled
 gateway domain exactly. Postfix asks a socketmap or policy server only the full domain, never
 its parents (socketmap_table(5): no partial keys), and the relay does not add parent matching
 either: ``sub.example.com`` is a relay domain only when it is itself an Enabled gateway domain.

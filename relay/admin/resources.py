@@ -11,8 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from relay.admin.idempotency import IdempotencyKeys
+from relay.admin.relay_domain_set import RelayDomains
 from relay.dns.verify import DnsChecker
-from relay.relay_domains import RelayDomains
 from relay.services import Services
 
 DNS_CHECKER = web.AppKey("dns_checker", DnsChecker)

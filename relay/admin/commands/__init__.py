@@ -9,7 +9,7 @@ from relay.admin.commands import (  # noqa: F401
     relay_domains,
     send,
     sender_domains,
-    smtp,
+    smtp_credentials,
     stats,
     suppressions,
     usergroups,

@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from relay.admin.commands.domains import owned_domain
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
+from relay.admin.gateway_domain import owned_domain
 from relay.secrets import hash_secret, mask_secret, new_api_key
 from relay.store.db import fmt_dt
 from relay.store.repos import api_keys as repo

@@ -10,17 +10,16 @@ from typing import Any
 import structlog
 from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay import events
 from relay.addresses import ascii_domain, has_control_chars, is_valid_sublabel
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
-from relay.admin.resources import DNS_CHECKER
+from relay.admin.gateway_domain import checker, domain_id_param, options_body, owned_domain
 from relay.directory import Topics
 from relay.dkim import default_selector, generate_key
 from relay.dns.records import build_records, same_records
-from relay.dns.verify import DnsChecker, status_after, verify_records
+from relay.dns.verify import status_after, verify_records
 from relay.queue import control as queue_control
 from relay.secrets import new_signing_key
 from relay.store.db import fmt_dt
@@ -38,21 +37,6 @@ WITH_COUNTS_TRUE = (1, "1", "true", "yes", True)
 STATS_WINDOW = 7 * 24 * 3600
 CLEARED_REASON = "Queue cleared by the account owner"
 INVALID_OVERRIDE = "Invalid subdomain or track prefix value"
-
-
-def options_body(options: dict[str, Any]) -> dict[str, Any]:
-    """Options as the documents show them: the three flags, then any overrides that are set."""
-    body: dict[str, Any] = {
-        "LinkTracking": int(options.get("LinkTracking", 1)),
-        "OpenTracking": int(options.get("OpenTracking", 1)),
-        "UnsubscribeLink": int(options.get("UnsubscribeLink", 0)),
-    }
-    for key in ("CustomSubdomain", "CustomTrackPrefix", "TrackMerge", "HostingProvider"):
-        if options.get(key):
-            body[key] = options[key]
-    if "TrackPrefixDisabled" in options:
-        body["TrackPrefixDisabled"] = bool(options["TrackPrefixDisabled"])
-    return body
 
 
 def domain_body(row: Row) -> dict[str, Any]:
@@ -145,37 +129,12 @@ def parse_update(call: Call) -> dict[str, Any]:
     return out
 
 
-async def owned_domain(
-    conn: AsyncConnection, call: Call, domain_id: int, code: int | list[int], text: str, **kw: Any
-) -> Row:
-    """The caller's live domain, or the command's own "not found or access denied" error
-    (another user's domain is reported exactly like a missing one)."""
-    row = await repo.get(conn, domain_id, user_id=call.user_id)
-    if row is None:
-        raise ApiError(code, text, **kw)
-    return row
-
-
-def domain_id_param(call: Call, missing_code: int, not_found_code: int) -> int:
-    try:
-        domain_id = call.params.int("DomainID")
-    except ValueError:
-        raise ApiError(not_found_code, "Domain not found or access denied") from None
-    if domain_id is None:
-        raise ApiError(missing_code, "Missing required parameter (DomainID)")
-    return domain_id
-
-
 def records_of(row: Row) -> dict[str, list[Any]]:
     return dict((row.verification_meta or {}).get("DNSRecords") or {})
 
 
 def enabled_elsewhere_error(code: int) -> ApiError:
     return ApiError(code, "The domain name is Enabled for another account")
-
-
-def checker(call: Call) -> DnsChecker:
-    return call.request.app[DNS_CHECKER]
 
 
 async def publish_domain_change(call: Call, domain_id: int, status_changed: bool) -> None:

@@ -13,9 +13,9 @@ import structlog
 from sqlalchemy import Row
 
 from relay.addresses import ascii_domain, is_valid_domain, is_valid_sublabel
-from relay.admin.commands.domains import checker, options_body
 from relay.admin.dispatcher import Call, command
 from relay.admin.errors import ApiError
+from relay.admin.gateway_domain import checker, options_body
 from relay.dns.records import same_records, sender_domain_records
 from relay.dns.verify import status_after, verify_records
 from relay.store.db import fmt_dt

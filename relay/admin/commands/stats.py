@@ -29,10 +29,10 @@ from __future__ import annotations
 from typing import Any
 
 from relay import events
-from relay.admin.commands.domains import owned_domain
 from relay.admin.dates import Period, period
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
+from relay.admin.gateway_domain import owned_domain
 from relay.store.eventlog import KINDS, day_of
 from relay.store.repos import events as repo
 

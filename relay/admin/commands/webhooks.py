@@ -43,9 +43,9 @@ from typing import Any
 from sqlalchemy import Row
 
 from relay import events
-from relay.admin.commands.domains import domain_id_param, owned_domain
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
+from relay.admin.gateway_domain import domain_id_param, owned_domain
 from relay.admin.senderkey import sender_scope
 from relay.directory import Topics
 from relay.secrets import new_signing_key

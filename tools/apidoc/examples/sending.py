@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.admin.apidoc import ExampleSession, example
+from tools.apidoc.generator import ExampleSession, example
 
 
 @example("emailgateway.sendemail.public")

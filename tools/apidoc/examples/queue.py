@@ -7,10 +7,10 @@ import time
 
 from sqlalchemy import update
 
-from relay.admin.apidoc import ExampleSession, example
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
 from relay.store import schema
+from tools.apidoc.generator import ExampleSession, example
 
 SLOW = "slow.example.net"
 NEWSLETTER = "3f2b8c1e-7d4a-4e5b-9c6d-1a2b3c4d5e6f"

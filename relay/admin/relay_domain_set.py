@@ -20,7 +20,7 @@ from relay.directory import Topics
 from relay.services import Services
 from relay.store.repos import domains as repo
 
-log = structlog.get_logger("relay.relay_domains")
+log = structlog.get_logger("relay.admin.relay_domain_set")
 
 # How long a check waits for a pending reload before answering from the previous set.
 _WAIT_FOR_RELOAD = 2.0

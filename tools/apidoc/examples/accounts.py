@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.admin.apidoc import ExampleSession, example
+from tools.apidoc.generator import ExampleSession, example
 
 
 @example("user.create")
@@ -48,7 +48,7 @@ async def user_delete(ex: ExampleSession) -> None:
 
 @example("user.login")
 async def user_login(ex: ExampleSession) -> None:
-    from relay.admin.examples import OWNER, OWNER_PASSWORD
+    from tools.apidoc.examples import OWNER, OWNER_PASSWORD
 
     await ex.show("user.login", auth="none", EmailAddress=OWNER, Password=OWNER_PASSWORD)
 

@@ -1,6 +1,6 @@
 """The examples docs/api.md shows: one request per command, run against a fresh node by
-``relay.admin.apidoc``. ``setup`` makes the account most examples use: a user logged in with a
-session, an Enabled sender domain example.com with an API key, and a small event history in
+``tools.apidoc.generator``. ``setup`` makes the account most examples use: a user logged in
+with a session, an Enabled sender domain example.com with an API key, and a small event history in
 January 2026 (written through the real queue writer) for the event and statistics examples.
 
 An example is a function registered with ``@example("command.name")`` that may prepare what it
@@ -13,8 +13,9 @@ from __future__ import annotations
 import datetime as dt
 
 from relay import events
-from relay.admin.apidoc import ExampleSession
-from relay.admin.examples import (  # noqa: F401  (registers the examples)
+from relay.queue.ingest import QueueWriter
+from relay.queue.model import NewEvent, NewMessage
+from tools.apidoc.examples import (  # noqa: F401  (registers the examples)
     accounts,
     delivery,
     domains,
@@ -23,8 +24,7 @@ from relay.admin.examples import (  # noqa: F401  (registers the examples)
     sending,
     webhooks,
 )
-from relay.queue.ingest import QueueWriter
-from relay.queue.model import NewEvent, NewMessage
+from tools.apidoc.generator import ExampleSession
 
 OWNER = "owner@example.com"
 OWNER_PASSWORD = "correct horse battery staple"  # noqa: S105  (the examples' throwaway account)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from relay.admin.apidoc import ExampleSession, example
+from tools.apidoc.generator import ExampleSession, example
 
 HOOK = "https://example.com/webhooks/email-events"
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy import update
 
-from relay.admin.apidoc import ExampleSession, example
 from relay.store import schema
+from tools.apidoc.generator import ExampleSession, example
 
 JANUARY: dict[str, Any] = {"StartDate": "2026-01-01", "EndDate": "2026-01-31"}
 

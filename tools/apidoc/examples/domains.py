@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.admin.apidoc import EXAMPLE_ADMIN_KEY, ExampleSession, example
+from tools.apidoc.generator import EXAMPLE_ADMIN_KEY, ExampleSession, example
 
 
 @example("emailgateway.adddomain")

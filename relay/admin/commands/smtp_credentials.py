@@ -15,9 +15,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from relay.admin.commands.domains import domain_id_param, owned_domain
 from relay.admin.dispatcher import Call, command, ok
 from relay.admin.errors import ApiError
+from relay.admin.gateway_domain import domain_id_param, owned_domain
 from relay.config import Settings, parse_hostport
 from relay.directory import Topics
 from relay.secrets import hash_secret, new_smtp_password, new_smtp_username

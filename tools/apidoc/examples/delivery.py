@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.admin.apidoc import ExampleSession, example
+from tools.apidoc.generator import ExampleSession, example
 
 SERVER: dict[str, Any] = {
     "DeliveryServerName": "Primary SMTP Server",
