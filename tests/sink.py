@@ -28,6 +28,7 @@ from typing import Any, Literal
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relay.tls import ensure_self_signed, server_context
+from tests.provision import wait_until
 
 TlsMode = Literal["none", "starttls", "implicit"]
 Stage = Literal["MAIL", "RCPT", "DATA"]
@@ -222,22 +223,6 @@ class Sink:
         self.auth_failures += 1
         # handled=False makes aiosmtpd answer 535 itself (the default sends nothing).
         return AuthResult(success=False, handled=False)
-
-
-async def wait_until(
-    condition: Any, *, timeout: float = 30.0, interval: float = 0.02, what: str = "condition"
-) -> None:
-    """Poll ``condition()`` (sync or async) until true; fail after a generous deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 class _Handler:

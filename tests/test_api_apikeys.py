@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
-from relay import config
 from relay.services import Services
 from relay.store import schema as t
 from tests.apihelpers import bearer, make_account, make_domain, sender_key
-from tests.conftest import Api, make_settings
-
-
-@pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> config.Settings:
-    return make_settings(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
+from tests.conftest import Api
 
 
 async def test_addapi_documented_example_and_shape(api: Api, services: Services) -> None:

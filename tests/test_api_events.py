@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from relay import config
 from relay import events as ev
 from relay.services import Services
 from tests.apihelpers import bearer, outcome, queue_writer, sender_key
-from tests.conftest import ADMIN_KEY, Api, make_settings
+from tests.conftest import ADMIN_KEY, Api
 from tests.eventseed import T0, Seeded, seed
-
-
-@pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> config.Settings:
-    return make_settings(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
 
 
 @pytest.fixture

@@ -143,7 +143,6 @@ async def running(tmp_path: Path, db_url: str) -> AsyncIterator[RunningRelay]:
     r, session = await start_relay(
         tmp_path,
         db_url,
-        RELAY_DKIM_KEY_BITS="1024",
         # Room for every command of every example on the rate-limited routes.
         RELAY_ADMIN_RATE_LIMIT_REQUESTS="100000",
         # No verification ever waits for a resolver that is not there.

@@ -23,9 +23,7 @@ LIMIT = 5
 
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> config.Settings:
-    return make_settings(
-        tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024", RELAY_ADMIN_RATE_LIMIT_REQUESTS=str(LIMIT)
-    )
+    return make_settings(tmp_path, db_url, RELAY_ADMIN_RATE_LIMIT_REQUESTS=str(LIMIT))
 
 
 def test_documented_routes_are_rate_limited() -> None:
@@ -85,7 +83,6 @@ async def two_nodes(tmp_path: Path, db_url: str, redis_url: str) -> AsyncIterato
             tmp_path / name,
             db_url,
             RELAY_REDIS_URL=redis_url,
-            RELAY_DKIM_KEY_BITS="1024",
             RELAY_ADMIN_RATE_LIMIT_REQUESTS=str(LIMIT),
         )
         services = await Services.create(settings)

@@ -32,7 +32,6 @@ async def running(tmp_path: Path, db_url: str) -> AsyncIterator[RunningRelay]:
     r, session = await start_relay(
         tmp_path,
         db_url,
-        RELAY_DKIM_KEY_BITS="1024",
         RELAY_SMTP_MAX_RECIPIENTS=str(MAX_RCPTS),
         RELAY_SMTP_MAX_MESSAGE_SIZE="60000",
     )

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from relay import config
 from relay import events as ev
 from relay.services import Services
 from tests.apihelpers import accept, make_account, outcome, queue_writer
-from tests.conftest import Api, make_settings
+from tests.conftest import Api
 from tests.eventseed import Seeded, seed
-
-
-@pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> config.Settings:
-    return make_settings(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
 
 
 @pytest.fixture

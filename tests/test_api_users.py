@@ -21,7 +21,6 @@ def settings(tmp_path: Path, db_url: str) -> config.Settings:
     return make_settings(
         tmp_path,
         db_url,
-        RELAY_DKIM_KEY_BITS="1024",
         RELAY_ADMIN_LOGIN_MAX_FAILURES="3",
         # Per client address: every test client is 127.0.0.1 (tests/test_auth_throttle.py).
         RELAY_ADMIN_LOGIN_MAX_FAILURES_PER_IP="100",

@@ -6,21 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
-from relay import config
 from relay.services import Services
 from relay.store import schema as t
 from tests.apihelpers import bearer, make_account, sender_key
 from tests.conftest import Api, make_settings
 from tests.test_webhook_urls import FORBIDDEN, INVALID
-
-
-@pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> config.Settings:
-    return make_settings(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
-
 
 HOOK = "https://example.com/webhooks/email-events"
 
@@ -233,9 +225,7 @@ async def test_signing_key_stored_sealed_with_a_kek(tmp_path: Path, db_url: str)
     from relay.store import migrate
 
     kek = base64.b64encode(os.urandom(32)).decode()
-    settings = make_settings(
-        tmp_path, db_url, RELAY_KEY_ENCRYPTION_KEY=kek, RELAY_DKIM_KEY_BITS="1024"
-    )
+    settings = make_settings(tmp_path, db_url, RELAY_KEY_ENCRYPTION_KEY=kek)
     services = await Services.create(settings)
     await migrate.upgrade(services.db)
     await services.start()
@@ -527,7 +517,6 @@ async def test_allow_networks_exempt_literals_at_save_time(tmp_path: Path, db_ur
     settings = make_settings(
         tmp_path,
         db_url,
-        RELAY_DKIM_KEY_BITS="1024",
         RELAY_WEBHOOKS_ALLOW_NETWORKS="127.0.0.0/8,10.1.0.0/16",
     )
     services = await Services.create(settings)

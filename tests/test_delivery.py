@@ -28,7 +28,8 @@ from relay.queue.model import NewMessage
 from relay.services import Services
 from relay.store import schema as t
 from tests.conftest import Api, free_port, make_settings
-from tests.sink import Sink, wait_until
+from tests.provision import wait_until
+from tests.sink import Sink
 
 FAST = {
     "RELAY_DELIVERY_RETRY_BASE": "0.2",
@@ -36,7 +37,6 @@ FAST = {
     "RELAY_DELIVERY_RETRY_JITTER": "0",
     "RELAY_DELIVERY_POLL_INTERVAL": "0.1",
     "RELAY_DELIVERY_STOP_TIMEOUT": "5",
-    "RELAY_DKIM_KEY_BITS": "1024",  # key generation is not what these tests are about
 }
 
 

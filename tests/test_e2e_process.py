@@ -43,6 +43,7 @@ class Node:
             RELAY_HOSTNAME="relay.test",
             RELAY_LOG_FORMAT="json",
             RELAY_LOG_LEVEL="debug",
+            RELAY_DKIM_KEY_BITS="1024",  # as tests/conftest.py make_settings
             NOTIFY_SOCKET=self.notify_path,
             **env,
         )
@@ -289,7 +290,7 @@ async def test_process_tree_delivers_and_keeps_caches_in_sync(
     child that dies is replaced."""
     import asyncio
 
-    from tests.sink import wait_until
+    from tests.provision import wait_until
 
     sink = await make_sink()
     sink.rcpt_replies["gone@example.net"] = "550 5.1.1 no such user"
@@ -311,7 +312,16 @@ async def test_process_tree_delivers_and_keeps_caches_in_sync(
 
     # No route yet: the child defers (and caches "no servers" for group 1).
     await asyncio.to_thread(send, "first@example.net")
-    await asyncio.sleep(1)
+
+    def deferred() -> bool:
+        for line in node.err_path.read_text().splitlines():
+            if line.startswith("{"):
+                event = json.loads(line)
+                if event.get("event") == "deferred" and event.get("rcpt") == "first@example.net":
+                    return True
+        return False
+
+    await wait_until(deferred, what="the first attempt deferred (no route yet)")
     assert sink.messages == []
     # The route is added in the parent; the child hears of it and retries within its backoff.
     await asyncio.to_thread(node.route_to, sink.port)

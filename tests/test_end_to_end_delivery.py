@@ -15,8 +15,9 @@ import dkim
 from sqlalchemy import select
 
 from relay.store import schema as t
+from tests.provision import wait_until
 from tests.relayfix import start_relay, stop_relay
-from tests.sink import Sink, wait_until
+from tests.sink import Sink
 from tests.test_dkim import stub_dnsfunc
 
 MESSAGE = (
@@ -34,7 +35,6 @@ async def test_submitted_mail_arrives_signed_and_verifiable(
         db_url,
         RELAY_DELIVERY_ENABLED="true",
         RELAY_DELIVERY_POLL_INTERVAL="0.2",
-        RELAY_DKIM_KEY_BITS="1024",
     )
     try:
         acct = await running.new_account()

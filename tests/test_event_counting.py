@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from relay import config
 from relay.services import Services
 from relay.store import eventlog
-from tests.conftest import Api, make_settings
+from tests.conftest import Api
 from tests.eventseed import E0, MARCH, Engaged, seed_engagement
-
-
-@pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> config.Settings:
-    return make_settings(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
 
 
 @pytest.fixture

@@ -21,14 +21,8 @@ from relay.store import schema as t
 from relay.store.eventlog import DAY, PARTITION_SCHEMA
 from relay.store.repos import events as repo
 from tests.apihelpers import Account, accept, make_account, outcome, queue_writer
-from tests.conftest import Api, make_settings
+from tests.conftest import Api
 from tests.relayfix import start_relay, stop_relay
-
-
-@pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> config.Settings:
-    return make_settings(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
-
 
 TODAY = eventlog.day_of(time.time())
 

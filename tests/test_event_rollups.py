@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select, text
 
-from relay import config
 from relay import events as ev
 from relay.services import Services
 from relay.store import eventlog
@@ -20,13 +18,8 @@ from relay.store import schema as t
 from relay.store.eventlog import DAY, KINDS
 from relay.store.repos import events as repo
 from tests.apihelpers import outcome, queue_writer
-from tests.conftest import Api, make_settings
+from tests.conftest import Api
 from tests.eventseed import E0, Engaged, at, seed, seed_engagement
-
-
-@pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> config.Settings:
-    return make_settings(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from tests.smtpclient import RawSMTP
 
 @pytest.fixture
 async def running(tmp_path: Path, db_url: str) -> AsyncIterator[RunningRelay]:
-    r, session = await start_relay(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
+    r, session = await start_relay(tmp_path, db_url)
     yield r
     await stop_relay(r, session)
 

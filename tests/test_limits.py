@@ -33,8 +33,8 @@ from relay.smtp import replies
 from relay.store import schema as t
 from tests.apihelpers import bearer, make_account, sender_key
 from tests.conftest import Api, free_port
+from tests.provision import wait_until
 from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
-from tests.sink import wait_until
 from tests.smtpclient import RawSMTP
 from tests.tcpproxy import Proxy
 
@@ -330,7 +330,7 @@ async def test_redis_outage_fails_open_on_the_nodes_counters(
 async def test_api_send_gives_its_reservation_back_when_refused(
     tmp_path: Path, db_url: str
 ) -> None:
-    async with relay(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024") as running:
+    async with relay(tmp_path, db_url) as running:
         acct = await running.new_account()
         await set_send_limit(running, acct.user_id, 2)
         key = await sender_key(running.api, acct)

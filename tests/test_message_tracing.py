@@ -12,17 +12,11 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from relay import config
 from relay.services import Services
-from tests.conftest import ADMIN_KEY, Api, make_settings
+from tests.conftest import ADMIN_KEY, Api
 from tests.eventseed import Seeded, seed
+from tests.provision import wait_until
 from tests.relayfix import start_relay, stop_relay
-from tests.sink import wait_until
-
-
-@pytest.fixture
-def settings(tmp_path: Path, db_url: str) -> config.Settings:
-    return make_settings(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
 
 
 @pytest.fixture
@@ -118,7 +112,6 @@ async def test_deferred_message_shows_its_attempts(tmp_path: Path, db_url: str) 
         db_url,
         RELAY_DELIVERY_ENABLED="true",
         RELAY_DELIVERY_POLL_INTERVAL="0.2",
-        RELAY_DKIM_KEY_BITS="1024",
     )
     try:
         acct = await running.new_account()

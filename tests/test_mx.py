@@ -34,8 +34,9 @@ from tests.bouncefix import (
     submit,
 )
 from tests.conftest import free_port
+from tests.provision import wait_until
 from tests.relayfix import Account, RunningRelay, stop_relay
-from tests.sink import Sink, wait_until
+from tests.sink import Sink
 from tests.smtpclient import RawSMTP
 
 REPORTS = Path(__file__).parent / "mx_reports"

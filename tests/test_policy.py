@@ -33,7 +33,6 @@ def settings(tmp_path: Path, db_url: str) -> config.Settings:
     return make_settings(
         tmp_path,
         db_url,
-        RELAY_DKIM_KEY_BITS="1024",
         RELAY_SMTP_MAX_RECIPIENTS=str(MAX_RCPTS),
         RELAY_SMTP_MAX_MESSAGE_SIZE="2000",
         RELAY_SMTP_MAX_LINE_LENGTH="100",

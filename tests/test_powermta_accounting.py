@@ -36,8 +36,9 @@ from mta.powermta.records import (
 )
 from relay.services import Services
 from relay.store import schema as t
+from tests.provision import wait_until
 from tests.relayfix import RunningRelay, start_relay, stop_relay
-from tests.sink import Sink, wait_until
+from tests.sink import Sink
 from tests.test_api_deliveryservers import CREATE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "powermta"
@@ -361,7 +362,6 @@ async def test_pipe_records_each_record_once_and_suppresses(
         db_url,
         RELAY_DELIVERY_ENABLED="true",
         RELAY_DELIVERY_POLL_INTERVAL="0.2",
-        RELAY_DKIM_KEY_BITS="1024",
         RELAY_REDIS_URL=redis_url,
     )
     services = running.relay.services

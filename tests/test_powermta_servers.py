@@ -103,7 +103,6 @@ async def test_mail_to_a_powermta_server_carries_x_job_and_still_verifies(
         db_url,
         RELAY_DELIVERY_ENABLED="true",
         RELAY_DELIVERY_POLL_INTERVAL="0.2",
-        RELAY_DKIM_KEY_BITS="1024",
     )
     try:
         acct = await running.new_account()

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from relay.smtp import replies
-from tests.sink import Sink, wait_until
+from tests.provision import wait_until
+from tests.sink import Sink
 from tests.test_e2e_process import ROOT, Node
 
 PASSWORD_SHOWN = "Wrong-Secret-Password-QUEUE"

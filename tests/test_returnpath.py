@@ -27,8 +27,9 @@ from tests.bouncefix import (
     submit,
     update_server,
 )
+from tests.provision import wait_until
 from tests.relayfix import stop_relay
-from tests.sink import Sink, wait_until
+from tests.sink import Sink
 from tests.test_dkim import stub_dnsfunc
 
 # -- the token ----------------------------------------------------------------------------------

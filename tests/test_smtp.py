@@ -27,6 +27,7 @@ from sqlalchemy import select, text, update
 from relay.directory import Topics
 from relay.smtp import replies
 from relay.store import schema as t
+from tests.provision import wait_until
 from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
 from tests.smtpclient import RawSMTP
 
@@ -566,7 +567,10 @@ async def test_connection_limit_per_ip(tmp_path: Path, db_url: str) -> None:
         assert greeting == replies.TOO_MANY_CONNECTIONS
         assert await c.closed()
         await a.close()
-        await asyncio.sleep(0.1)
+        services = running.relay.services
+        assert services is not None and services.node_limits is not None
+        table = services.node_limits.connections
+        await wait_until(lambda: table.open == 1, what="the closed connection's slot freed")
         d, greeting = await RawSMTP.connect(running.smtp_port)
         assert greeting == "220 relay.test relay ESMTP"
         for x in (b, d):

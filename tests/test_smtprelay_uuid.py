@@ -27,7 +27,7 @@ UUID = "550e8400-e29b-41d4-a716-446655440000"
 
 @pytest.fixture
 async def running(tmp_path: Path, db_url: str) -> AsyncIterator[RunningRelay]:
-    r, session = await start_relay(tmp_path, db_url, RELAY_DKIM_KEY_BITS="1024")
+    r, session = await start_relay(tmp_path, db_url)
     yield r
     await stop_relay(r, session)
 

@@ -180,7 +180,8 @@ def _uid(pid: int) -> int:
 
 
 async def test_relay_runs_under_the_units_syscall_filter_as_non_root(sandbox_base: Path) -> None:
-    from tests.sink import Sink, wait_until
+    from tests.provision import wait_until
+    from tests.sink import Sink
     from tests.unit_sandbox import sandboxed
 
     # The filter is real: a call it leaves out (@resources' sched_setaffinity) kills.

@@ -21,12 +21,12 @@ from relay import events
 from relay.queue.model import NewEvent, NewMessage
 from relay.services import Services
 from relay.store import schema as t
+from tests.provision import wait_until
 from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
-from tests.sink import Sink, wait_until
+from tests.sink import Sink
 from tests.webhookreceiver import Receiver, Request
 
 BASE_ENV = {
-    "RELAY_DKIM_KEY_BITS": "1024",
     "RELAY_WEBHOOKS_ALLOW_NETWORKS": "127.0.0.0/8",
     "RELAY_WEBHOOKS_POLL_INTERVAL": "0.2",
     "RELAY_WEBHOOKS_RETRY_BASE": "0.3",

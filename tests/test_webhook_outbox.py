@@ -24,7 +24,7 @@ from relay.store.repos import sealing
 from relay.webhooks.worker import WebhookWorker
 from tests.apihelpers import make_account, queue_writer
 from tests.conftest import Api, make_settings
-from tests.sink import wait_until
+from tests.provision import wait_until
 from tests.webhookreceiver import Receiver
 
 
@@ -33,7 +33,6 @@ def settings(tmp_path: Path, db_url: str) -> config.Settings:
     return make_settings(
         tmp_path,
         db_url,
-        RELAY_DKIM_KEY_BITS="1024",
         RELAY_WEBHOOKS_ALLOW_NETWORKS="127.0.0.0/8",
         RELAY_WEBHOOKS_POLL_INTERVAL="0.2",
     )
@@ -198,7 +197,7 @@ async def test_two_workers_never_post_one_delivery_at_once(
     tmp_path: Path, pg_url: str, receiver: Receiver
 ) -> None:
     settings = make_settings(
-        tmp_path, pg_url, RELAY_DKIM_KEY_BITS="1024", RELAY_WEBHOOKS_ALLOW_NETWORKS="127.0.0.0/8",
+        tmp_path, pg_url, RELAY_WEBHOOKS_ALLOW_NETWORKS="127.0.0.0/8",
         RELAY_WEBHOOKS_POLL_INTERVAL="0.2", RELAY_WEBHOOKS_BATCH_SIZE="7",
         RELAY_WEBHOOKS_CONCURRENCY="5", RELAY_WEBHOOKS_PER_ENDPOINT_CONCURRENCY="3",
     )  # fmt: skip

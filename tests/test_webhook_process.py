@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests import test_e2e_process as e2e
-from tests.sink import wait_until
+from tests.provision import wait_until
 from tests.test_e2e_process import Node, child_pids
 from tests.webhookreceiver import Receiver
 
@@ -41,7 +41,6 @@ async def test_delivery_process_posts_and_a_killed_one_loses_nothing(
         RELAY_WEBHOOKS_TIMEOUT="2",
         RELAY_WEBHOOKS_LEASE_SECONDS="12",
         RELAY_DELIVERY_POLL_INTERVAL="0.2",
-        RELAY_DKIM_KEY_BITS="1024",
     )
     nodes.append(node)
     await asyncio.to_thread(node.wait_for, "READY=1")
