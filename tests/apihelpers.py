@@ -5,55 +5,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewEvent, NewMessage
 from relay.services import Services
 from tests.conftest import Api
+from tests.provision import Account, make_account, make_domain, make_user
 
-
-@dataclass
-class Account:
-    user_id: int
-    api_key: str  # the user's APIKey
-    domain_id: int
-    domain: str
-
-    def auth(self) -> dict[str, Any]:
-        return {"APIKey": self.api_key}
-
-
-async def make_user(api: Api, email: str = "owner@example.com", **extra: Any) -> dict[str, Any]:
-    res = await api.call("user.create", admin=True, EmailAddress=email, **extra)
-    assert res["Success"] is True, res
-    return res
-
-
-async def make_domain(api: Api, api_key: str, name: str, *, enable: bool = True) -> int:
-    res = await api.call("emailgateway.adddomain", APIKey=api_key, DomainName=name)
-    assert res["Success"] is True, res
-    domain_id = int(res["NewSenderDomainID"])
-    if enable:
-        st = await api.call(
-            "emailgateway.setdomainstatus", admin=True, DomainID=domain_id, Status="Enabled"
-        )
-        assert st["Success"] is True, st
-    return domain_id
-
-
-async def make_account(
-    api: Api,
-    email: str = "owner@example.com",
-    domain: str = "example.com",
-    *,
-    enable: bool = True,
-    **user: Any,
-) -> Account:
-    u = await make_user(api, email, **user)
-    domain_id = await make_domain(api, u["APIKey"], domain, enable=enable)
-    return Account(u["UserID"], u["APIKey"], domain_id, domain)
+__all__ = ["Account", "make_account", "make_domain", "make_user"]  # tests/provision.py's
 
 
 async def sender_key(api: Api, acct: Account, description: str = "test key") -> str:

@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from relay.admin.app import AdminServer
 from relay.config import Settings
+from relay.node import running_node
 from relay.server import Relay
+from relay.services import Services
 from tests.conftest import ADMIN_KEY, Api, make_settings
-
-
-@dataclass
-class Account:
-    user_id: int
-    api_key: str
-    domain_id: int
-    domain: str
-    username: str
-    password: str
-    records: dict[str, list[Any]]
-
-    @property
-    def dkim_record(self) -> tuple[str, str]:
-        for host, (rtype, value, *_rest) in self.records.items():
-            if "._domainkey." in host and rtype == "TXT":
-                return host, value
-        raise AssertionError("no DKIM record")
+from tests.provision import Account, make_account
 
 
 @dataclass
@@ -48,31 +36,9 @@ class RunningRelay:
         enable: bool = True,
         **user: Any,
     ) -> Account:
-        u = await self.api.call("user.create", admin=True, EmailAddress=email, **user)
-        assert u["Success"], u
-        d = await self.api.call("emailgateway.adddomain", APIKey=u["APIKey"], DomainName=domain)
-        assert d["Success"], d
-        if enable:
-            st = await self.api.call(
-                "emailgateway.setdomainstatus",
-                admin=True,
-                DomainID=d["NewSenderDomainID"],
-                Status="Enabled",
-            )
-            assert st["Success"], st
-        c = await self.api.call(
-            "emailgateway.addsmtp", APIKey=u["APIKey"], DomainID=d["NewSenderDomainID"]
-        )
-        assert c["Success"], c
-        return Account(
-            u["UserID"],
-            u["APIKey"],
-            d["NewSenderDomainID"],
-            domain,
-            c["SMTP"]["SMTPUsername"],
-            c["SMTP"]["SMTPPassword"],
-            d["DNSRecords"],
-        )
+        """A user with an Enabled (unless ``enable`` is false) sender domain and an SMTP
+        credential for it (tests/provision.py)."""
+        return await make_account(self.api, email, domain, enable=enable, smtp=True, **user)
 
 
 async def start_relay(
@@ -91,9 +57,23 @@ async def start_relay(
     return running, session
 
 
+@contextlib.asynccontextmanager
+async def admin_node(settings: Settings) -> AsyncIterator[tuple[Services, Api]]:
+    """A node of its own built by relay.node (storage, caches, bus; no SMTP, no delivery) with
+    its admin app on a free loopback port, and a client for it: several of these on one
+    database (and one Redis) are several relay nodes."""
+    async with running_node(settings) as node, aiohttp.ClientSession() as session:
+        server = AdminServer(node.services, "127.0.0.1", 0)
+        await server.start()
+        try:
+            yield node.services, Api(f"http://127.0.0.1:{server.port}", session)
+        finally:
+            await server.stop()
+
+
 async def stop_relay(running: RunningRelay, session: aiohttp.ClientSession) -> None:
     await session.close()
     await asyncio.wait_for(running.relay.stop(), 60)
 
 
-__all__ = ["ADMIN_KEY", "Account", "RunningRelay", "start_relay", "stop_relay"]
+__all__ = ["ADMIN_KEY", "Account", "RunningRelay", "admin_node", "start_relay", "stop_relay"]

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from tests.conftest import Api
-
-
-async def make_user(api: Api, email: str = "owner@example.com", **extra: Any) -> dict[str, Any]:
-    res = await api.call("user.create", admin=True, EmailAddress=email, **extra)
-    assert res["Success"] is True, res
-    return res
+from tests.provision import make_user
 
 
 async def test_user_domain_smtp_flow(api: Api) -> None:

@@ -7,16 +7,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from relay import config
-from relay.admin.app import AdminServer
 from relay.admin.dispatcher import COMMANDS
-from relay.services import Services
-from relay.store import migrate
 from tests.apihelpers import bearer, make_account, sender_key
 from tests.conftest import Api, make_settings
+from tests.relayfix import admin_node
 
 LIMIT = 5
 
@@ -77,30 +74,17 @@ async def test_limit_per_key_in_process(api: Api) -> None:
 @pytest.fixture
 async def two_nodes(tmp_path: Path, db_url: str, redis_url: str) -> AsyncIterator[tuple[Api, Api]]:
     """Two admin apps with their own Services on one database and one Redis."""
-    servers, nodes = [], []
-    for name in ("a", "b"):
-        settings = make_settings(
+    settings = [
+        make_settings(
             tmp_path / name,
             db_url,
             RELAY_REDIS_URL=redis_url,
             RELAY_ADMIN_RATE_LIMIT_REQUESTS=str(LIMIT),
         )
-        services = await Services.create(settings)
-        await migrate.upgrade(services.db)
-        await services.start()
-        server = AdminServer(services, "127.0.0.1", 0)
-        await server.start()
-        servers.append((server, services))
-    session = aiohttp.ClientSession()
-    for server, _ in servers:
-        nodes.append(Api(f"http://127.0.0.1:{server.port}", session))
-    try:
-        yield nodes[0], nodes[1]
-    finally:
-        await session.close()
-        for server, services in servers:
-            await server.stop()
-            await services.close()
+        for name in ("a", "b")
+    ]
+    async with admin_node(settings[0]) as (_, a), admin_node(settings[1]) as (_, b):
+        yield a, b
 
 
 async def test_limit_is_shared_across_nodes_through_redis(two_nodes: tuple[Api, Api]) -> None:

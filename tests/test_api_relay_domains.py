@@ -6,21 +6,18 @@ import asyncio
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from sqlalchemy import event, update
 
 from relay import config
-from relay.admin.app import AdminServer
 from relay.services import Services
-from relay.store import migrate
 from relay.store import schema as t
 from tests.conftest import Api
+from tests.provision import wait_until
+from tests.relayfix import admin_node
 
 CHECK = "/api/v1/inbound-relay-domain-check"
 FETCH_SCRIPT = Path(__file__).parent.parent / "config" / "powermta" / "fetch-domain-lists.sh"
@@ -143,38 +140,13 @@ async def test_relay_domain_check_follows_status_changes(api: Api, services: Ser
     assert not await allowed()
 
 
-@asynccontextmanager
-async def node(settings: config.Settings) -> AsyncIterator[tuple[Services, Api]]:
-    """One more relay node (its own caches, bus and admin app) on the same database."""
-    services = await Services.create(settings)
-    await migrate.upgrade(services.db)
-    await services.start()
-    server = AdminServer(services, "127.0.0.1", 0)
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield services, Api(f"http://127.0.0.1:{server.port}", session)
-    finally:
-        await server.stop()
-        await services.close()
-
-
-async def eventually(check: Any, attempts: int = 100) -> bool:
-    """Poll an async condition (another node learns through pub/sub, asynchronously)."""
-    for _ in range(attempts):
-        if await check():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
 @pytest.mark.redis
 async def test_relay_domains_follow_changes_on_other_nodes(
     settings: config.Settings, redis_url: str
 ) -> None:
     settings.redis.url = redis_url
     admin = settings.admin.api_key
-    async with node(settings) as (_a, api_a), node(settings) as (_b, api_b):
+    async with admin_node(settings) as (_a, api_a), admin_node(settings) as (_b, api_b):
         key = await make_domains(api_a, admin, [], ["example.com"])
         listing = await api_a.call("emailgateway.getdomains", APIKey=key)
         domain_id = listing["Domains"][0]["DomainID"]
@@ -189,13 +161,13 @@ async def test_relay_domains_follow_changes_on_other_nodes(
         await api_a.call(
             "emailgateway.setdomainstatus", AdminAPIKey=admin, DomainID=domain_id, Status="Enabled"
         )
-        assert await eventually(allowed_on_b)
+        await wait_until(allowed_on_b, timeout=5, what="node B relays the domain Enabled on node A")
 
         async def denied_on_b() -> bool:
             return not await allowed_on_b()
 
         await api_a.call("emailgateway.deletedomain", APIKey=key, DomainID=domain_id)
-        assert await eventually(denied_on_b)
+        await wait_until(denied_on_b, timeout=5, what="node B stops relaying the deleted domain")
 
 
 async def test_relay_domains_periodic_reload_is_a_backstop(
@@ -204,7 +176,7 @@ async def test_relay_domains_periodic_reload_is_a_backstop(
     """A change nobody announced (made straight in the database) still arrives."""
     settings.admin.relay_domains_refresh = 0.1
     admin = settings.admin.api_key
-    async with node(settings) as (services, api):
+    async with admin_node(settings) as (services, api):
         key = await make_domains(api, admin, [], ["example.com"])
         async with services.db.write() as conn:
             await conn.execute(update(t.gateway_domains).values(status="Enabled"))
@@ -215,7 +187,7 @@ async def test_relay_domains_periodic_reload_is_a_backstop(
             )
             return status == 200
 
-        assert await eventually(allowed)
+        await wait_until(allowed, timeout=5, what="the periodic reload")
         assert key
 
 

@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import pytest
 from sqlalchemy import event, insert, select, update
 
 from relay import config
-from relay.admin.app import AdminServer
 from relay.secrets import hash_secret
 from relay.services import Services
-from relay.store import migrate
 from relay.store import schema as t
 from relay.store.db import utcnow
 from tests.conftest import Api
 from tests.dnsstub import DnsStub
+from tests.relayfix import admin_node
 
 ONE = "/api/v1/user.senderdomain"
 LIST = "/api/v1/user.senderdomains"
@@ -495,27 +491,12 @@ async def test_verify_and_dns_errors(api: Api, services: Services) -> None:
 # -- rate limits and several nodes -------------------------------------------------------------
 
 
-@asynccontextmanager
-async def node(settings: config.Settings) -> AsyncIterator[Api]:
-    services = await Services.create(settings)
-    await migrate.upgrade(services.db)
-    await services.start()
-    server = AdminServer(services, "127.0.0.1", 0)
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Api(f"http://127.0.0.1:{server.port}", session)
-    finally:
-        await server.stop()
-        await services.close()
-
-
 @pytest.mark.redis
 async def test_rate_limit_and_dns_cache_are_shared_by_nodes(
     settings: config.Settings, redis_url: str, dns_stub: DnsStub
 ) -> None:
     settings.redis.url = redis_url
-    async with node(settings) as a, node(settings) as b:
+    async with admin_node(settings) as (_, a), admin_node(settings) as (_, b):
         res = await a.call(
             "user.create", AdminAPIKey=settings.admin.api_key, EmailAddress="o@example.com"
         )

@@ -12,7 +12,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from relay.queue.model import NewMessage
 from relay.services import Services
 from relay.store import schema as t
 from tests.conftest import Api, free_port, make_settings
-from tests.provision import wait_until
+from tests.provision import Account, assign, make_account, route_to, wait_until
 from tests.sink import Sink
 
 FAST = {
@@ -61,65 +60,6 @@ def body(subject: str = "hello") -> bytes:
         b".leading dot survives dot-stuffing\r\n"
         b"\xc3\xa9t\xc3\xa9 in 8 bits\r\n"
     )
-
-
-@dataclass
-class Account:
-    user_id: int
-    domain_id: int
-    api_key: str
-
-
-async def make_account(api: Api, email: str = "owner@example.com", group: int = 1) -> Account:
-    user = await api.call("user.create", admin=True, EmailAddress=email, UserGroupID=group)
-    assert user["Success"], user
-    added = await api.call(
-        "emailgateway.adddomain", APIKey=user["APIKey"], DomainName="example.com"
-    )
-    assert added["Success"], added
-    domain_id = added["NewSenderDomainID"]
-    status = await api.call(
-        "emailgateway.setdomainstatus", admin=True, DomainID=domain_id, Status="Enabled"
-    )
-    assert status["Success"], status
-    return Account(user["UserID"], domain_id, user["APIKey"])
-
-
-async def make_server(
-    api: Api,
-    port: int,
-    *,
-    secure: str = "false",
-    auth: tuple[str, str] | None = None,
-    assign_to: int | None = 1,
-    host: str = "127.0.0.1",
-) -> int:
-    params: dict[str, Any] = {
-        "DeliveryServerName": f"sink {port}",
-        "SendMethodSMTPHost": host,
-        "SendMethodSMTPPort": port,
-        "SendMethodSMTPSecure": secure,
-        "SendMethodSMTPTimeout": 10,
-        "SendMethodSMTPAuth": auth is not None,
-        "DomainSettings_LinkTracking": "t.example.com",
-        "DomainSettings_OpenTracking": "o.example.com",
-        "DomainSettings_MFrom": "b.example.com",
-    }
-    if auth is not None:
-        params["SendMethodSMTPUsername"], params["SendMethodSMTPPassword"] = auth
-    made = await api.call("deliveryserver.create", admin=True, **params)
-    assert made["Success"], made
-    server_id = int(made["DeliveryServerID"])
-    if assign_to is not None:
-        await assign(api, server_id, assign_to)
-    return server_id
-
-
-async def assign(api: Api, server_id: int, group: int = 1) -> None:
-    res = await api.call(
-        "deliveryserver.assign", admin=True, DeliveryServerID=server_id, UserGroupID=group
-    )
-    assert res["Success"], res
 
 
 @pytest.fixture
@@ -211,7 +151,7 @@ async def test_delivers_the_exact_stored_bytes(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    server_id = await make_server(api, sink.port)
+    server_id = await route_to(api, sink.port)
     await delivery()
     data = body("exact bytes")
     msg = await submit(writer, account, ["rcpt@example.net"], data=data)
@@ -243,7 +183,7 @@ async def test_one_refused_recipient_does_not_fail_the_others(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.rcpt_replies["gone@example.net"] = "550 5.1.1 no such user"
     # Cached "not suppressed" before the bounce: the bounce must invalidate it.
     assert await services.directory.suppression(account.user_id, "gone@example.net") is None
@@ -287,7 +227,7 @@ async def test_permanent_failure_without_addressing_status_is_not_suppressed(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.data_reply = "554 5.7.1 message content rejected"
     sink.rcpt_replies["sender-problem@example.net"] = "550 5.1.8 bad sender system address"
     await delivery()
@@ -307,7 +247,7 @@ async def test_temporary_failure_is_retried_until_delivered(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.fail_first(2, "451 4.3.0 try again later")
     await delivery()
     msg = await submit(writer, account, ["later@example.net"])
@@ -329,7 +269,7 @@ async def test_connection_failure_defers(
 ) -> None:
     account = await make_account(api)
     dead_port = free_port()  # nothing listens there
-    server_id = await make_server(api, dead_port)
+    server_id = await route_to(api, dead_port)
     await delivery()
     msg = await submit(writer, account, ["r@example.net"])
 
@@ -347,7 +287,7 @@ async def test_refused_auth_is_temporary(
 ) -> None:
     wrong = await make_sink(auth=("user", "right"))
     account = await make_account(api)
-    await make_server(api, wrong.port, auth=("user", "wrong"))
+    await route_to(api, wrong.port, auth=("user", "wrong"))
     await delivery()
     msg = await submit(writer, account, ["auth@example.net"])
 
@@ -367,7 +307,7 @@ async def test_421_closing_is_a_temporary_failure(
 ) -> None:
     sink.fail_first(1, "421 4.3.2 shutting down", stage="RCPT")
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     await delivery()
     msg = await submit(writer, account, ["closing@example.net"])
     await wait_states(services, msg.id, {"closing@example.net": "delivered"})
@@ -384,7 +324,7 @@ async def test_no_delivery_server_keeps_it_queued_with_a_reason(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    server_id = await make_server(api, sink.port, assign_to=None)
+    server_id = await route_to(api, sink.port, group=None)
     await delivery()
     msg = await submit(writer, account, ["wait@example.net"])
 
@@ -410,9 +350,9 @@ async def test_spread_across_servers_and_failover(
 ) -> None:
     account = await make_account(api)
     first, second = await make_sink(), await make_sink()
-    await make_server(api, free_port())  # assigned, but nothing listens: fail over from it
-    await make_server(api, first.port)
-    await make_server(api, second.port)
+    await route_to(api, free_port())  # assigned, but nothing listens: fail over from it
+    await route_to(api, first.port)
+    await route_to(api, second.port)
     await delivery()
     msgs = [await submit(writer, account, [f"r{i}@example.net"]) for i in range(6)]
     for i, m in enumerate(msgs):
@@ -431,7 +371,7 @@ async def test_max_age_ends_in_failed(
 ) -> None:
     services.settings.delivery.max_age = 0.6
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.fail_first(1000, "450 4.2.0 mailbox busy")
     await delivery()
     msg = await submit(writer, account, ["busy@example.net"])
@@ -457,7 +397,7 @@ async def test_connections_are_reused_and_replaced(
 ) -> None:
     services.settings.delivery.messages_per_connection = 2
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     await delivery()
     for i in range(3):
         m = await submit(writer, account, [f"seq{i}@example.net"])
@@ -470,7 +410,7 @@ async def test_idle_connections_are_closed(
 ) -> None:
     services.settings.delivery.idle_timeout = 0.2
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     service = await delivery()
     m = await submit(writer, account, ["idle@example.net"])
     await wait_states(services, m.id, {"idle@example.net": "delivered"})
@@ -494,7 +434,7 @@ async def test_tls_and_auth_to_the_delivery_server(
     sink = await make_sink(tls=mode, auth=("relay-user", "relay-pass"))
     services.settings.delivery.tls_ca_file = sink.ca_file
     account = await make_account(api)
-    await make_server(api, sink.port, secure=secure, auth=("relay-user", "relay-pass"))
+    await route_to(api, sink.port, secure=secure, auth=("relay-user", "relay-pass"))
     await delivery()
     msg = await submit(writer, account, ["tls@example.net"])
     await wait_states(services, msg.id, {"tls@example.net": "delivered"})
@@ -507,7 +447,7 @@ async def test_untrusted_certificate_is_refused(
 ) -> None:
     sink = await make_sink(tls="starttls")  # self-signed, and no CA file configured
     account = await make_account(api)
-    await make_server(api, sink.port, secure="tls")
+    await route_to(api, sink.port, secure="tls")
     await delivery()
     msg = await submit(writer, account, ["v@example.net"])
 
@@ -525,7 +465,7 @@ async def test_plain_server_is_never_upgraded(
 ) -> None:
     offers_tls = await make_sink(tls="starttls")  # offers STARTTLS and requires it for MAIL
     account = await make_account(api)
-    await make_server(api, offers_tls.port, secure="false")
+    await route_to(api, offers_tls.port, secure="false")
     await delivery()
     msg = await submit(writer, account, ["plain@example.net"])
 
@@ -541,7 +481,7 @@ async def test_verification_can_be_turned_off(
     services.settings.delivery.tls_verify = False
     implicit = await make_sink(tls="implicit")  # self-signed, no CA file
     account = await make_account(api)
-    await make_server(api, implicit.port, secure="ssl")
+    await route_to(api, implicit.port, secure="ssl")
     await delivery()
     msg = await submit(writer, account, ["unverified@example.net"])
     await wait_states(services, msg.id, {"unverified@example.net": "delivered"})
@@ -555,7 +495,7 @@ async def test_a_scheduled_message_goes_out_after_its_time_across_a_restart(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     first = await delivery()
     not_before = time.time() + 2
     msg = await submit(writer, account, ["later@example.net"], not_before=not_before)
@@ -573,7 +513,7 @@ async def test_max_age_of_a_scheduled_message_counts_from_its_time(
 ) -> None:
     services.settings.delivery.max_age = 0.6
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.fail_first(1000, "450 4.2.0 mailbox busy")
     await delivery()
     not_before = time.time() + 1.0  # later than acceptance + max_age
@@ -588,7 +528,7 @@ async def test_each_variant_goes_in_its_own_transaction(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.rcpt_replies["gone@example.net"] = "550 5.1.1 no such user"
     await delivery()
     shared = body("shared")
@@ -624,7 +564,7 @@ async def test_a_storage_error_during_a_claim_is_retried_not_fatal(
     """The database fails under the claim (here: its table is gone for a while). On both
     backends the worker reports it and keeps claiming; the mail goes out once it is back."""
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     msg = await submit(writer, account, ["patient@example.net"])
     claim_errors = metrics.STORAGE_ERRORS.labels(operation="claim")
     before = claim_errors._value.get()
@@ -675,7 +615,7 @@ async def test_a_crashed_nodes_leases_are_reclaimed(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     msg = await submit(writer, account, ["orphan@example.net"])
     # A node claimed it and died: its lease runs 1 s.
     dead = open_backend(services.db, "dead-node")
@@ -693,7 +633,7 @@ async def test_restart_loses_nothing_and_leaves_no_lease(
 ) -> None:
     services.settings.delivery.concurrency = 3
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.hold_data()  # deliveries stay mid-flight at DATA
     first = await delivery()
     msgs = [await submit(writer, account, [f"m{i}@example.net"]) for i in range(8)]
@@ -721,7 +661,7 @@ async def test_graceful_stop_lets_deliveries_finish(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.hold_data()
     service = await delivery()
     msg = await submit(writer, account, ["finish@example.net"])
@@ -738,7 +678,7 @@ async def test_hurry_cuts_the_wait_short(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.hold_data()
     service = await delivery()
     msg = await submit(writer, account, ["hurry@example.net"])
@@ -791,7 +731,7 @@ async def setup_through_admin(services: Services, sink_port: int) -> Account:
         async with aiohttp.ClientSession() as session:
             api = Api(f"http://127.0.0.1:{admin.port}", session)
             account = await make_account(api)
-            await make_server(api, sink_port)
+            await route_to(api, sink_port)
     finally:
         await admin.stop()
     return account
@@ -950,7 +890,7 @@ async def test_a_reply_with_a_nul_is_recorded_not_poisonous(
     """Remote replies are stored as text: a NUL (PostgreSQL text refuses it) must not make the
     outcome batch fail over and over."""
     account = await make_account(api)
-    await make_server(api, sink.port)
+    await route_to(api, sink.port)
     sink.rcpt_replies["odd@example.net"] = "550 5.7.1 no\x00pe"
     await delivery()
     msg = await submit(writer, account, ["odd@example.net", "fine@example.net"])

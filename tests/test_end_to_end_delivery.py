@@ -10,12 +10,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import dkim
 from sqlalchemy import select
 
 from relay.store import schema as t
-from tests.provision import wait_until
+from tests.provision import route_to, send, wait_until
 from tests.relayfix import start_relay, stop_relay
 from tests.sink import Sink
 from tests.test_dkim import stub_dnsfunc
@@ -38,38 +37,13 @@ async def test_submitted_mail_arrives_signed_and_verifiable(
     )
     try:
         acct = await running.new_account()
-        made = await running.api.call(
-            "deliveryserver.create",
-            admin=True,
-            DeliveryServerName="downstream",
-            SendMethodSMTPHost="127.0.0.1",
-            SendMethodSMTPPort=sink.port,
-            SendMethodSMTPSecure="false",
-            SendMethodSMTPTimeout=10,
-            SendMethodSMTPAuth=False,
-            DomainSettings_LinkTracking="t.example.com",
-            DomainSettings_OpenTracking="o.example.com",
-            DomainSettings_MFrom="b.example.com",
-        )
-        assigned = await running.api.call(
-            "deliveryserver.assign",
-            admin=True,
-            DeliveryServerID=made["DeliveryServerID"],
-            UserGroupID=1,
-        )
-        assert assigned["Success"], assigned
+        await route_to(running.api, sink.port, name="downstream")
         host, value = acct.dkim_record
         dns_stub.txt(host, value)
 
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=running.smtp_port, start_tls=False)
-        await client.connect()
-        await client.login(acct.username, acct.password)
-        errors, reply = await client.sendmail(
-            "app@example.com", ["a@example.net", "b@example.net"], MESSAGE
+        message_id = await send(
+            running.smtp_port, acct, ["a@example.net", "b@example.net"], MESSAGE
         )
-        await client.quit()
-        assert errors == {} and reply.startswith("2.0.0 Ok: queued as ")
-        message_id = reply.rsplit(" ", 1)[1]
 
         await sink.wait_for(lambda s: len([r for m in s.messages for r in m.rcpt_tos]) >= 2)
         # One transaction per recipient, each with its VERP return path (mta/returnpath.py).
