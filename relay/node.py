@@ -1,8 +1,9 @@
 """One node builder: what a process of the relay runs, built the same way everywhere.
 
-`relay serve` (relay/server.py), its worker processes (relay/procs.py), the docs' example
-runner (tools/apidoc) and the tests build a process here, so a part added to the node (a
-component the submitter needs, a step at worker start) is added once.
+`relay serve` (relay/server.py), its worker processes (relay/procs.py), the PowerMTA commands
+(mta/powermta/commands.py), the docs' example runner (tools/apidoc) and the tests build a
+process here, so a part added to the node (a component the submitter needs, a step at worker
+start) is added once.
 
 What a process runs, in the order it starts:
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 from mta.worker import DeliveryService
 from relay.cache import LocalBus
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.dkim import DkimSigner
 from relay.nodelimits import ParentLink
 from relay.queue.ingest import QueueWriter
@@ -108,6 +109,27 @@ async def build_node(
     if background and settings.webhooks.enabled:
         node.webhooks = WebhookWorker(services)
     return node
+
+
+async def schema_revision(services: Services) -> str | None:
+    """The schema's revision, for a process about to use the database: the embedded default is
+    migrated first (``relay serve`` and the commands that write do it themselves); any other
+    database is only read (``relay migrate`` upgrades it)."""
+    if services.settings.is_embedded_default:
+        await migrate.upgrade(services.db)
+        return migrate.head_revision()
+    return await migrate.current_revision(services.db)
+
+
+def require_head(current: str | None) -> None:
+    """Refuse a schema this version was not written for."""
+    if current != migrate.head_revision():
+        raise ConfigError(
+            [
+                f"database schema is at {current or 'nothing'}, this version needs "
+                f"{migrate.head_revision()}: run `relay migrate` first"
+            ]
+        )
 
 
 @contextlib.asynccontextmanager

@@ -30,12 +30,11 @@ from relay.config import ConfigError, Settings, parse_hostport
 from relay.diagnose import StartupError, describe_database, describe_redis
 from relay.event_maintenance import EventMaintenance
 from relay.health import StorageProbe
-from relay.node import Node, build_node
+from relay.node import Node, build_node, require_head, schema_revision
 from relay.queue.ingest import QueueWriter
 from relay.reload import Reloader
 from relay.secrets import new_admin_api_key
 from relay.services import Services
-from relay.store import migrate
 from relay.store.repos import sealing
 
 if TYPE_CHECKING:
@@ -129,22 +128,11 @@ class Relay:
             s, ingest=True, background=not children, multi_process=children + smtp_children > 0
         )
         services = node.services
-        current: str | None
         try:
-            if s.is_embedded_default:
-                await migrate.upgrade(services.db)
-                current = migrate.head_revision()
-            else:
-                current = await migrate.current_revision(services.db)
+            current = await schema_revision(services)
         except Exception as exc:
             raise StartupError(describe_database(exc, s.database_url)) from None
-        if current != migrate.head_revision():
-            raise ConfigError(
-                [
-                    f"database schema is at {current or 'nothing'}, this version needs "
-                    f"{migrate.head_revision()}: run `relay migrate` first"
-                ]
-            )
+        require_head(current)
         await self._seal_stored_secrets()
         await services.start()
         redis_state = await self._redis_state()

@@ -1,8 +1,9 @@
 """The shared infrastructure of one node: storage, caches, bus, limits, secrets.
 
-Built once by ``relay.server`` and handed to the SMTP listeners, the admin app and the delivery
-workers. Tests build one the same way (``Services.create``) against real SQLite/PostgreSQL and,
-when asked, real Redis.
+Built once per process by ``relay.node`` (the node builder, which ``relay serve``, its worker
+processes, the docs generator and the tests use) and handed to the SMTP listeners, the admin
+app and the delivery workers. Tests build it against real SQLite/PostgreSQL and, when asked,
+real Redis.
 """
 
 from __future__ import annotations

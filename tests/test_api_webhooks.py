@@ -12,6 +12,7 @@ from relay.services import Services
 from relay.store import schema as t
 from tests.apihelpers import bearer, make_account, sender_key
 from tests.conftest import Api, make_settings
+from tests.relayfix import admin_node
 from tests.test_webhook_urls import FORBIDDEN, INVALID
 
 HOOK = "https://example.com/webhooks/email-events"
@@ -219,51 +220,36 @@ async def test_signing_key_stored_sealed_with_a_kek(tmp_path: Path, db_url: str)
     import base64
     import os
 
-    import aiohttp
-
-    from relay.admin.app import AdminServer
-    from relay.store import migrate
-
     kek = base64.b64encode(os.urandom(32)).decode()
     settings = make_settings(tmp_path, db_url, RELAY_KEY_ENCRYPTION_KEY=kek)
-    services = await Services.create(settings)
-    await migrate.upgrade(services.db)
-    await services.start()
-    server = AdminServer(services, "127.0.0.1", 0)
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            api = Api(f"http://127.0.0.1:{server.port}", session)
-            acct = await make_account(api)
-            # The key a domain gets at creation is sealed like a rotated one.
-            created = await api.call(
-                "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
-            )
-            async with services.db.read() as conn:
-                first = await conn.scalar(
-                    select(t.gateway_domains.c.signing_key).where(
-                        t.gateway_domains.c.id == acct.domain_id
-                    )
+    async with admin_node(settings) as (services, api):
+        acct = await make_account(api)
+        # The key a domain gets at creation is sealed like a rotated one.
+        created = await api.call(
+            "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
+        )
+        async with services.db.read() as conn:
+            first = await conn.scalar(
+                select(t.gateway_domains.c.signing_key).where(
+                    t.gateway_domains.c.id == acct.domain_id
                 )
-            assert first.startswith("enc:v1:") and created["SigningKey"] not in first
-            res = await api.call(
-                "emailgateway.regeneratesigningkey", APIKey=acct.api_key, DomainID=acct.domain_id
             )
-            async with services.db.read() as conn:
-                stored = await conn.scalar(
-                    select(t.gateway_domains.c.signing_key).where(
-                        t.gateway_domains.c.id == acct.domain_id
-                    )
+        assert first.startswith("enc:v1:") and created["SigningKey"] not in first
+        res = await api.call(
+            "emailgateway.regeneratesigningkey", APIKey=acct.api_key, DomainID=acct.domain_id
+        )
+        async with services.db.read() as conn:
+            stored = await conn.scalar(
+                select(t.gateway_domains.c.signing_key).where(
+                    t.gateway_domains.c.id == acct.domain_id
                 )
-            assert stored is not None and stored.startswith("enc:v1:")
-            assert res["SigningKey"] not in stored
-            listed = await api.call(
-                "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
             )
-            assert listed["SigningKey"] == res["SigningKey"]
-    finally:
-        await server.stop()
-        await services.close()
+        assert stored is not None and stored.startswith("enc:v1:")
+        assert res["SigningKey"] not in stored
+        listed = await api.call(
+            "emailgateway.getwebhooks", APIKey=acct.api_key, DomainID=acct.domain_id
+        )
+        assert listed["SigningKey"] == res["SigningKey"]
 
 
 async def test_regeneratesigningkey_errors(api: Api, services: Services) -> None:
@@ -509,40 +495,26 @@ async def test_getwebhookdeliveries_errors_and_empty_history(api: Api) -> None:
 
 
 async def test_allow_networks_exempt_literals_at_save_time(tmp_path: Path, db_url: str) -> None:
-    import aiohttp
-
-    from relay.admin.app import AdminServer
-    from relay.store import migrate
 
     settings = make_settings(
         tmp_path,
         db_url,
         RELAY_WEBHOOKS_ALLOW_NETWORKS="127.0.0.0/8,10.1.0.0/16",
     )
-    services = await Services.create(settings)
-    await migrate.upgrade(services.db)
-    await services.start()
-    server = AdminServer(services, "127.0.0.1", 0)
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            api = Api(f"http://127.0.0.1:{server.port}", session)
-            acct = await make_account(api)
-            params = {"APIKey": acct.api_key, "DomainID": acct.domain_id, "Event": "delivery"}
-            for url in ("http://127.0.0.1:8080/in", "http://0x7f.1/in", "https://10.1.2.3/in"):
-                res = await api.call("emailgateway.addwebhook", **params, WebhookURL=url)
-                assert res["Success"] is True, (url, res)
-            for url in ("http://10.2.0.1/", "http://localhost/", "http://[::1]/"):
-                res = await api.call("emailgateway.addwebhook", **params, WebhookURL=url)
-                assert res["ErrorCode"] == 7, (url, res)
-            key = await sender_key(api, acct)
-            status, body = await api.request(
-                "POST",
-                "/api/v1/webhooks",
-                headers=bearer(key),
-                json={"Event": "delivered", "WebhookURL": "http://127.0.0.1:9/x"},
-            )
-            assert status == 200 and "NewWebhookID" in body
-    finally:
-        await server.stop()
-        await services.close()
+    async with admin_node(settings) as (_, api):
+        acct = await make_account(api)
+        params = {"APIKey": acct.api_key, "DomainID": acct.domain_id, "Event": "delivery"}
+        for url in ("http://127.0.0.1:8080/in", "http://0x7f.1/in", "https://10.1.2.3/in"):
+            res = await api.call("emailgateway.addwebhook", **params, WebhookURL=url)
+            assert res["Success"] is True, (url, res)
+        for url in ("http://10.2.0.1/", "http://localhost/", "http://[::1]/"):
+            res = await api.call("emailgateway.addwebhook", **params, WebhookURL=url)
+            assert res["ErrorCode"] == 7, (url, res)
+        key = await sender_key(api, acct)
+        status, body = await api.request(
+            "POST",
+            "/api/v1/webhooks",
+            headers=bearer(key),
+            json={"Event": "delivered", "WebhookURL": "http://127.0.0.1:9/x"},
+        )
+        assert status == 200 and "NewWebhookID" in body

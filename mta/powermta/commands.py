@@ -11,9 +11,9 @@ from typing import Any
 import structlog
 
 from relay import log as relay_log
-from relay.config import ConfigError, Settings
+from relay.config import Settings
+from relay.node import build_node, require_head, schema_revision
 from relay.services import Services
-from relay.store import migrate
 
 log = structlog.get_logger("mta.powermta")
 
@@ -35,19 +35,10 @@ async def _services(settings: Settings) -> Services:
     """Storage and the bus, with the schema these commands write checked (the embedded
     default is migrated, as ``relay serve`` does)."""
     # Other processes (relay serve's tree) write the same SQLite file: queue on its lock.
-    services = await Services.create(settings, multi_process=settings.is_embedded_default)
+    node = await build_node(settings, multi_process=settings.is_embedded_default)
+    services = node.services
     try:
-        if settings.is_embedded_default:
-            await migrate.upgrade(services.db)
-        else:
-            current = await migrate.current_revision(services.db)
-            if current != migrate.head_revision():
-                raise ConfigError(
-                    [
-                        f"database schema is at {current or 'nothing'}, this version needs "
-                        f"{migrate.head_revision()}: run `relay migrate` first"
-                    ]
-                )
+        require_head(await schema_revision(services))
         await services.start()
     except BaseException:
         await services.close()
