@@ -144,6 +144,10 @@ class Email:
     headers: list[tuple[str, str]]
     attachments: list[Attachment]
     tags: list[str] = field(default_factory=list)
+    # TrackLinks / TrackOpens: override the sender domain's LinkTracking / OpenTracking for
+    # this message; None when not given (the domain's option applies).
+    track_links: bool | None = None
+    track_opens: bool | None = None
 
     @property
     def recipients(self) -> list[str]:
@@ -302,6 +306,12 @@ def parse_email(p: Params, settings: Settings, sender_domain: str) -> Email:
     else:
         if send_at and send_at > time.time() + SENDAT_SLACK:
             problems.add(42, "SendAt: scheduled sending is not supported by this relay")
+    track: dict[str, bool | None] = {}
+    for name in ("TrackLinks", "TrackOpens"):
+        try:
+            track[name] = p.bool(name)
+        except ValueError:
+            problems.add(43, f"Invalid {name} (true or false)")
     problems.items.sort(key=lambda item: item[0])
     problems.raise_if_any()
     assert sender is not None
@@ -317,6 +327,8 @@ def parse_email(p: Params, settings: Settings, sender_domain: str) -> Email:
         headers=headers,
         attachments=attachments,
         tags=_tags(p.raw("Tags")),
+        track_links=track.get("TrackLinks"),
+        track_opens=track.get("TrackOpens"),
     )
 
 

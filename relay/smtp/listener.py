@@ -18,6 +18,7 @@ from relay.smtp.handler import RelayHandler
 from relay.smtp.protocol import DataBudget, RelaySMTP, plaintext_networks
 from relay.submit import Submitter
 from relay.tls import ServerTLS, tls_files
+from relay.tracking.render import Tracker
 
 log = structlog.get_logger("relay.smtp")
 
@@ -66,6 +67,10 @@ class SmtpServer:
 
     async def start(self) -> None:
         s = self.services.settings
+        # Before the first session: every message this process accepts (SMTP and the send
+        # API, which shares the submitter) is tracked per its domain's options. The key is
+        # the cluster's (relay/tracking/keys.py), so any node's listener reads the links.
+        self.submitter.tracker = await Tracker.create(self.services, self.signer)
         cert, key = await asyncio.to_thread(tls_files, s)
         self.tls = ServerTLS(cert, key)
         ctx = self.tls.context

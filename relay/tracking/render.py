@@ -112,6 +112,13 @@ class Tracker:
     async def create(cls, services: Services, signer: DkimSigner) -> Tracker:
         return cls(services.settings, await load_codec(services), signer)
 
+    def may_track(self, domain: DomainView) -> bool:
+        """False when no message of ``domain`` can be tracked, because there is no host for
+        its links (docs/tracking.md, "Which host"): neither ``tracking.host`` nor a verified
+        record of the domain. Two attribute reads, so a node without tracking hosts pays
+        nothing per message; ``sign`` makes the exact choice."""
+        return bool(self.settings.tracking.host or domain.verified_hosts)
+
     async def sign(
         self,
         *,

@@ -18,7 +18,8 @@ Return-Path, DKIM-Signature, MIME-Version, Content-*); 41 a message the content 
 Unix time. There are no templates, lists, subscribers or journeys here, so TemplateID,
 TargetListID, ListID, SubscriberID, JourneyID and ActionID never name anything that exists
 (codes 15, 16, 35-38).
-TrackLinks and TrackOpens are accepted and ignored: the relay does not rewrite content.
+TrackLinks and TrackOpens override the sender domain's LinkTracking and OpenTracking for the
+message (docs/tracking.md); 43 is either of them not true or false.
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ async def send_email(call: Call) -> dict[str, Any]:
         ReplyTo (Array): [{"name", "email"}], at most 10.
         Tags (Array): strings, for per-tag statistics (domainstats TagStats).
         Headers (Object): custom headers, name: value.
-        TrackLinks (String): accepted, ignored.
-        TrackOpens (String): accepted, ignored.
+        TrackLinks (String): true or false: rewrite the HTML links to click-tracking URLs;
+            overrides the sender domain's LinkTracking for this message.
+        TrackOpens (String): true or false: add the open-tracking image to the HTML;
+            overrides the sender domain's OpenTracking for this message.
         SendAt (Integer): Unix time; only now or the past is accepted.
         Attachments (Array): [{"filename", "content" (base64), "type", "disposition",
             "contentid"}]; inline with a contentid goes next to the HTML.
@@ -133,6 +136,7 @@ async def send_email(call: Call) -> dict[str, Any]:
         41: Message refused by the content checks (not in the documents)
         42: SendAt in the future (scheduling is not supported) or not a Unix time (not in the
             documents)
+        43: TrackLinks or TrackOpens is not true or false (not in the documents)
         429: Email send rate limit exceeded
     """
     scope = await sender_scope(
@@ -169,6 +173,8 @@ async def send_email(call: Call) -> dict[str, Any]:
                 api_key_id=scope.api_key_id,
             ),
             tags=mail.tags,
+            track_links=mail.track_links,
+            track_opens=mail.track_opens,
         )
     except Exception as exc:
         _give_back(held)
