@@ -307,11 +307,14 @@ def parse_email(p: Params, settings: Settings, sender_domain: str) -> Email:
         if send_at and send_at > time.time() + SENDAT_SLACK:
             problems.add(42, "SendAt: scheduled sending is not supported by this relay")
     track: dict[str, bool | None] = {}
+    untrue: list[str] = []
     for name in ("TrackLinks", "TrackOpens"):
         try:
             track[name] = p.bool(name)
         except ValueError:
-            problems.add(43, f"Invalid {name} (true or false)")
+            untrue.append(name)
+    if untrue:
+        problems.add(43, f"Invalid {' and '.join(untrue)} (true or false)")
     problems.items.sort(key=lambda item: item[0])
     problems.raise_if_any()
     assert sender is not None
