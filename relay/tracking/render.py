@@ -28,7 +28,7 @@ from relay.tracking import html as html_plan
 from relay.tracking import mime
 from relay.tracking.hosts import tracking_base
 from relay.tracking.keys import load_codec
-from relay.tracking.tokens import CLICK, OPEN, UNSUBSCRIBE, TokenCodec
+from relay.tracking.tokens import CLICK, OPEN, UNSUBSCRIBE, TokenCodec, click_suffix
 
 log = structlog.get_logger("relay.tracking")
 
@@ -100,6 +100,8 @@ class _Plan:
     unsubscribe: bool
     footer_text: str
     counts: dict[str, int] = field(default_factory=dict)
+    # Each link's click-token plaintext after the recipient's prefix (index and URL).
+    suffixes: list[bytes] = field(default_factory=list)
 
 
 class Tracker:
@@ -221,6 +223,7 @@ class Tracker:
             opens=options.opens,
             unsubscribe=unsubscribe,
             footer_text=footer,
+            suffixes=[click_suffix(i, url) for i, url in enumerate(links)],
         )
 
     # -- rendering and signing (once per recipient) ------------------------------------------
@@ -268,9 +271,10 @@ class Tracker:
         return SignedBodies(body, bodies or None)
 
     def _render(self, plan: _Plan, prefix: bytes) -> tuple[Headers, bytes]:
-        codec, base = self.codec, plan.base
-        unsub = f"{base}/u/{codec.make(UNSUBSCRIBE, prefix)}" if plan.unsubscribe else ""
-        pixel = f"{base}/o/{codec.make(OPEN, prefix)}" if plan.opens else ""
+        codec, base, suffixes = self.codec, plan.base, plan.suffixes
+        click = f"{base}/c/"
+        unsub = f"{base}/u/{codec.seal(UNSUBSCRIBE, prefix)}" if plan.unsubscribe else ""
+        pixel = f"{base}/o/{codec.seal(OPEN, prefix)}" if plan.opens else ""
         pieces = [plan.template.pieces[0]]
         for part, after in zip(plan.parts, plan.template.pieces[1:], strict=True):
             out: list[str] = []
@@ -282,7 +286,7 @@ class Tracker:
                     else:
                         out.append(_text_insert(seg, unsub, plan.footer_text))
                 else:
-                    out.append(f"{base}/c/{codec.make(CLICK, prefix, slot, plan.links[slot])}")
+                    out.append(click + codec.seal(CLICK, prefix + suffixes[slot]))
             out.append(part.segments[-1])
             pieces.append(mime.encode("".join(out).encode(part.charset), part.cte))
             pieces.append(after)
