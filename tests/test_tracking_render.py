@@ -549,3 +549,16 @@ def test_the_fast_scan_is_used_only_when_it_finds_exactly_the_links(
     assert [x.url for x in plan.links] == ["https://e.example/new"]
     assert commented[plan.links[0].start : plan.links[0].end] == "https://e.example/new"
     assert calls == [commented]
+
+
+def test_a_part_planned_again_reuses_its_plan_and_only_then() -> None:
+    hosts = frozenset({TRACK})
+    first = plan_html(HTML, skip_hosts=hosts)
+    assert [link.url for link in first.links] == REWRITTEN
+    assert plan_html(HTML, skip_hosts=hosts) is first  # bulk mail: one body, many messages
+    assert plan_html(HTML, links=False, skip_hosts=hosts).links == []
+    changed = plan_html(HTML.replace("/p/2", "/p/9"), skip_hosts=hosts)
+    assert changed is not first and changed.links[1].url == "http://shop.example.com/p/9"
+    # Large parts are planned every time (the cache holds small ones only).
+    big = HTML + "<!-- " + "x" * 40000 + " -->"
+    assert plan_html(big, skip_hosts=hosts) is not plan_html(big, skip_hosts=hosts)

@@ -18,6 +18,7 @@ identifier, turning Outlook's ``<![if !mso]>`` conditionals into plain comments,
 
 from __future__ import annotations
 
+import functools
 import html
 import html.parser
 import re
@@ -154,7 +155,13 @@ def plan_html(
 ) -> HtmlPlan:
     """Which links of ``text`` to rewrite (none unless ``links``) and where to insert;
     ``skip_hosts`` are the tracking hosts themselves (a link already pointing there, such as
-    an unsubscribe link, stays)."""
+    an unsubscribe link, stays). The plan may be shared: read it, never change it."""
+    if len(text) <= _CACHED_CHARS:
+        return _plan_cached(text, links, skip_hosts)
+    return _plan(text, links, skip_hosts)
+
+
+def _plan(text: str, links: bool, skip_hosts: frozenset[str]) -> HtmlPlan:
     # Before the closing tags; otherwise at the very end, which HTML5 parsing also puts at the
     # end of the body (text after </body> or </html> still belongs to it).
     plan = HtmlPlan(insert_at=_insert_at(text))
@@ -182,6 +189,14 @@ def plan_html(
             continue
         plan.links.append(Link(tag.href_span[0], tag.href_span[1], url[0]))
     return plan
+
+
+# Bulk mail sends one HTML body to many recipients, often one SMTP transaction each: the plan
+# of a part planned recently is reused (a plan depends on nothing but the arguments). Only parts
+# up to _CACHED_CHARS, so the cache holds at most _CACHE_SIZE times that many characters.
+_CACHED_CHARS = 32 * 1024
+_CACHE_SIZE = 64
+_plan_cached = functools.lru_cache(maxsize=_CACHE_SIZE)(_plan)
 
 
 def _insert_at(text: str) -> int:
