@@ -380,6 +380,27 @@ async def test_plain_text_message_gets_only_the_footer_and_headers(kit: Kit) -> 
     assert plain.variants is None and plain.body.endswith(b"\r\n\r\nSee https://x.example/\r\n")
 
 
+async def test_mail_without_html_is_not_parsed_for_links_and_opens(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_parsing(*_: Any) -> Any:
+        raise AssertionError("parsed")
+
+    links_opens = Options(True, True, False)
+    text_only = alternative().replace(b"text/html", b"text/x-other")
+    single = b"From: app@example.com\r\nContent-Type: text/plain\r\n\r\n<a href='https://x/'>\r\n"
+    with monkeypatch.context() as m:
+        m.setattr("relay.tracking.mime.parse", no_parsing)
+        for data in (text_only, single):
+            out = await kit.sign(data, ["a@example.net", "b@example.net"], links_opens)
+            assert out.variants is None and await kit.verifies(out.body)
+    # Any HTML part at all is planned: at the top, in a multipart, whatever the spelling.
+    spelled = alternative().replace(b"Content-Type: text/html", b"Content-Type: TEXT/Html")
+    for data in (alternative(), spelled, single.replace(b"text/plain", b"text/html")):
+        out = await kit.sign(data, ["a@example.net"], links_opens)
+        assert f"https://{TRACK}/o/" in mail(out.body).get_body(("html",)).get_content()
+
+
 async def test_a_message_with_its_own_list_unsubscribe_keeps_it(kit: Kit) -> None:
     own = "List-Unsubscribe: <https://lists.example.com/u/1>\r\n"
     out = await kit.sign(alternative(extra_headers=own), ["r@example.net"])

@@ -12,6 +12,7 @@ goes out untracked.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,6 +171,8 @@ class Tracker:
 
     def _plan(self, base: str, message: ParsedMessage, options: Options) -> _Plan | None:
         unsubscribe = options.unsubscribe and not message.values(b"list-unsubscribe")
+        if not unsubscribe and not _may_have_html(message):
+            return None  # links and the pixel go into HTML only: nothing to parse
         root, parts = mime.parse(message)
         skip_hosts = frozenset({base.partition("://")[2].partition(":")[0]})
         footer = self.settings.tracking.unsubscribe_text
@@ -309,6 +312,23 @@ class Tracker:
         )
         metrics.DKIM_SIGN_SECONDS.observe(time.perf_counter() - started)
         return ParsedMessage(headers, body).to_bytes(prepend=[signature, trace])
+
+
+_HTML_TYPE = re.compile(rb"text\s*/\s*html", re.IGNORECASE)
+
+
+def _may_have_html(message: ParsedMessage) -> bool:
+    """False when the message certainly has no HTML part: a single part that is not
+    text/html (no Content-Type is text/plain, RFC 2045 5.2), or a multipart body that never
+    says text/html. Plain-text mail with link and open tracking on is then signed without
+    being parsed."""
+    ctype = message.values(b"content-type")
+    if not ctype:
+        return False
+    main = ctype[0].split(b";", 1)[0].strip().lower()
+    if not main.startswith(b"multipart/"):
+        return _HTML_TYPE.fullmatch(main) is not None
+    return _HTML_TYPE.search(message.body) is not None
 
 
 def _output_cte(part: mime.TextPart, *, rewrites: bool, extra: str) -> str | None:
