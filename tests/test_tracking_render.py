@@ -583,3 +583,47 @@ def test_a_part_planned_again_reuses_its_plan_and_only_then() -> None:
     # Large parts are planned every time (the cache holds small ones only).
     big = HTML + "<!-- " + "x" * 40000 + " -->"
     assert plan_html(big, skip_hosts=hosts) is not plan_html(big, skip_hosts=hosts)
+
+
+async def test_one_body_in_many_messages_is_planned_once(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = '<html><body><a href="https://shop.example.com/1">one</a></body></html>\r\n'
+
+    def message(mid: str, extra: str = "", ctype: str = "text/html") -> bytes:
+        return (
+            f"From: app@example.com\r\nTo: r@example.net\r\nSubject: bulk\r\n"
+            f"Message-ID: <{mid}@example.com>\r\n{extra}MIME-Version: 1.0\r\n"
+            f"Content-Type: {ctype}; charset=us-ascii\r\n\r\n{body}"
+        ).encode()
+
+    first = await kit.sign(message("m1"), ["r@example.net"])
+    planned = mime_parse_calls = 0
+
+    def counting_parse(*args: Any) -> Any:
+        nonlocal mime_parse_calls
+        mime_parse_calls += 1
+        return real_parse(*args)
+
+    from relay.tracking import mime
+
+    real_parse = mime.parse
+    monkeypatch.setattr(mime, "parse", counting_parse)
+    second = await kit.sign(message("m2"), ["r@example.net"])
+    assert mime_parse_calls == planned  # the plan of "m1" served "m2"
+    for out, mid in ((first, "m1"), (second, "m2")):
+        assert await kit.verifies(out.body)
+        msg = mail(out.body)
+        # The message's own headers, and the encoding its changed part needs, exactly once.
+        assert msg["Message-ID"] == f"<{mid}@example.com>"
+        assert msg.get_all("Content-Transfer-Encoding") == ["quoted-printable"]
+        (click,) = [read(kit, CLICK, u) for u in hrefs(html_of(out.body))[:1]]
+        assert click.url == "https://shop.example.com/1"
+    # What the plan depends on besides the body is part of the key: another type is planned
+    # on its own (nothing to do in text/plain), and a message signed by someone else is left
+    # alone whatever was planned for the same body.
+    plain = await kit.sign(message("m3", ctype="text/plain"), ["r@example.net"], ALL)
+    assert mime_parse_calls == 1 and b"shop.example.com/1" in plain.body
+    signed = message("m4", extra="DKIM-Signature: v=1; d=other.example; b=x\r\n")
+    kept = await kit.sign(signed, ["r@example.net"])
+    assert kept.variants is None and kept.body.endswith(body.encode())

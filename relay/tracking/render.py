@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -41,6 +42,10 @@ _LARGE = 256 * 1024
 _SLICE = 0.005
 _MAX_LINKS = 0xFFFF
 _INSERT = -1  # slot of the footer and pixel (HTML) or the footer line (text)
+# Plans kept for bodies up to this size (so at most about _CACHED_PLANS * 2 * _CACHED_BODY
+# bytes: the body in the key, the template pieces in the plan).
+_CACHED_PLANS = 32
+_CACHED_BODY = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,8 @@ class _Plan:
     counts: dict[str, int] = field(default_factory=dict)
     # Each link's click-token plaintext after the recipient's prefix (index and URL).
     suffixes: list[bytes] = field(default_factory=list)
+    # (new, old) transfer encoding of a changed single-part message: a header of the message.
+    top_level: tuple[str, str] | None = None
 
 
 class Tracker:
@@ -110,6 +117,10 @@ class Tracker:
         self.settings = settings
         self.codec = codec
         self.signer = signer
+        # Recent plans by what they depend on (see _plan_key): bulk mail sends one body to
+        # many recipients, often one transaction each, and planning (MIME parsing, HTML
+        # planning, the body template) is most of a tracked message's cost.
+        self._plans: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
 
     @classmethod
     async def create(cls, services: Services, signer: DkimSigner) -> Tracker:
@@ -173,9 +184,36 @@ class Tracker:
         unsubscribe = options.unsubscribe and not message.values(b"list-unsubscribe")
         if not unsubscribe and not _may_have_html(message):
             return None  # links and the pixel go into HTML only: nothing to parse
+        mime.check_headers(message)
+        footer = self.settings.tracking.unsubscribe_text
+        key = None
+        if len(message.body) <= _CACHED_BODY:
+            key = (
+                message.body,
+                tuple(tuple(message.values(name)) for name in mime.STRUCTURE_HEADERS),
+                base,
+                options.links,
+                options.opens,
+                unsubscribe,
+                footer,
+            )
+            cached = self._plans.get(key)
+            if cached is not None:
+                self._plans.move_to_end(key)
+                headers = mime.top_level_headers(message.headers, cached.top_level)
+                return replace(cached, template=replace(cached.template, headers=headers))
+        plan = self._plan_message(base, message, options, unsubscribe, footer)
+        if plan is not None and key is not None:
+            self._plans[key] = plan
+            if len(self._plans) > _CACHED_PLANS:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _plan_message(
+        self, base: str, message: ParsedMessage, options: Options, unsubscribe: bool, footer: str
+    ) -> _Plan | None:
         root, parts = mime.parse(message)
         skip_hosts = frozenset({base.partition("://")[2].partition(":")[0]})
-        footer = self.settings.tracking.unsubscribe_text
         links: list[str] = []
         planned: list[_Part] = []
         changed: list[tuple[mime.TextPart, str]] = []
@@ -221,6 +259,7 @@ class Tracker:
         return _Plan(
             base=base,
             template=tpl or mime.BodyTemplate([message.body], [list(h) for h in message.headers]),
+            top_level=mime.top_level_change(changed),
             parts=planned,
             links=links,
             opens=options.opens,
