@@ -27,6 +27,7 @@ from relay.services import Services
 from relay.tracking.render import Tracker, options_for
 
 log = structlog.get_logger("relay.submit")
+_NOTHING: dict[str, int] = {}  # (never changed: no dict per untracked message for the log line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +149,7 @@ class Submitter:
             mail_from=mail_from,
             recipients=len(recipients),
             size=len(body),
-            **({"variants": len(variants)} if variants else {}),
+            **({"variants": len(variants)} if variants else _NOTHING),
             message_id=message_id,
             **({"scheduled": not_before} if not_before is not None else {}),
         )
