@@ -90,7 +90,12 @@ class DeliverySettings:
     nice: int = 10
     concurrency: int = 50
     batch_size: int = 200
-    lease_seconds: float = 300.0
+    # Short, renewed every third while the delivery runs: a dead node's work is free again
+    # within one lease (mta/worker.py).
+    lease_seconds: float = 30.0
+    # How long one message's delivery attempt may take, from its claim, before the
+    # recipients not answered yet are deferred.
+    attempt_timeout: float = 240.0
     poll_interval: float = 2.0
     retry_base: float = 60.0
     retry_max_interval: float = 3600.0
@@ -575,8 +580,10 @@ def validate(s: Settings) -> list[str]:
         problems.append("admin.rate_limit_window and admin.login_failure_window: above 0")
     if s.delivery.tls_ca_file and not Path(s.delivery.tls_ca_file).is_file():
         problems.append(f"delivery.tls_ca_file: file not found: {s.delivery.tls_ca_file}")
-    if s.delivery.lease_seconds <= 0 or s.delivery.poll_interval <= 0:
-        problems.append("delivery.lease_seconds and delivery.poll_interval: must be more than 0")
+    if s.delivery.lease_seconds < 3 or s.delivery.poll_interval <= 0:
+        problems.append("delivery.lease_seconds: at least 3; delivery.poll_interval: above 0")
+    if s.delivery.attempt_timeout <= 0:
+        problems.append("delivery.attempt_timeout: must be more than 0")
     if s.delivery.max_age <= 0 or s.delivery.idle_timeout <= 0:
         problems.append("delivery.max_age and delivery.idle_timeout: must be more than 0")
     if s.delivery.messages_per_connection < 1:
