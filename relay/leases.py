@@ -29,7 +29,7 @@ def owner_id(configured: str = "") -> str:
 
 def node_prefix(owner: str) -> str:
     """``<node>:`` of an owner id made by ``owner_id``: what every owner of the node starts with."""
-    return owner.rsplit(":", 2)[0] + ":"
+    return owner.split("/", 1)[0].rsplit(":", 2)[0] + ":"
 
 
 def stale(found: str, mine: str) -> bool:

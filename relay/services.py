@@ -16,10 +16,10 @@ from relay.cache import LocalBus, RedisBus, redis_address
 from relay.config import Settings
 from relay.datadir import use_generated_kek
 from relay.directory import Directory
+from relay.leases import owner_id
 from relay.nodelimits import ConnectionGate, NodeLimits, ParentGate, ParentLimiter, ParentLink
 from relay.ratelimit import Counters, FallbackLimiter, RedisRateLimiter
 from relay.secrets import SecretBox
-from relay.leases import owner_id
 from relay.store.db import Database
 
 # Seconds a Redis limits command may take before the node counts on its own (relay.ratelimit).

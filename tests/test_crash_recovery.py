@@ -49,7 +49,10 @@ async def send_all(node: Node, cred: dict[str, Any], rcpts: list[str]) -> None:
 
 
 async def test_restart_after_sigkill_delivers_every_acknowledged_message_at_once(
-    tmp_path: Path, nodes: list[Node], make_sink: Any, db_url: str
+    tmp_path: Path,
+    nodes: list[Node],  # noqa: F811  (the fixture imported above)
+    make_sink: Any,
+    db_url: str,
 ) -> None:
     """kill -9 with deliveries in flight and more mail queued behind them; the restarted node
     frees the dead incarnation's leases at start. The lease here is 120 s: delivering within
@@ -94,7 +97,10 @@ async def test_restart_after_sigkill_delivers_every_acknowledged_message_at_once
 
 @pytest.mark.postgres
 async def test_survivor_delivers_a_dead_nodes_leased_mail(
-    tmp_path: Path, nodes: list[Node], make_sink: Any, pg_url: str
+    tmp_path: Path,
+    nodes: list[Node],  # noqa: F811
+    make_sink: Any,
+    pg_url: str,
 ) -> None:
     """Two nodes share one PostgreSQL database; the one holding deliveries in flight dies for
     good. Its leases are short and no longer renewed: the survivor delivers within 60 s."""
