@@ -18,7 +18,7 @@ import structlog
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 from relay import metrics, policy
-from relay.addresses import has_control_chars
+from relay.addresses import ascii_address, has_control_chars
 from relay.authlimit import FailureThrottle
 from relay.policy import Reason, Refused
 from relay.queue.model import NewEvent
@@ -171,7 +171,16 @@ class RelayHandler:
                     if int(value) > server.listener.data_budget.room():
                         return replies.DATA_NO_ROOM  # RFC 1870 6.1: not now, try later
             assert server.credential is not None  # auth_required: aiosmtpd answered 530 before
-            sender = await policy.check_sender(self.directory, server.credential, address)
+            utf8 = envelope.smtp_utf8
+            if not address.isascii():
+                if not utf8:
+                    return replies.NEEDS_SMTPUTF8
+                # An internationalized domain is kept in its A-label form, as sender domains
+                # are; only a UTF-8 local part still needs SMTPUTF8 downstream.
+                address = ascii_address(address)
+            sender = await policy.check_sender(
+                self.directory, server.credential, address, utf8=utf8
+            )
         except Exception as exc:
             cred = server.credential
             if isinstance(exc, Refused) and exc.reason is Reason.CREDENTIAL_INVALID:
@@ -200,6 +209,11 @@ class RelayHandler:
     ) -> str:
         sender = envelope.sender
         assert sender is not None
+        utf8 = envelope.smtp_utf8
+        if not address.isascii():
+            if not utf8:
+                return replies.NEEDS_SMTPUTF8
+            address = ascii_address(address)  # as at MAIL: A-labels, so suppressions match
         try:
             held = await policy.check_recipient(
                 self.directory,
@@ -208,6 +222,7 @@ class RelayHandler:
                 sender.user,
                 address,
                 len(envelope.rcpt_tos),
+                utf8=utf8,
             )
         except Exception as exc:
             reply = reply_for(

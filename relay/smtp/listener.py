@@ -62,6 +62,8 @@ class SmtpServer:
             timeout=s.smtp.command_timeout,
             auth_required=True,
             auth_require_tls=True,  # relaxed per connection in RelaySMTP.connection_made
+            # RFC 6531: internationalized addresses (8BITMIME is offered by default, RFC 6152).
+            enable_SMTPUTF8=True,
         )
 
     async def start(self) -> None:
