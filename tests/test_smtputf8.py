@@ -146,7 +146,19 @@ async def test_non_ascii_needs_smtputf8_and_utf8(tmp_path: Path, db_url: str) ->
         await client.execute_command(b"RSET")
         reply = await client.execute_command("MAIL FROM:<jörg@exämple.com> SMTPUTF8".encode())
         assert reply.code == 553, reply
+        # The EHLO name stays ASCII (it goes into the Received header); AUTH that is not
+        # base64 is still just that.
+        reply = await client.execute_command("EHLO bücher.example".encode())
+        assert (reply.code, reply.message) == (501, replies.EHLO_BAD[4:])
+        reply = await client.execute_command(b"HELO b\xff.example")
+        assert (reply.code, reply.message) == (501, replies.EHLO_BAD[4:])
         await client.quit()
+        fresh = aiosmtplib.SMTP(hostname="127.0.0.1", port=running.smtp_port, start_tls=False)
+        await fresh.connect()
+        await fresh.ehlo()
+        reply = await fresh.execute_command("AUTH PLAIN ü".encode())
+        assert (reply.code, reply.message) == (501, replies.AUTH_BAD_BASE64[4:])
+        await fresh.quit()
     finally:
         await stop_relay(running, session)
 

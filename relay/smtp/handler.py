@@ -51,7 +51,9 @@ class RelayHandler:
     async def handle_EHLO(
         self, server: RelaySMTP, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
-        if has_control_chars(hostname) or len(hostname) > 255:
+        # The EHLO name stays ASCII (an A-label domain or an address literal), as before
+        # SMTPUTF8 made command arguments UTF-8: it goes into the Received header.
+        if has_control_chars(hostname) or len(hostname) > 255 or not hostname.isascii():
             return [replies.EHLO_BAD]
         session.host_name = hostname
         extra = [
@@ -64,7 +66,7 @@ class RelayHandler:
     async def handle_HELO(
         self, server: RelaySMTP, session: Any, envelope: Any, hostname: str
     ) -> str:
-        if has_control_chars(hostname) or len(hostname) > 255:
+        if has_control_chars(hostname) or len(hostname) > 255 or not hostname.isascii():
             return replies.EHLO_BAD
         session.host_name = hostname
         return replies.HELO_OK.format(hostname=server.hostname)
