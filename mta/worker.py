@@ -3,8 +3,10 @@
 One claim loop leases due recipients (``QueueBackend.claim``) only while there is room under
 ``delivery.concurrency`` messages in flight, and starts one task per message. It wakes at once
 when this node's queue writer commits (``services.on_enqueued``), on PostgreSQL also when any
-node commits (``QueueBackend.listen``: LISTEN on the channel the group commit NOTIFYs), and
-otherwise every ``poll_interval`` for retries and scheduled messages that came due. Outcomes go
+node commits (``QueueBackend.listen``: LISTEN on the channel the group commit NOTIFYs), when
+the earliest scheduled recipient comes due (``QueueBackend.next_scheduled``, asked when it goes
+idle: a message scheduled on any node, or before a restart, goes out on time without polling
+faster), and otherwise every ``poll_interval`` for retries that came due. Outcomes go
 through a group commit (``OutcomeRecorder``). Storage errors (``mta.errors.STORAGE_ERRORS``) are
 retried on both backends, never fatal.
 
@@ -257,7 +259,22 @@ class DeliveryService:
                 for message in messages:
                     self._spawn(message, deadline)
             if len(claimed) < limit:
-                await self._idle(s.poll_interval)
+                await self._idle(await self._idle_seconds())
+
+    async def _idle_seconds(self) -> float:
+        """``poll_interval``, or less when a scheduled recipient comes due sooner. Not asked
+        while a wake-up is pending (under load every commit wakes the loop: no extra query)."""
+        poll = self.settings.poll_interval
+        if self._wake.is_set():
+            return poll
+        now = time.time()
+        try:
+            due = await self.queue.next_scheduled(now)
+        except STORAGE_ERRORS as exc:
+            metrics.STORAGE_ERRORS.labels(operation="next_scheduled").inc()
+            log.warning("next scheduled time unavailable", error=repr(exc))
+            return poll
+        return poll if due is None else min(poll, max(0.0, due - now))
 
     async def _idle(self, seconds: float) -> None:
         """Sleep until woken (new mail committed) or ``seconds`` passed.

@@ -9,6 +9,7 @@ config/relay.example.toml. Any setting can be overridden by an environment varia
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -286,6 +287,8 @@ class Settings:
 
     # Derived once by load(); not settings themselves.
     source: str = ""
+    # RELAY_* environment variables that name no setting (a typo would otherwise be silent).
+    unknown_env: list[str] = field(default_factory=list)
 
     @property
     def data_path(self) -> Path:
@@ -326,7 +329,9 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "RELAY_MX_LISTEN": ("mx", "listen"),
 }
 
-_SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
+_SECTIONS = [
+    f.name for f in dataclasses.fields(Settings) if f.name not in ("source", "unknown_env")
+]
 
 
 def _convert(raw: Any, typ: Any, where: str, problems: list[str]) -> Any:
@@ -439,12 +444,31 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
                 key = rest[len(section) + 1 :]
                 if key in get_type_hints(type(getattr(settings, section))):
                     _apply(getattr(settings, section), section, {key: raw}, name, problems)
-                break
+                    break
+        else:
+            if not name.startswith(_NOT_SETTINGS):
+                settings.unknown_env.append(_unknown_env(name))
 
     problems.extend(validate(settings))
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+# RELAY_* names that are not settings: the relay's own child processes and the test suite's.
+_NOT_SETTINGS = ("RELAY_CHILD_NAME", "RELAY_TEST_")
+
+
+def _unknown_env(name: str) -> str:
+    """'RELAY_SMTP_LISTNE is not a setting (did you mean RELAY_SMTP_LISTEN?)'."""
+    known = list(ENV_ALIASES)
+    defaults = Settings()
+    for section in _SECTIONS:
+        keys = get_type_hints(type(getattr(defaults, section)))
+        known += [f"RELAY_{section}_{key}".upper() for key in keys]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"environment variable {name} is not a setting{hint}"
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:

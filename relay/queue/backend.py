@@ -75,6 +75,11 @@ class QueueBackend(Protocol):
         """Recipients waiting for delivery, those scheduled for later, and those held."""
         ...
 
+    async def next_scheduled(self, now: float) -> float | None:
+        """When the earliest scheduled recipient comes due, if any is due after ``now``
+        (the delivery worker sleeps until then instead of polling)."""
+        ...
+
     async def record_feedback(self, rows: Sequence[FeedbackRow]) -> list[Recorded]:
         """Feedback rows (relay.queue.feedback) in ONE transaction; per row, what was
         recorded (None: unknown message or recipient, or a dedupe key seen before)."""

@@ -104,6 +104,10 @@ class PostgresQueue:
         total, scheduled, held = await self._pg.run(lambda c: c.fetchrow(sql.PG_DEPTH, now))
         return QueueDepth(total - scheduled, scheduled, held)
 
+    async def next_scheduled(self, now: float) -> float | None:
+        due = await self._pg.run(lambda c: c.fetchval(sql.PG_NEXT_SCHEDULED, now))
+        return None if due is None else float(due)
+
     async def record_feedback(self, feedback: Sequence[FeedbackRow]) -> list[Recorded]:
         if not feedback:
             return []

@@ -122,6 +122,12 @@ SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
        (SELECT count(*) FROM recipients WHERE {HELD})
 """
 
+# The earliest time a scheduled recipient comes due (the delivery worker's timer): the first
+# entry of ix_recipients_scheduled after now.
+SQLITE_NEXT_SCHEDULED = f"""
+SELECT min(next_attempt_at) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > ?
+"""
+
 # Feedback (relay/queue/feedback.py): an item is recorded only when its message and recipient
 # are known and its dedupe key (if any) was never seen. The event's account and domain come
 # from the message row.
@@ -222,6 +228,9 @@ PG_DEPTH = f"""
 SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
        (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > $1),
        (SELECT count(*) FROM recipients WHERE {HELD})
+"""
+PG_NEXT_SCHEDULED = f"""
+SELECT min(next_attempt_at) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > $1
 """
 
 PG_FEEDBACK = f"""

@@ -92,6 +92,11 @@ def _depth(conn: sqlite3.Connection, now: float) -> tuple[int, int, int]:
     return int(total), int(scheduled), int(held)
 
 
+def _next_scheduled(conn: sqlite3.Connection, now: float) -> float | None:
+    due: float | None = conn.execute(sql.SQLITE_NEXT_SCHEDULED, (now,)).fetchone()[0]
+    return due
+
+
 def _feedback(
     conn: sqlite3.Connection, feedback: Sequence[FeedbackRow], created: str
 ) -> list[Recorded]:
@@ -173,6 +178,10 @@ class SqliteQueue:
         now = time.time() if now is None else now
         total, scheduled, held = await self._runner.read(_depth, now)
         return QueueDepth(total - scheduled, scheduled, held)
+
+    async def next_scheduled(self, now: float) -> float | None:
+        due = await self._runner.read(_next_scheduled, now)
+        return None if due is None else float(due)
 
     async def record_feedback(self, feedback: Sequence[FeedbackRow]) -> list[Recorded]:
         if not feedback:
