@@ -326,7 +326,7 @@ async def test_send_api_track_links_and_track_opens_override_the_domain(node: No
     status, data = await node.send_api(key, "api-bad", TrackLinks="maybe", TrackOpens="2")
     assert status == 400
     assert data["Errors"] == [
-        {"Code": 43, "Message": "Invalid TrackLinks and TrackOpens (true or false)"}
+        {"Code": 44, "Message": "Invalid TrackLinks and TrackOpens (true or false)"}
     ], data
 
 
