@@ -105,7 +105,8 @@ class Submitter:
                 recipients=recipients,
                 trace=trace,
                 options=options_for(domain, track_links=track_links, track_opens=track_opens),
-                now=now,
+                # The tokens' time: the prefetch rule counts from when the message may go out.
+                now=max(now, not_before) if not_before else now,
             )
             body, variants = signed.body, signed.variants
         else:

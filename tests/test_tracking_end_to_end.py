@@ -14,11 +14,12 @@ import email
 import email.policy
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import aiosmtplib
@@ -322,6 +323,21 @@ async def test_send_api_track_links_and_track_opens_override_the_domain(node: No
         assert await node.verifies(got.received.data), subject
         assert len(got.clicks()) == (len(LINKS) if links else 0), (subject, extra)
         assert len(got.opens()) == (1 if opens else 0), (subject, extra)
+
+    # A scheduled message's tokens count prefetches from its SendAt, not from acceptance.
+    later = int(time.time()) + 3600
+    status, data = await node.send_api(key, "api-later", SendAt=later, TrackOpens="true")
+    assert status == 200, data
+    services = node.running.relay.services
+    assert services is not None
+    async with services.db.read() as conn:
+        body = await conn.scalar(
+            select(t.messages.c.body).where(t.messages.c.id == data["MessageID"])
+        )
+    scheduled = email.message_from_bytes(body, policy=email.policy.default)
+    assert isinstance(scheduled, EmailMessage)
+    (pixel,) = Delivered(cast(Received, None), scheduled).opens()
+    assert node.read(OPEN, pixel).minted_at == later
 
     status, data = await node.send_api(key, "api-bad", TrackLinks="maybe", TrackOpens="2")
     assert status == 400
