@@ -22,6 +22,9 @@ ROOT = (
     Path(__file__).resolve().parent.parent
 )  # the checkout: `-m bench.x` / `-m relay` resolve here
 
+# The longest line a helper may answer: bench/faults.py reads every message id in one line.
+PIPE_LIMIT = 64 * 1024 * 1024
+
 _live: dict[int, asyncio.subprocess.Process] = {}
 _cleanups: list[Callable[[], None]] = []
 
@@ -52,6 +55,7 @@ async def spawn(
             env=child_env(env),
             cwd=ROOT,
             start_new_session=True,
+            limit=PIPE_LIMIT,
         )
     finally:
         log.close()
@@ -73,6 +77,11 @@ async def terminate(proc: asyncio.subprocess.Process, timeout: float) -> int:
     _live.pop(proc.pid, None)
     assert proc.returncode is not None
     return proc.returncode
+
+
+def forget_child(proc: asyncio.subprocess.Process) -> None:
+    """A child that exited on its own (or was killed on purpose) needs no cleanup."""
+    _live.pop(proc.pid, None)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -51,6 +51,7 @@ class Config:
     password: str = ""
     ehlo: str = "loadgen.bench.test"
     html: bool = False  # a text/html body with a link per line (tracking benchmarks)
+    track: bool = False  # report the X-Bench-Id of every acknowledged message (bench/faults.py)
 
 
 @dataclass
@@ -62,9 +63,12 @@ class Result:
     start: float = 0.0  # monotonic; CLOCK_MONOTONIC is shared by every process on Linux
     end: float = 0.0
     cpu: float = 0.0  # CPU seconds of this process between start and end
+    acked: list[str] | None = None  # with Config.track: the X-Bench-Id of each accepted one
 
     def public(self) -> dict[str, Any]:
+        extra = {} if self.acked is None else {"acked": self.acked}
         return {
+            **extra,
             "accepted": self.accepted,
             "accepted_rcpts": self.accepted_rcpts,
             "failures": dict(self.failures),
@@ -125,6 +129,7 @@ class Session:
             f"RCPT TO:<rcpt{i}@{RCPT_DOMAIN}>\r\n".encode() for i in range(cfg.recipients)
         ]
         self.seq = 0
+        self.bench_id = f"{cfg.prefix}.{number:05d}."
 
     async def reply(self) -> tuple[int, bytes]:
         """Read one reply, multi-line or not (RFC 5321 4.2.1)."""
@@ -187,6 +192,8 @@ class Session:
         if code == 250:
             result.accepted += 1
             result.accepted_rcpts += ok
+            if result.acked is not None:
+                result.acked.append(self.bench_id + seq.decode())
         else:
             result.failures[f"END {code}"] += 1
 
@@ -243,7 +250,7 @@ async def main_async() -> None:
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     cfg = Config(**json.loads(await stdin.readline()))
-    result = Result()
+    result = Result(acked=[] if cfg.track else None)
     sessions, errors = await open_sessions(cfg, result)
     emit({"ready": len(sessions) - len(errors), "errors": errors[:5]})
     if errors or (await stdin.readline()).strip() != b"go":

@@ -12,9 +12,11 @@ credentials for it, and a delivery server pointing at the sink assigned to user 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -26,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from bench.children import spawn, tail, terminate
+from bench.children import forget_child, spawn, tail, terminate
 
 SENDER_DOMAIN = "bench.example.com"
 DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -250,6 +252,25 @@ class RelayInstance:
                 UserGroupID=1,
             )
         return str(smtp["SMTPUsername"]), str(smtp["SMTPPassword"])
+
+    def kill(self) -> None:
+        """SIGKILL the whole process tree at once (it runs in a session of its own): a crash."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def restart(self, timeout: float = 60) -> None:
+        """``relay serve`` again on the same data, database and ports, once the old is gone."""
+        if self.proc is not None:
+            await self.proc.wait()
+            forget_child(self.proc)
+        self.proc = await spawn(
+            [sys.executable, "-m", "relay", "serve"],
+            log_path=self.log_path,
+            env=self._clean_env(),
+            pipes=False,
+        )
+        await self._wait_ready(timeout)
 
     def died(self) -> str:
         """Why the relay is gone, or "" while it runs."""

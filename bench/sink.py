@@ -10,6 +10,7 @@ Control is a line protocol on stdin/stdout, one JSON object per reply:
   ``ready <port>``   printed once listening
   ``reset <prefix>`` start counting messages whose X-Bench-Id starts with prefix
   ``stats``          the counters (and this process' CPU seconds and the monotonic clock)
+  ``pairs``          every distinct (X-Bench-Id, recipient) pair of this run, as "id rcpt"
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ async def serve(port: int) -> None:
         if command == "reset":
             handler.tally = Tally(prefix=arg)
             reply({"ok": True})
+        elif command == "pairs":
+            reply({"pairs": [p.decode() for p in handler.tally.pairs]})
         elif command == "stats":
             reply({**handler.tally.public(), "cpu": time.process_time(), "now": time.monotonic()})
         else:

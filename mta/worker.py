@@ -3,13 +3,19 @@
 One claim loop leases due recipients (``QueueBackend.claim``) only while there is room under
 ``delivery.concurrency`` messages in flight, and starts one task per message. It wakes at once
 when this node's queue writer commits (``services.on_enqueued``), on PostgreSQL also when any
-node commits (``QueueBackend.listen``: LISTEN on the channel the group commit NOTIFYs), and
-otherwise every ``poll_interval`` for retries and scheduled messages that came due. Outcomes go
+node commits (``QueueBackend.listen``: LISTEN on the channel the group commit NOTIFYs), when
+the earliest scheduled recipient comes due (``QueueBackend.next_scheduled``, asked when it goes
+idle: a message scheduled on any node, or before a restart, goes out on time without polling
+faster), and otherwise every ``poll_interval`` for retries that came due. Outcomes go
 through a group commit (``OutcomeRecorder``). Storage errors (``mta.errors.STORAGE_ERRORS``) are
 retried on both backends, never fatal.
 
-Each delivery must finish within most of its lease (``LEASE_BUDGET``), so a lease never runs
-out while its holder is still working on it; what does not finish in time is deferred.
+Leases are short (``delivery.lease_seconds``, 30 s) and renewed every third of that for the
+recipients still in flight, until their outcome is written; so a node that dies frees its work
+for the others within one lease. At start the worker releases the leases of this node's
+earlier incarnations (``relay.leases.stale``: a process that died, e.g. under SIGKILL) so a
+restart delivers them at once. A delivery must finish within ``delivery.attempt_timeout`` from
+its claim; what does not finish in time is deferred.
 
 Stop (procrastinate/uvicorn style): stop claiming, let in-flight deliveries finish within the
 bound (or until ``hurry``), cancel the rest, write the outcomes already known, then release
@@ -34,14 +40,12 @@ from mta.recorder import OutcomeRecorder
 from mta.returnpath import ReturnPath
 from mta.routing import Router
 from relay import metrics
+from relay.leases import node_prefix, stale
 from relay.queue.backend import open_backend
 from relay.queue.model import QueuedMessage
 from relay.services import Services
 
 log = structlog.get_logger("mta.worker")
-
-# A delivery may use this share of its lease; the rest is margin for recording the outcome.
-LEASE_BUDGET = 0.8
 
 
 class DeliveryService:
@@ -64,6 +68,8 @@ class DeliveryService:
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        # The recipients leased here whose outcome is not written yet: their leases are renewed.
+        self._leased: dict[asyncio.Task[None], list[int]] = {}
         self._side: list[asyncio.Task[Any]] = []
         self._claimer: asyncio.Task[None] | None = None
         self._stopping = False
@@ -79,10 +85,12 @@ class DeliveryService:
         hostname = await asyncio.to_thread(lambda: self.services.settings.hostname)
         self.pool = ConnectionPool(s, tls, hostname)
         await self.return_path.start()  # loads the shared VERP key
+        await self._reclaim()
         self._watch(self.recorder.start())
         self._watch(asyncio.create_task(self.pool.run_reaper(), name="delivery-pool-reaper"))
         listen = self.queue.listen(self._wake.set, self.listening)
         self._watch(asyncio.create_task(listen, name="delivery-listen"))
+        self._watch(asyncio.create_task(self._renew_loop(), name="delivery-renew"))
         self._claimer = asyncio.create_task(self._claim_loop(), name="delivery-claim")
         self._watch(self._claimer)
         self.services.on_enqueued.append(self.wake)
@@ -177,6 +185,41 @@ class DeliveryService:
             self._stop(self.settings.stop_timeout, None), name="delivery-stop"
         )
 
+    # -- leases --------------------------------------------------------------------------
+
+    async def _reclaim(self) -> None:
+        """Release the leases of this node's earlier incarnations, so a restart after a crash
+        delivers their recipients now, not when the leases run out (at least once: what was
+        in flight when the process died is delivered again)."""
+        try:
+            owners = await self.queue.lease_owners(node_prefix(self.owner))
+            released = 0
+            for owner in owners:
+                if stale(owner, self.owner):
+                    released += await self.queue.release(owner)
+        except STORAGE_ERRORS as exc:
+            metrics.STORAGE_ERRORS.labels(operation="release").inc()
+            log.warning("could not reclaim earlier leases; they expire", error=repr(exc))
+            return
+        if released:
+            log.info("reclaimed leases of an earlier incarnation", released=released)
+
+    async def _renew_loop(self) -> None:
+        """Keep the leases of deliveries in flight (and of outcomes not yet written) alive."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.lease_seconds / 3)
+            ids = [i for held in self._leased.values() for i in held]
+            if not ids:
+                continue
+            try:
+                await self.queue.renew(self.owner, ids, time.time() + s.lease_seconds)
+            except STORAGE_ERRORS as exc:
+                # Tried again in a third of a lease; if storage stays away for longer, the
+                # leases run out and another worker may deliver these again (at least once).
+                metrics.STORAGE_ERRORS.labels(operation="renew").inc()
+                log.warning("renewing leases failed", error=repr(exc))
+
     # -- claiming ------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
@@ -203,7 +246,7 @@ class DeliveryService:
                 await self._idle(s.poll_interval)
                 continue
             if claimed:
-                deadline = time.monotonic() + s.lease_seconds * LEASE_BUDGET
+                deadline = time.monotonic() + s.attempt_timeout
                 try:
                     messages = await self.queue.load(claimed)
                 except STORAGE_ERRORS as exc:
@@ -216,7 +259,22 @@ class DeliveryService:
                 for message in messages:
                     self._spawn(message, deadline)
             if len(claimed) < limit:
-                await self._idle(s.poll_interval)
+                await self._idle(await self._idle_seconds())
+
+    async def _idle_seconds(self) -> float:
+        """``poll_interval``, or less when a scheduled recipient comes due sooner. Not asked
+        while a wake-up is pending (under load every commit wakes the loop: no extra query)."""
+        poll = self.settings.poll_interval
+        if self._wake.is_set():
+            return poll
+        now = time.time()
+        try:
+            due = await self.queue.next_scheduled(now)
+        except STORAGE_ERRORS as exc:
+            metrics.STORAGE_ERRORS.labels(operation="next_scheduled").inc()
+            log.warning("next scheduled time unavailable", error=repr(exc))
+            return poll
+        return poll if due is None else min(poll, max(0.0, due - now))
 
     async def _idle(self, seconds: float) -> None:
         """Sleep until woken (new mail committed) or ``seconds`` passed.
@@ -243,11 +301,13 @@ class DeliveryService:
     def _spawn(self, message: QueuedMessage, deadline: float) -> None:
         task = asyncio.create_task(self._deliver(message, deadline), name=f"deliver-{message.id}")
         self._inflight.add(task)
+        self._leased[task] = [r.id for r in message.recipients]
         metrics.DELIVERY_IN_FLIGHT.inc()
         task.add_done_callback(self._delivery_done)
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._leased.pop(task, None)
         metrics.DELIVERY_IN_FLIGHT.dec()
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
@@ -263,7 +323,7 @@ class DeliveryService:
                     log.warning("no route", message_id=message.id, reason=route.reason)
                 await attempt.run(route)
         except TimeoutError:
-            attempt.interrupted("delivery did not finish within its lease")
+            attempt.interrupted("delivery did not finish within delivery.attempt_timeout")
         except asyncio.CancelledError:
             # Shutdown: keep what the servers already answered; the rest is released.
             known = attempt.outcomes(only_replied=True)

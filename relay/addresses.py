@@ -16,6 +16,10 @@ _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+(?!\d+$)(?:[A-Za-z]{{2,63}}|xn--[A-Za-z0-9-]{{1,59}})$")
 # RFC 5321 4.1.2 dot-atom local part; quoted local parts are rare in submission and refused.
 _LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+# RFC 6531 3.3: with SMTPUTF8, atext also takes UTF8-non-ascii (any non-ASCII character; never
+# a lone surrogate, which is what bytes that are not UTF-8 decode to).
+_UTF8_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\ud7ff\ue000-\U0010ffff"
+_LOCAL_UTF8_RE = re.compile(rf"^[{_UTF8_ATEXT}]+(?:\.[{_UTF8_ATEXT}]+)*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SUBLABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,32}(?<!-)$")
 
@@ -61,6 +65,24 @@ def is_valid_email(address: str) -> bool:
     if not at or not local or len(local) > 64:
         return False
     return bool(_LOCAL_RE.match(local)) and is_valid_domain(domain)
+
+
+def is_valid_utf8_email(address: str) -> bool:
+    """An internationalized address (RFC 6531 3.3), for a transaction that declared SMTPUTF8:
+    a UTF-8 local part, a domain of A-labels or U-labels; the limits count octets."""
+    if address.isascii():
+        return is_valid_email(address)
+    if has_control_chars(address):
+        return False
+    local, at, domain = address.rpartition("@")
+    try:
+        local_octets = len(local.encode())
+        total = local_octets + 1 + len(domain.encode())
+    except UnicodeEncodeError:  # a lone surrogate: the client's bytes were not UTF-8
+        return False
+    if not at or not local or local_octets > 64 or total > 254:
+        return False
+    return bool(_LOCAL_UTF8_RE.match(local)) and ascii_domain(domain) is not None
 
 
 def domain_of(address: str) -> str:

@@ -59,6 +59,7 @@ def _check_config(settings: config.Settings, network: bool) -> int:
     notes: list[str] = []
     if network:
         problems, notes = asyncio.run(_check_network(settings))
+    problems += settings.unknown_env
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if problems:

@@ -9,6 +9,7 @@ config/relay.example.toml. Any setting can be overridden by an environment varia
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -90,7 +91,12 @@ class DeliverySettings:
     nice: int = 10
     concurrency: int = 50
     batch_size: int = 200
-    lease_seconds: float = 300.0
+    # Short, renewed every third while the delivery runs: a dead node's work is free again
+    # within one lease (mta/worker.py).
+    lease_seconds: float = 30.0
+    # How long one message's delivery attempt may take, from its claim, before the
+    # recipients not answered yet are deferred.
+    attempt_timeout: float = 240.0
     poll_interval: float = 2.0
     retry_base: float = 60.0
     retry_max_interval: float = 3600.0
@@ -281,6 +287,8 @@ class Settings:
 
     # Derived once by load(); not settings themselves.
     source: str = ""
+    # RELAY_* environment variables that name no setting (a typo would otherwise be silent).
+    unknown_env: list[str] = field(default_factory=list)
 
     @property
     def data_path(self) -> Path:
@@ -321,7 +329,9 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "RELAY_MX_LISTEN": ("mx", "listen"),
 }
 
-_SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.name != "source"]
+_SECTIONS = [
+    f.name for f in dataclasses.fields(Settings) if f.name not in ("source", "unknown_env")
+]
 
 
 def _convert(raw: Any, typ: Any, where: str, problems: list[str]) -> Any:
@@ -434,12 +444,31 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
                 key = rest[len(section) + 1 :]
                 if key in get_type_hints(type(getattr(settings, section))):
                     _apply(getattr(settings, section), section, {key: raw}, name, problems)
-                break
+                    break
+        else:
+            if not name.startswith(_NOT_SETTINGS):
+                settings.unknown_env.append(_unknown_env(name))
 
     problems.extend(validate(settings))
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+# RELAY_* names that are not settings: the relay's own child processes and the test suite's.
+_NOT_SETTINGS = ("RELAY_CHILD_NAME", "RELAY_TEST_")
+
+
+def _unknown_env(name: str) -> str:
+    """'RELAY_SMTP_LISTNE is not a setting (did you mean RELAY_SMTP_LISTEN?)'."""
+    known = list(ENV_ALIASES)
+    defaults = Settings()
+    for section in _SECTIONS:
+        keys = get_type_hints(type(getattr(defaults, section)))
+        known += [f"RELAY_{section}_{key}".upper() for key in keys]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"environment variable {name} is not a setting{hint}"
 
 
 def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -575,8 +604,10 @@ def validate(s: Settings) -> list[str]:
         problems.append("admin.rate_limit_window and admin.login_failure_window: above 0")
     if s.delivery.tls_ca_file and not Path(s.delivery.tls_ca_file).is_file():
         problems.append(f"delivery.tls_ca_file: file not found: {s.delivery.tls_ca_file}")
-    if s.delivery.lease_seconds <= 0 or s.delivery.poll_interval <= 0:
-        problems.append("delivery.lease_seconds and delivery.poll_interval: must be more than 0")
+    if s.delivery.lease_seconds < 3 or s.delivery.poll_interval <= 0:
+        problems.append("delivery.lease_seconds: at least 3; delivery.poll_interval: above 0")
+    if s.delivery.attempt_timeout <= 0:
+        problems.append("delivery.attempt_timeout: must be more than 0")
     if s.delivery.max_age <= 0 or s.delivery.idle_timeout <= 0:
         problems.append("delivery.max_age and delivery.idle_timeout: must be more than 0")
     if s.delivery.messages_per_connection < 1:

@@ -82,7 +82,7 @@ QUEUE_HELD = Gauge(
 STORAGE_ERRORS = Counter(
     "relay_queue_storage_errors_total",
     "Queue operations that failed on storage and were retried or reported (claim, load, "
-    "release, depth, or the group-commit writer's name)",
+    "renew, release, depth, next_scheduled, or the group-commit writer's name)",
     ["operation"],
 )
 API_REQUESTS = Counter(

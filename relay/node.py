@@ -9,8 +9,9 @@ What a process runs, in the order it starts:
 
 - ``services``: storage, caches, bus, limits, secrets (relay/services.py). Always.
 - the submission path, when the process accepts mail (an SMTP listener, the HTTP send API):
-  ``writer`` (the group-commit QueueWriter), ``signer`` (DKIM) and ``submitter``, which the
-  SMTP handler and the admin app's send commands share, so both produce identical messages.
+  ``writer`` (the group-commit QueueWriter), ``signer`` (DKIM) and ``submitter`` (with its
+  tracker, given at ``start_ingest``), which the SMTP handler and the admin app's send
+  commands share, so both produce identical messages.
 - background work, when the process runs it: ``delivery`` (mta/worker.py) and ``webhooks``
   (relay/webhooks/worker.py), each when its settings enable it.
 
@@ -36,6 +37,7 @@ from relay.queue.ingest import QueueWriter
 from relay.services import Services
 from relay.store import migrate
 from relay.submit import Submitter
+from relay.tracking.render import Tracker
 from relay.webhooks.worker import WebhookWorker
 
 
@@ -52,9 +54,15 @@ class Node:
     _background_started: bool = field(default=False, repr=False)
 
     async def start_ingest(self) -> None:
-        """Start the group-commit writer (the submitter is usable from then on)."""
+        """Start the group-commit writer and give the submitter its tracker (the submitter is
+        usable from then on)."""
         if self.writer is not None:
             await self.writer.start()
+        if self.submitter is not None and self.signer is not None:
+            # Before the first message: every message this process accepts (SMTP and the send
+            # API, which share the submitter) is tracked per its domain's options. The key is
+            # the cluster's (relay/tracking/keys.py), so any node's listener reads the links.
+            self.submitter.tracker = await Tracker.create(self.services, self.signer)
 
     async def start_background(self) -> None:
         """Start delivery, then webhook posting (whichever this process runs)."""

@@ -29,7 +29,13 @@ import asyncio
 import enum
 from dataclasses import dataclass
 
-from relay.addresses import ascii_domain, domain_of, is_same_or_subdomain, is_valid_email
+from relay.addresses import (
+    ascii_domain,
+    domain_of,
+    is_same_or_subdomain,
+    is_valid_email,
+    is_valid_utf8_email,
+)
 from relay.config import Settings
 from relay.directory import CredentialView, Directory, DomainView, UserView
 from relay.message import (
@@ -105,10 +111,15 @@ async def authenticate(directory: Directory, username: str, password: str) -> Cr
 
 
 async def check_sender(
-    directory: Directory, session_cred: CredentialView, mail_from: str | None
+    directory: Directory,
+    session_cred: CredentialView,
+    mail_from: str | None,
+    *,
+    utf8: bool = False,
 ) -> Sender:
     """MAIL. ``mail_from`` None: no envelope sender given (smtprelay without MailFrom); the
-    account and domain are still checked."""
+    account and domain are still checked. ``utf8``: the transaction declared SMTPUTF8, so the
+    address may be internationalized (RFC 6531)."""
     # The credential may have been deleted or its password reset since AUTH: it stops working
     # at once (the admin app invalidated the cache on every node).
     current = await directory.credential(session_cred.username, retired=True)
@@ -121,7 +132,7 @@ async def check_sender(
     check_account(user, domain)
     assert user is not None and domain is not None
     if mail_from is not None:
-        check_sender_address(mail_from, domain.name)
+        check_sender_address(mail_from, domain.name, utf8=utf8)
     return Sender(current, user, domain, mail_from or "")
 
 
@@ -150,10 +161,10 @@ def check_account(user: UserView | None, domain: DomainView | None) -> None:
         raise Refused(Reason.DOMAIN_NOT_ENABLED)
 
 
-def check_sender_address(mail_from: str, sender_domain: str) -> None:
+def check_sender_address(mail_from: str, sender_domain: str, *, utf8: bool = False) -> None:
     """The envelope sender (the From address on the send API) is in the sender domain or a
     subdomain of it."""
-    if not is_valid_email(mail_from):
+    if not (is_valid_email(mail_from) or (utf8 and is_valid_utf8_email(mail_from))):
         if mail_from in ("", "<>"):
             # The null sender (bounces) has no business on a submission port either.
             raise Refused(Reason.SENDER_NOT_OWNED, sender_domain)
@@ -190,10 +201,13 @@ async def check_recipient(
     user: UserView,
     rcpt: str,
     accepted_so_far: int,
+    *,
+    utf8: bool = False,
 ) -> Reservation | None:
     """One RCPT: this recipient after ``accepted_so_far`` accepted in the transaction. With a
-    send limit, its reservation: the caller releases it unless the message is committed."""
-    if not is_valid_email(rcpt):
+    send limit, its reservation: the caller releases it unless the message is committed.
+    ``utf8``: the transaction declared SMTPUTF8 (an internationalized address is valid)."""
+    if not (is_valid_email(rcpt) or (utf8 and is_valid_utf8_email(rcpt))):
         raise Refused(Reason.RECIPIENT_INVALID, rcpt)
     if await directory.suppression(user.id, rcpt) is not None:
         raise Refused(Reason.RECIPIENT_SUPPRESSED, rcpt)

@@ -284,6 +284,8 @@ class Relay:
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or until delivery in this process dies (exit 1)."""
+    for unknown in settings.unknown_env:
+        log.warning("ignored: " + unknown)
     relay = Relay(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,9 +9,6 @@ real Redis.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +17,7 @@ from relay.cache import LocalBus, RedisBus, redis_address
 from relay.config import Settings
 from relay.datadir import use_generated_kek
 from relay.directory import Directory
+from relay.leases import owner_id
 from relay.nodelimits import ConnectionGate, NodeLimits, ParentGate, ParentLimiter, ParentLink
 from relay.ratelimit import Counters, FallbackLimiter, RedisRateLimiter
 from relay.secrets import SecretBox
@@ -38,7 +36,7 @@ class Services:
     box: SecretBox
     limiter: Counters
     redis: Any = None
-    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    node_id: str = field(default_factory=owner_id)
     # Wake-ups after new recipients were committed: the queue writers of this process call
     # ``notify_enqueued`` after each commit (their ``on_commit``), and so does the IPC link when
     # another process of the node committed (relay/procs.py). Listeners: the delivery worker
@@ -108,10 +106,8 @@ class Services:
         use_generated_kek(settings)
         box = SecretBox(settings.security.key_encryption_key)
         directory = Directory(db, bus, box)
-        node_id = (
-            settings.server.node_id
-            or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        )
+        # This process's lease owner id (relay/leases.py): node, pid, incarnation.
+        node_id = owner_id(settings.server.node_id)
         return cls(
             settings,
             db,

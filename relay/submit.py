@@ -24,8 +24,10 @@ from relay.message import ParsedMessage, date_header, message_id_header, receive
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
 from relay.services import Services
+from relay.tracking.render import Tracker, options_for
 
 log = structlog.get_logger("relay.submit")
+_NOTHING: dict[str, int] = {}  # (never changed: no dict per untracked message for the log line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +44,20 @@ class Origin:
 
 
 class Submitter:
-    def __init__(self, services: Services, writer: QueueWriter, signer: DkimSigner) -> None:
+    """``tracker``: opens, clicks and unsubscribe links per recipient (relay.tracking.render);
+    None (or a domain with nothing to track) signs the message once, as it came."""
+
+    def __init__(
+        self,
+        services: Services,
+        writer: QueueWriter,
+        signer: DkimSigner,
+        tracker: Tracker | None = None,
+    ) -> None:
         self.services = services
         self.writer = writer
         self.signer = signer
+        self.tracker = tracker
         self.hostname = services.settings.hostname
 
     async def accept(
@@ -60,10 +72,13 @@ class Submitter:
         tags: Sequence[str] = (),
         not_before: float | None = None,
         queue_id: str | None = None,
+        track_links: bool | None = None,
+        track_opens: bool | None = None,
     ) -> str:
         """Sign and queue; the message's queue id once committed. ``not_before`` (Unix time)
         schedules delivery for later; ``queue_id`` chooses the id beforehand (a caller that
-        must know it even if this call never returns)."""
+        must know it even if this call never returns). ``track_links`` / ``track_opens``
+        (the send API's TrackLinks / TrackOpens) override the domain's options when given."""
         queue_id = queue_id or str(uuid.uuid4())
         now = time.time()
         # RFC 6409 8.3: a submission server may add a missing Message-ID and Date.
@@ -71,11 +86,6 @@ class Submitter:
             message.headers.append(list(message_id_header(queue_id, self.hostname)))
         if not message.values(b"date"):
             message.headers.append(list(date_header(now)))
-        started = time.perf_counter()
-        signature = await self.signer.sign(
-            domain.dkim_key, message.headers, message.body, domain.name, domain.dkim_selector
-        )
-        metrics.DKIM_SIGN_SECONDS.observe(time.perf_counter() - started)
         trace = received_header(
             helo=origin.helo,
             client_ip=origin.client_ip,
@@ -85,7 +95,28 @@ class Submitter:
             authenticated=origin.authenticated,
             now=now,
         )
-        body = message.to_bytes(prepend=[signature, trace])
+        variants: dict[str, bytes] | None = None
+        tracker = self.tracker
+        if tracker is not None and tracker.may_track(domain):
+            signed = await tracker.sign(
+                domain=domain,
+                message=message,
+                queue_id=queue_id,
+                recipients=recipients,
+                trace=trace,
+                options=options_for(domain, track_links=track_links, track_opens=track_opens),
+                # The tokens' time: the prefetch rule counts from when the message may go out.
+                now=max(now, not_before) if not_before else now,
+            )
+            body, variants = signed.body, signed.variants
+        else:
+            # Nothing to track (no tracking host): sign once, no tracking work at all.
+            started = time.perf_counter()
+            signature = await self.signer.sign(
+                domain.dkim_key, message.headers, message.body, domain.name, domain.dkim_selector
+            )
+            metrics.DKIM_SIGN_SECONDS.observe(time.perf_counter() - started)
+            body = message.to_bytes(prepend=[signature, trace])
         message_id = message.first_text(b"message-id")
         await self.writer.submit(
             NewMessage(
@@ -105,6 +136,7 @@ class Submitter:
                 created_at=now,
                 tags=list(tags),
                 not_before=not_before,
+                variants=variants,
             )
         )
         metrics.MESSAGE_BYTES.observe(len(body))
@@ -118,6 +150,7 @@ class Submitter:
             mail_from=mail_from,
             recipients=len(recipients),
             size=len(body),
+            **({"variants": len(variants)} if variants else _NOTHING),
             message_id=message_id,
             **({"scheduled": not_before} if not_before is not None else {}),
         )

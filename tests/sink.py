@@ -8,6 +8,7 @@ Controller), records every message it accepts and can be programmed per test:
     sink.fail_first(2, "451 4.3.0 try again later")       # then accept
     sink.hold_data()  ...  sink.release_data()              # keep deliveries mid-flight
     Sink(tls="starttls" | "implicit", auth=("user", "pw"))
+    Sink(smtputf8=False)                                    # a server without RFC 6531
 
 Replies are whole SMTP reply lines, as aiosmtpd handler hooks return them. A reply of
 ``None`` in ``fail_first`` closes the connection without answering (a dropped connection).
@@ -70,12 +71,14 @@ class Sink:
         auth: tuple[str, str] | None = None,
         cert_dir: Path | None = None,
         hostname: str = "sink.test",
+        smtputf8: bool = True,
     ) -> None:
         if tls != "none" and cert_dir is None:
             raise ValueError("TLS needs cert_dir for the self-signed certificate")
         self.tls_mode = tls
         self.auth = auth
         self.hostname = hostname
+        self.smtputf8 = smtputf8  # offer SMTPUTF8 (RFC 6531)
         self.host = "127.0.0.1"
         self.port = 0
         self.cert_file: Path | None = None
@@ -157,7 +160,7 @@ class Sink:
                     hostname=self.hostname,
                     tls_context=context if self.tls_mode == "starttls" else None,
                     require_starttls=self.tls_mode == "starttls",
-                    enable_SMTPUTF8=True,
+                    enable_SMTPUTF8=self.smtputf8,
                     loop=loop,
                     **kwargs,
                 )

@@ -244,6 +244,43 @@ async def test_account_and_domain_codes(running: RunningRelay, account: Account)
     assert (status, codes(body)) == (403, [2])
 
 
+async def test_send_at_schedules_within_72_hours_and_a_little_past_is_now(
+    running: RunningRelay, account: Account
+) -> None:
+    key = await key_for(running, account)
+    # Up to 72 hours ahead: committed now (accepted event, MessageID), due at SendAt.
+    later = int(time.time()) + 72 * 3600 - 60
+    status, res = await send(running, key, {**EXAMPLE, "SendAt": later})
+    assert status == 200, res
+    msg, rcpts, evs = await queued(running, res["MessageID"])
+    assert msg.not_before == later
+    assert [(r.state, r.next_attempt_at) for r in rcpts] == [("queued", later)]
+    assert [e.event for e in evs] == ["accepted"]
+    # A few minutes in the past (clock skew), or 0: now, not scheduled.
+    for send_at in (int(time.time()) - 300, 0):
+        status, res = await send(running, key, {**EXAMPLE, "SendAt": send_at})
+        assert status == 200, res
+        msg, rcpts, _ = await queued(running, res["MessageID"])
+        assert msg.not_before is None
+        assert rcpts[0].next_attempt_at <= time.time()
+    # The answers name what is wrong.
+    status, res = await send(running, key, {**EXAMPLE, "SendAt": int(time.time()) - 700})
+    assert (status, res["Errors"]) == (
+        400,
+        [{"Code": 43, "Message": "SendAt is more than 10 minutes in the past"}],
+    )
+    status, res = await send(running, key, {**EXAMPLE, "SendAt": int(time.time()) + 73 * 3600})
+    assert (status, res["Errors"]) == (
+        400,
+        [{"Code": 43, "Message": "SendAt is more than 72 hours ahead"}],
+    )
+    status, res = await send(running, key, {**EXAMPLE, "SendAt": "in an hour"})
+    assert (status, res["Errors"]) == (
+        400,
+        [{"Code": 42, "Message": "Invalid SendAt (a Unix time, in seconds)"}],
+    )
+
+
 async def test_content_codes(running: RunningRelay, account: Account) -> None:
     key = await key_for(running, account)
 
@@ -292,12 +329,18 @@ async def test_content_codes(running: RunningRelay, account: Account) -> None:
     await check({"Headers": {"From": "spoof@example.com"}}, [40])
     await check({"Headers": {"X-Evil": "a\r\nBcc: victim@example.org"}}, [40])
     await check({"Headers": {"Bad Name": "x"}}, [40])
-    await check({"SendAt": int(time.time()) + 3600}, [42])
+    await check({"SendAt": "tomorrow"}, [42])
+    await check({"SendAt": 1.5}, [42])
+    await check({"SendAt": -1}, [42])
+    await check({"SendAt": int(time.time()) - 3600}, [43])
+    await check({"SendAt": int(time.time()) + 73 * 3600}, [43])
     # Several problems at once are all reported.
     status, res = await send(running, key, {"ContentType": "html"})
     assert status == 400 and codes(res) == [3, 8, 10, 20]
-    # A context ID of 0 means none; SendAt in the past means now.
-    status, res = await send(running, key, {**EXAMPLE, "ListID": 0, "SendAt": 1})
+    # A context ID of 0 means none; SendAt a little in the past means now.
+    status, res = await send(
+        running, key, {**EXAMPLE, "ListID": 0, "SendAt": int(time.time()) - 300}
+    )
     assert status == 200, res
     # Addresses may also be given as "Name <address>" strings.
     status, res = await send(

@@ -81,11 +81,18 @@ def spread(node: Node, count: int) -> dict[int, list[smtplib.SMTP]]:
     pids = [node.proc.pid, *child_pids(node.proc.pid, "smtp")]
     assert len(pids) == 2
     by_pid: dict[int, list[smtplib.SMTP]] = {pid: [] for pid in pids}
-    for _ in range(200):
+    # A worker that was just restarted may not accept yet: its sibling takes every connection
+    # meanwhile. Connections beyond ``count`` in one process are closed at once, so waiting for
+    # the other never runs into the per-address connection limit.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         client = smtplib.SMTP("127.0.0.1", node.smtp, timeout=30)
         assert client.sock is not None
         pid = holder(client.sock, pids)
         assert pid is not None
+        if len(by_pid[pid]) >= count:
+            client.quit()
+            continue
         by_pid[pid].append(client)
         if sum(map(len, by_pid.values())) >= count and all(by_pid.values()):
             return by_pid

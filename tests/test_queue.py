@@ -123,6 +123,24 @@ async def test_a_scheduled_message_is_due_at_its_time_not_before(
     assert (await queue.pending(later)).scheduled == 0
 
 
+async def test_next_scheduled_is_the_earliest_scheduled_time_still_ahead(
+    services: Services, writer: QueueWriter, queue: QueueBackend
+) -> None:
+    now = time.time()
+    assert await queue.next_scheduled(now) is None
+    # Due now, and a held scheduled one: neither is a time to wake for.
+    await writer.submit(message(["now@example.net"], created_at=now))
+    held = message(["held@example.net"], not_before=now + 10, created_at=now)
+    await writer.submit(held)
+    await control.hold(services.db, control.Selection(message_ids=(held.id,)))
+    assert await queue.next_scheduled(now) is None
+    await writer.submit(message(["b@example.net"], not_before=now + 200, created_at=now))
+    await writer.submit(message(["a@example.net"], not_before=now + 100, created_at=now))
+    assert await queue.next_scheduled(now) == now + 100
+    assert await queue.next_scheduled(now + 100) == now + 200  # the first is due: claimed next
+    assert await queue.next_scheduled(now + 200) is None
+
+
 async def test_a_not_before_in_the_past_means_at_once(
     services: Services, writer: QueueWriter, queue: QueueBackend
 ) -> None:

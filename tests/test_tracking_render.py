@@ -380,6 +380,27 @@ async def test_plain_text_message_gets_only_the_footer_and_headers(kit: Kit) -> 
     assert plain.variants is None and plain.body.endswith(b"\r\n\r\nSee https://x.example/\r\n")
 
 
+async def test_mail_without_html_is_not_parsed_for_links_and_opens(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_parsing(*_: Any) -> Any:
+        raise AssertionError("parsed")
+
+    links_opens = Options(True, True, False)
+    text_only = alternative().replace(b"text/html", b"text/x-other")
+    single = b"From: app@example.com\r\nContent-Type: text/plain\r\n\r\n<a href='https://x/'>\r\n"
+    with monkeypatch.context() as m:
+        m.setattr("relay.tracking.mime.parse", no_parsing)
+        for data in (text_only, single):
+            out = await kit.sign(data, ["a@example.net", "b@example.net"], links_opens)
+            assert out.variants is None and await kit.verifies(out.body)
+    # Any HTML part at all is planned: at the top, in a multipart, whatever the spelling.
+    spelled = alternative().replace(b"Content-Type: text/html", b"Content-Type: TEXT/Html")
+    for data in (alternative(), spelled, single.replace(b"text/plain", b"text/html")):
+        out = await kit.sign(data, ["a@example.net"], links_opens)
+        assert f"https://{TRACK}/o/" in mail(out.body).get_body(("html",)).get_content()
+
+
 async def test_a_message_with_its_own_list_unsubscribe_keeps_it(kit: Kit) -> None:
     own = "List-Unsubscribe: <https://lists.example.com/u/1>\r\n"
     out = await kit.sign(alternative(extra_headers=own), ["r@example.net"])
@@ -549,3 +570,60 @@ def test_the_fast_scan_is_used_only_when_it_finds_exactly_the_links(
     assert [x.url for x in plan.links] == ["https://e.example/new"]
     assert commented[plan.links[0].start : plan.links[0].end] == "https://e.example/new"
     assert calls == [commented]
+
+
+def test_a_part_planned_again_reuses_its_plan_and_only_then() -> None:
+    hosts = frozenset({TRACK})
+    first = plan_html(HTML, skip_hosts=hosts)
+    assert [link.url for link in first.links] == REWRITTEN
+    assert plan_html(HTML, skip_hosts=hosts) is first  # bulk mail: one body, many messages
+    assert plan_html(HTML, links=False, skip_hosts=hosts).links == []
+    changed = plan_html(HTML.replace("/p/2", "/p/9"), skip_hosts=hosts)
+    assert changed is not first and changed.links[1].url == "http://shop.example.com/p/9"
+    # Large parts are planned every time (the cache holds small ones only).
+    big = HTML + "<!-- " + "x" * 40000 + " -->"
+    assert plan_html(big, skip_hosts=hosts) is not plan_html(big, skip_hosts=hosts)
+
+
+async def test_one_body_in_many_messages_is_planned_once(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = '<html><body><a href="https://shop.example.com/1">one</a></body></html>\r\n'
+
+    def message(mid: str, extra: str = "", ctype: str = "text/html") -> bytes:
+        return (
+            f"From: app@example.com\r\nTo: r@example.net\r\nSubject: bulk\r\n"
+            f"Message-ID: <{mid}@example.com>\r\n{extra}MIME-Version: 1.0\r\n"
+            f"Content-Type: {ctype}; charset=us-ascii\r\n\r\n{body}"
+        ).encode()
+
+    first = await kit.sign(message("m1"), ["r@example.net"])
+    planned = mime_parse_calls = 0
+
+    def counting_parse(*args: Any) -> Any:
+        nonlocal mime_parse_calls
+        mime_parse_calls += 1
+        return real_parse(*args)
+
+    from relay.tracking import mime
+
+    real_parse = mime.parse
+    monkeypatch.setattr(mime, "parse", counting_parse)
+    second = await kit.sign(message("m2"), ["r@example.net"])
+    assert mime_parse_calls == planned  # the plan of "m1" served "m2"
+    for out, mid in ((first, "m1"), (second, "m2")):
+        assert await kit.verifies(out.body)
+        msg = mail(out.body)
+        # The message's own headers, and the encoding its changed part needs, exactly once.
+        assert msg["Message-ID"] == f"<{mid}@example.com>"
+        assert msg.get_all("Content-Transfer-Encoding") == ["quoted-printable"]
+        (click,) = [read(kit, CLICK, u) for u in hrefs(html_of(out.body))[:1]]
+        assert click.url == "https://shop.example.com/1"
+    # What the plan depends on besides the body is part of the key: another type is planned
+    # on its own (nothing to do in text/plain), and a message signed by someone else is left
+    # alone whatever was planned for the same body.
+    plain = await kit.sign(message("m3", ctype="text/plain"), ["r@example.net"], ALL)
+    assert mime_parse_calls == 1 and b"shop.example.com/1" in plain.body
+    signed = message("m4", extra="DKIM-Signature: v=1; d=other.example; b=x\r\n")
+    kept = await kit.sign(signed, ["r@example.net"])
+    assert kept.variants is None and kept.body.endswith(body.encode())

@@ -18,10 +18,9 @@ recipient cap per transaction, and what happens after DATA (mta/bounces/processo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from aiosmtpd.smtp import Envelope
@@ -37,7 +36,7 @@ from relay.nodelimits import ConnectionTable, LocalGate
 from relay.queue.feedback import FeedbackWriter
 from relay.services import Services
 from relay.smtp import replies
-from relay.smtp.protocol import DataBudget, RelaySMTP
+from relay.smtp.protocol import DataBudget, RelaySMTP, drain
 from relay.tls import ensure_self_signed, server_context
 
 log = structlog.get_logger("mta.bounces")
@@ -238,22 +237,6 @@ class MxServer:
         ``timeout`` (or when ``hurry`` is set) the rest are cut. Then what is recorded is
         committed."""
         self.draining = True
-        for server in self._servers:
-            server.close()
-        for session in list(self.sessions):
-            session.shutdown()
-        hurry = hurry or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.sessions and not hurry.is_set() and loop.time() < deadline:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(hurry.wait(), 0.05)
-        for session in list(self.sessions):
-            transport = cast(asyncio.WriteTransport | None, session.transport)
-            if transport is not None:
-                transport.abort()
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1)
+        await drain(self._servers, self.sessions, timeout, hurry)
         if self.owns_writer:
             await self.writer.stop()

@@ -29,7 +29,11 @@ from relay.policy import Refused, check_recipient_count, check_sender_address
 MAX_REPLY_TO = 10
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 100
-SENDAT_SLACK = 60.0
+# SendAt (scheduled sending): at most this far ahead (what the large gateways allow), and a
+# time this little in the past still means "now" (clock skew, a client's own queueing); further
+# back it is refused rather than sent late by hours, which is most likely a mistake.
+SENDAT_HORIZON = 72 * 3600
+SENDAT_PAST_TOLERANCE = 600
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 3.6.8 ftext
 _RESERVED_HEADERS = {
     "from",
@@ -144,6 +148,12 @@ class Email:
     headers: list[tuple[str, str]]
     attachments: list[Attachment]
     tags: list[str] = field(default_factory=list)
+    # SendAt when it is ahead (Unix time): the recipients become due then; None: now.
+    send_at: float | None = None
+    # TrackLinks / TrackOpens: override the sender domain's LinkTracking / OpenTracking for
+    # this message; None when not given (the domain's option applies).
+    track_links: bool | None = None
+    track_opens: bool | None = None
 
     @property
     def recipients(self) -> list[str]:
@@ -212,6 +222,27 @@ def _tags(value: Any) -> list[str]:
         return []
     tags = [clean_text(str(t))[:MAX_TAG_LENGTH] for t in items if isinstance(t, str | int)]
     return list(dict.fromkeys(t for t in tags if t))[:MAX_TAGS]
+
+
+def _send_at(p: Params, problems: Problems) -> float | None:
+    """SendAt as the time the recipients become due; None for now (absent, 0, or at most
+    SENDAT_PAST_TOLERANCE in the past)."""
+    try:
+        # Unix seconds: wider than an INTEGER column (2038), within what a float holds exactly.
+        send_at = p.int("SendAt", lo=0, hi=2**53)
+    except ValueError:
+        problems.add(42, "Invalid SendAt (a Unix time, in seconds)")
+        return None
+    if not send_at:
+        return None
+    now = time.time()
+    if send_at < now - SENDAT_PAST_TOLERANCE:
+        problems.add(43, f"SendAt is more than {SENDAT_PAST_TOLERANCE // 60} minutes in the past")
+    elif send_at > now + SENDAT_HORIZON:
+        problems.add(43, f"SendAt is more than {SENDAT_HORIZON // 3600} hours ahead")
+    elif send_at > now:
+        return float(send_at)
+    return None
 
 
 def parse_email(p: Params, settings: Settings, sender_domain: str) -> Email:
@@ -294,14 +325,16 @@ def parse_email(p: Params, settings: Settings, sender_domain: str) -> Email:
         problems.add(*send_problem(exc))
     attachments = _attachments(p.raw("Attachments"), problems)
     headers = _custom_headers(p.raw("Headers"), problems)
-    try:
-        # Unix seconds: wider than an INTEGER column (2038), within what a float holds exactly.
-        send_at = p.int("SendAt", lo=0, hi=2**53)
-    except ValueError:
-        problems.add(42, "Invalid SendAt (a Unix time, in seconds)")
-    else:
-        if send_at and send_at > time.time() + SENDAT_SLACK:
-            problems.add(42, "SendAt: scheduled sending is not supported by this relay")
+    send_at = _send_at(p, problems)
+    track: dict[str, bool | None] = {}
+    untrue: list[str] = []
+    for name in ("TrackLinks", "TrackOpens"):
+        try:
+            track[name] = p.bool(name)
+        except ValueError:
+            untrue.append(name)
+    if untrue:
+        problems.add(44, f"Invalid {' and '.join(untrue)} (true or false)")
     problems.items.sort(key=lambda item: item[0])
     problems.raise_if_any()
     assert sender is not None
@@ -317,6 +350,9 @@ def parse_email(p: Params, settings: Settings, sender_domain: str) -> Email:
         headers=headers,
         attachments=attachments,
         tags=_tags(p.raw("Tags")),
+        send_at=send_at,
+        track_links=track.get("TrackLinks"),
+        track_opens=track.get("TrackOpens"),
     )
 
 

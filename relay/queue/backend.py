@@ -63,8 +63,21 @@ class QueueBackend(Protocol):
         """Give back ``owner``'s leases (all, or only ``ids``); returns how many."""
         ...
 
+    async def renew(self, owner: str, ids: Iterable[int], until: float) -> int:
+        """Extend ``owner``'s leases on ``ids`` (those still pending) to ``until``; how many."""
+        ...
+
+    async def lease_owners(self, prefix: str) -> list[str]:
+        """The owners of pending recipients' leases whose names start with ``prefix``."""
+        ...
+
     async def pending(self, now: float | None = None) -> QueueDepth:
         """Recipients waiting for delivery, those scheduled for later, and those held."""
+        ...
+
+    async def next_scheduled(self, now: float) -> float | None:
+        """When the earliest scheduled recipient comes due, if any is due after ``now``
+        (the delivery worker sleeps until then instead of polling)."""
         ...
 
     async def record_feedback(self, rows: Sequence[FeedbackRow]) -> list[Recorded]:

@@ -88,10 +88,25 @@ class PostgresQueue:
             status = await self._pg.run(lambda c: c.execute(sql.PG_RELEASE_IDS, owner, id_list))
         return int(status.rsplit(" ", 1)[1])  # "UPDATE <count>"
 
+    async def renew(self, owner: str, ids: Iterable[int], until: float) -> int:
+        id_list = list(ids)
+        if not id_list:
+            return 0
+        status = await self._pg.run(lambda c: c.execute(sql.PG_RENEW, owner, id_list, until))
+        return int(status.rsplit(" ", 1)[1])
+
+    async def lease_owners(self, prefix: str) -> list[str]:
+        found = await self._pg.run(lambda c: c.fetch(sql.PG_LEASE_OWNERS, prefix))
+        return [str(row[0]) for row in found]
+
     async def pending(self, now: float | None = None) -> QueueDepth:
         now = time.time() if now is None else now
         total, scheduled, held = await self._pg.run(lambda c: c.fetchrow(sql.PG_DEPTH, now))
         return QueueDepth(total - scheduled, scheduled, held)
+
+    async def next_scheduled(self, now: float) -> float | None:
+        due = await self._pg.run(lambda c: c.fetchval(sql.PG_NEXT_SCHEDULED, now))
+        return None if due is None else float(due)
 
     async def record_feedback(self, feedback: Sequence[FeedbackRow]) -> list[Recorded]:
         if not feedback:

@@ -102,12 +102,30 @@ SQLITE_RELEASE = f"""
 UPDATE recipients SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ? AND {PENDING}
 """
 SQLITE_RELEASE_IDS = SQLITE_RELEASE.rstrip() + " AND id IN ({marks})"
+# A worker keeps its leases short and renews those of the recipients it is still working on
+# (mta/worker.py), so a node that dies holds its recipients for one short lease at most.
+SQLITE_RENEW = f"""
+UPDATE recipients SET lease_until = ? WHERE lease_owner = ? AND {PENDING} AND id IN ({{marks}})
+"""
+# The owners holding live leases whose names start with a prefix (this node's processes, past
+# and present): at start a worker releases those of incarnations that are gone. Once per start,
+# over the pending part only (ix_recipients_due).
+SQLITE_LEASE_OWNERS = f"""
+SELECT DISTINCT lease_owner FROM recipients
+WHERE {PENDING} AND lease_owner IS NOT NULL AND substr(lease_owner, 1, ?) = ?
+"""
 
 # (pending, of which scheduled and not yet due, held): three index-only counts.
 SQLITE_DEPTH = f"""
 SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
        (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > ?),
        (SELECT count(*) FROM recipients WHERE {HELD})
+"""
+
+# The earliest time a scheduled recipient comes due (the delivery worker's timer): the first
+# entry of ix_recipients_scheduled after now.
+SQLITE_NEXT_SCHEDULED = f"""
+SELECT min(next_attempt_at) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > ?
 """
 
 # Feedback (relay/queue/feedback.py): an item is recorded only when its message and recipient
@@ -198,10 +216,21 @@ PG_RELEASE = f"""
 UPDATE recipients SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1 AND {PENDING}
 """
 PG_RELEASE_IDS = PG_RELEASE.rstrip() + " AND id = ANY($2::bigint[])"
+PG_RENEW = f"""
+UPDATE recipients SET lease_until = $3
+WHERE lease_owner = $1 AND {PENDING} AND id = ANY($2::bigint[])
+"""
+PG_LEASE_OWNERS = f"""
+SELECT DISTINCT lease_owner FROM recipients
+WHERE {PENDING} AND lease_owner IS NOT NULL AND left(lease_owner, length($1)) = $1
+"""
 PG_DEPTH = f"""
 SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
        (SELECT count(*) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > $1),
        (SELECT count(*) FROM recipients WHERE {HELD})
+"""
+PG_NEXT_SCHEDULED = f"""
+SELECT min(next_attempt_at) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > $1
 """
 
 PG_FEEDBACK = f"""

@@ -77,9 +77,24 @@ def _release(conn: sqlite3.Connection, owner: str, ids: list[int] | None) -> int
     return conn.execute(stmt, (owner, *ids)).rowcount
 
 
+def _renew(conn: sqlite3.Connection, owner: str, ids: list[int], until: float) -> int:
+    stmt = sql.SQLITE_RENEW.format(marks=_marks(len(ids)))
+    return conn.execute(stmt, (until, owner, *ids)).rowcount
+
+
+def _lease_owners(conn: sqlite3.Connection, prefix: str) -> list[str]:
+    found = conn.execute(sql.SQLITE_LEASE_OWNERS, (len(prefix), prefix)).fetchall()
+    return [str(row[0]) for row in found]
+
+
 def _depth(conn: sqlite3.Connection, now: float) -> tuple[int, int, int]:
     total, scheduled, held = conn.execute(sql.SQLITE_DEPTH, (now,)).fetchone()
     return int(total), int(scheduled), int(held)
+
+
+def _next_scheduled(conn: sqlite3.Connection, now: float) -> float | None:
+    due: float | None = conn.execute(sql.SQLITE_NEXT_SCHEDULED, (now,)).fetchone()[0]
+    return due
 
 
 def _feedback(
@@ -150,10 +165,23 @@ class SqliteQueue:
             return 0
         return await self._runner.write(_release, owner, id_list)
 
+    async def renew(self, owner: str, ids: Iterable[int], until: float) -> int:
+        id_list = list(ids)
+        if not id_list:
+            return 0
+        return await self._runner.write(_renew, owner, id_list, until)
+
+    async def lease_owners(self, prefix: str) -> list[str]:
+        return await self._runner.read(_lease_owners, prefix)
+
     async def pending(self, now: float | None = None) -> QueueDepth:
         now = time.time() if now is None else now
         total, scheduled, held = await self._runner.read(_depth, now)
         return QueueDepth(total - scheduled, scheduled, held)
+
+    async def next_scheduled(self, now: float) -> float | None:
+        due = await self._runner.read(_next_scheduled, now)
+        return None if due is None else float(due)
 
     async def record_feedback(self, feedback: Sequence[FeedbackRow]) -> list[Recorded]:
         if not feedback:

@@ -18,7 +18,7 @@ import structlog
 from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
 
 from relay import metrics, policy
-from relay.addresses import has_control_chars
+from relay.addresses import ascii_address, has_control_chars
 from relay.authlimit import FailureThrottle
 from relay.policy import Reason, Refused
 from relay.queue.model import NewEvent
@@ -51,7 +51,9 @@ class RelayHandler:
     async def handle_EHLO(
         self, server: RelaySMTP, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
-        if has_control_chars(hostname) or len(hostname) > 255:
+        # The EHLO name stays ASCII (an A-label domain or an address literal), as before
+        # SMTPUTF8 made command arguments UTF-8: it goes into the Received header.
+        if has_control_chars(hostname) or len(hostname) > 255 or not hostname.isascii():
             return [replies.EHLO_BAD]
         session.host_name = hostname
         extra = [
@@ -64,7 +66,7 @@ class RelayHandler:
     async def handle_HELO(
         self, server: RelaySMTP, session: Any, envelope: Any, hostname: str
     ) -> str:
-        if has_control_chars(hostname) or len(hostname) > 255:
+        if has_control_chars(hostname) or len(hostname) > 255 or not hostname.isascii():
             return replies.EHLO_BAD
         session.host_name = hostname
         return replies.HELO_OK.format(hostname=server.hostname)
@@ -171,7 +173,16 @@ class RelayHandler:
                     if int(value) > server.listener.data_budget.room():
                         return replies.DATA_NO_ROOM  # RFC 1870 6.1: not now, try later
             assert server.credential is not None  # auth_required: aiosmtpd answered 530 before
-            sender = await policy.check_sender(self.directory, server.credential, address)
+            utf8 = envelope.smtp_utf8
+            if not address.isascii():
+                if not utf8:
+                    return replies.NEEDS_SMTPUTF8
+                # An internationalized domain is kept in its A-label form, as sender domains
+                # are; only a UTF-8 local part still needs SMTPUTF8 downstream.
+                address = ascii_address(address)
+            sender = await policy.check_sender(
+                self.directory, server.credential, address, utf8=utf8
+            )
         except Exception as exc:
             cred = server.credential
             if isinstance(exc, Refused) and exc.reason is Reason.CREDENTIAL_INVALID:
@@ -200,6 +211,11 @@ class RelayHandler:
     ) -> str:
         sender = envelope.sender
         assert sender is not None
+        utf8 = envelope.smtp_utf8
+        if not address.isascii():
+            if not utf8:
+                return replies.NEEDS_SMTPUTF8
+            address = ascii_address(address)  # as at MAIL: A-labels, so suppressions match
         try:
             held = await policy.check_recipient(
                 self.directory,
@@ -208,6 +224,7 @@ class RelayHandler:
                 sender.user,
                 address,
                 len(envelope.rcpt_tos),
+                utf8=utf8,
             )
         except Exception as exc:
             reply = reply_for(

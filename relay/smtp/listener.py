@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
-from typing import cast
 
 import structlog
 
 from relay.config import parse_hostport
 from relay.services import Services
 from relay.smtp.handler import RelayHandler
-from relay.smtp.protocol import DataBudget, RelaySMTP, plaintext_networks
+from relay.smtp.protocol import DataBudget, RelaySMTP, drain, plaintext_networks
 from relay.submit import Submitter
 from relay.tls import ServerTLS, tls_files
 
@@ -60,6 +58,8 @@ class SmtpServer:
             timeout=s.smtp.command_timeout,
             auth_required=True,
             auth_require_tls=True,  # relaxed per connection in RelaySMTP.connection_made
+            # RFC 6531: internationalized addresses (8BITMIME is offered by default, RFC 6152).
+            enable_SMTPUTF8=True,
         )
 
     async def start(self) -> None:
@@ -118,22 +118,6 @@ class SmtpServer:
         """Stop accepting; idle sessions get 421 now, busy ones after their transaction; after
         ``timeout`` (or when ``hurry`` is set) the rest are cut."""
         self.draining = True
-        for _, server in self._servers:
-            server.close()
-        for session in list(self.sessions):
-            session.shutdown()
-        hurry = hurry or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.sessions and not hurry.is_set() and loop.time() < deadline:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(hurry.wait(), 0.05)
-        if self.sessions:
-            log.warning("cutting SMTP sessions at shutdown", sessions=len(self.sessions))
-            for session in list(self.sessions):
-                transport = cast(asyncio.WriteTransport | None, session.transport)
-                if transport is not None:
-                    transport.abort()
-        for _, server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1)
+        cut = await drain((server for _, server in self._servers), self.sessions, timeout, hurry)
+        if cut:
+            log.warning("cut SMTP sessions at shutdown", sessions=cut)

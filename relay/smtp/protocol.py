@@ -23,9 +23,10 @@ What aiosmtpd leaves to us (ARCHITECTURE.md "library traps"), done here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -381,6 +382,36 @@ class RelaySMTP(SMTP):
             return None
         del buf[idx + 2 :]  # keep the last line's CRLF
         return dot_unstuff(buf)[2:]
+
+
+async def drain(
+    servers: Iterable[asyncio.Server],
+    sessions: set[Any],
+    timeout: float,
+    hurry: asyncio.Event | None = None,
+) -> int:
+    """Stop accepting; idle sessions get 421 now, busy ones after their transaction; after
+    ``timeout`` (or when ``hurry`` is set) the rest are cut. Returns how many were cut."""
+    servers = list(servers)
+    for server in servers:
+        server.close()
+    for session in list(sessions):
+        session.shutdown()
+    hurry = hurry or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while sessions and not hurry.is_set() and loop.time() < deadline:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), 0.05)
+    cut = len(sessions)
+    for session in list(sessions):
+        transport = cast(asyncio.WriteTransport | None, session.transport)
+        if transport is not None:
+            transport.abort()
+    for server in servers:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1)
+    return cut
 
 
 def plaintext_networks(networks: list[str]) -> Any:

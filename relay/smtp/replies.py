@@ -50,6 +50,8 @@ DOMAIN_DELETED = "550 5.7.1 Sender domain was deleted"
 ACCOUNT_BLOCKED = "550 5.7.1 Account is not allowed to send"
 
 RCPT_BAD_SYNTAX = "501 5.1.3 Bad recipient address syntax"
+# RFC 6531 3.4 and 3.7.4.2: a non-ASCII address only in a transaction that declared SMTPUTF8.
+NEEDS_SMTPUTF8 = "553 5.6.7 Non-ASCII address needs MAIL FROM with SMTPUTF8"
 RCPT_SUPPRESSED = "550 5.7.1 Recipient is on the suppression list"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 SEND_LIMIT = "452 4.5.3 Send limit of the account reached, try again later"

@@ -24,7 +24,11 @@ async def load_codec(services: Services) -> TokenCodec:
     configured = services.settings.tracking.secret
     if configured:
         return TokenCodec(decode_secret(configured))
-    candidate = services.box.seal(base64.b64encode(os.urandom(SECRET_BYTES)).decode())
-    async with services.db.write() as conn:
-        stored = await cluster_secrets.get_or_create(conn, SECRET_NAME, candidate)
+    # Read first: every process of every node loads it at start, only the first one writes.
+    async with services.db.read() as conn:
+        stored = await cluster_secrets.get(conn, SECRET_NAME)
+    if stored is None:
+        candidate = services.box.seal(base64.b64encode(os.urandom(SECRET_BYTES)).decode())
+        async with services.db.write() as conn:
+            stored = await cluster_secrets.get_or_create(conn, SECRET_NAME, candidate)
     return TokenCodec(decode_secret(services.box.open(stored)))

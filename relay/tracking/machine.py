@@ -9,7 +9,8 @@ people. The rule, first match wins:
 - ``no-user-agent``: no User-Agent header at all;
 - ``user-agent``: the User-Agent contains one of ``tracking.machine_user_agents``;
 - ``early``: the hit came less than ``tracking.machine_seconds`` after the message was
-  accepted (the token's time), sooner than a person opens a message that just arrived.
+  accepted, or for a scheduled message its SendAt (the token's time), sooner than a person
+  opens a message that just arrived.
 """
 
 from __future__ import annotations

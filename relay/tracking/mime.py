@@ -66,12 +66,22 @@ class TextPart:
     top_level: bool
 
 
-def parse(message: ParsedMessage) -> tuple[email.message.Message, list[TextPart]]:
-    """The parsed message and its inline text/html and text/plain parts, in order; raises
-    Untouchable for a message tracking must not change."""
+# The top-level headers that decide how the body is read (with the body itself, all that
+# parse() and template() look at, apart from check_headers()).
+STRUCTURE_HEADERS = (b"content-type", b"content-transfer-encoding", b"content-disposition")
+
+
+def check_headers(message: ParsedMessage) -> None:
+    """Raise Untouchable for a message someone else signed (its headers say so)."""
     for name, _ in message.headers:
         if name.lower() in FOREIGN_SIGNATURES:
             raise Untouchable("signed")
+
+
+def parse(message: ParsedMessage) -> tuple[email.message.Message, list[TextPart]]:
+    """The parsed message and its inline text/html and text/plain parts, in order; raises
+    Untouchable for a message tracking must not change."""
+    check_headers(message)
     root = BytesParser(policy=_POLICY).parsebytes(message.to_bytes())
     parts: list[TextPart] = []
     _walk(root, parts, top_level=True)
@@ -148,13 +158,12 @@ def template(
     pairs a part with the transfer encoding its new content will be written in."""
     nonce = secrets.token_hex(8)
     markers: list[bytes] = []
-    headers = [list(h) for h in message.headers]
+    headers = top_level_headers(message.headers, top_level_change(changed))
     for i, (part, cte) in enumerate(changed):
         marker = f"=_relay_track_{nonce}_{i}_"
         markers.append(marker.encode("ascii"))
-        if part.top_level:
-            headers = _with_cte(headers, cte, part.cte)
-        elif cte != part.cte:
+        # A single part's encoding is a header of the message (top_level_headers).
+        if not part.top_level and cte != part.cte:
             del part.node["Content-Transfer-Encoding"]
             part.node["Content-Transfer-Encoding"] = cte
         part.node.set_payload(marker)
@@ -177,9 +186,17 @@ def template(
     return BodyTemplate(pieces, headers)
 
 
-def _with_cte(headers: Headers, cte: str, old: str) -> Headers:
-    if cte == old:
-        return headers
-    kept = [h for h in headers if h[0].lower() != b"content-transfer-encoding"]
-    kept.append([b"Content-Transfer-Encoding", b" " + cte.encode() + b"\r\n"])
+def top_level_change(changed: list[tuple[TextPart, str]]) -> tuple[str, str] | None:
+    """(new, old) transfer encoding of a changed single-part message's own part, if any."""
+    return next(((cte, part.cte) for part, cte in changed if part.top_level), None)
+
+
+def top_level_headers(headers: Headers, change: tuple[str, str] | None) -> Headers:
+    """A copy of the message's headers, with the new Content-Transfer-Encoding of a changed
+    single-part message."""
+    copied = [list(h) for h in headers]
+    if change is None or change[0] == change[1]:
+        return copied
+    kept = [h for h in copied if h[0].lower() != b"content-transfer-encoding"]
+    kept.append([b"Content-Transfer-Encoding", b" " + change[0].encode() + b"\r\n"])
     return kept

@@ -12,8 +12,10 @@ goes out untracked.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -28,7 +30,7 @@ from relay.tracking import html as html_plan
 from relay.tracking import mime
 from relay.tracking.hosts import tracking_base
 from relay.tracking.keys import load_codec
-from relay.tracking.tokens import CLICK, OPEN, UNSUBSCRIBE, TokenCodec
+from relay.tracking.tokens import CLICK, OPEN, UNSUBSCRIBE, TokenCodec, click_suffix
 
 log = structlog.get_logger("relay.tracking")
 
@@ -40,6 +42,10 @@ _LARGE = 256 * 1024
 _SLICE = 0.005
 _MAX_LINKS = 0xFFFF
 _INSERT = -1  # slot of the footer and pixel (HTML) or the footer line (text)
+# Plans kept for bodies up to this size (so at most about _CACHED_PLANS * 2 * _CACHED_BODY
+# bytes: the body in the key, the template pieces in the plan).
+_CACHED_PLANS = 32
+_CACHED_BODY = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +106,10 @@ class _Plan:
     unsubscribe: bool
     footer_text: str
     counts: dict[str, int] = field(default_factory=dict)
+    # Each link's click-token plaintext after the recipient's prefix (index and URL).
+    suffixes: list[bytes] = field(default_factory=list)
+    # (new, old) transfer encoding of a changed single-part message: a header of the message.
+    top_level: tuple[str, str] | None = None
 
 
 class Tracker:
@@ -107,10 +117,21 @@ class Tracker:
         self.settings = settings
         self.codec = codec
         self.signer = signer
+        # Recent plans by what they depend on (see _plan_key): bulk mail sends one body to
+        # many recipients, often one transaction each, and planning (MIME parsing, HTML
+        # planning, the body template) is most of a tracked message's cost.
+        self._plans: OrderedDict[tuple[Any, ...], _Plan] = OrderedDict()
 
     @classmethod
     async def create(cls, services: Services, signer: DkimSigner) -> Tracker:
         return cls(services.settings, await load_codec(services), signer)
+
+    def may_track(self, domain: DomainView) -> bool:
+        """False when no message of ``domain`` can be tracked, because there is no host for
+        its links (docs/tracking.md, "Which host"): neither ``tracking.host`` nor a verified
+        record of the domain. Two attribute reads, so a node without tracking hosts pays
+        nothing per message; ``sign`` makes the exact choice."""
+        return bool(self.settings.tracking.host or domain.verified_hosts)
 
     async def sign(
         self,
@@ -161,9 +182,38 @@ class Tracker:
 
     def _plan(self, base: str, message: ParsedMessage, options: Options) -> _Plan | None:
         unsubscribe = options.unsubscribe and not message.values(b"list-unsubscribe")
+        if not unsubscribe and not _may_have_html(message):
+            return None  # links and the pixel go into HTML only: nothing to parse
+        mime.check_headers(message)
+        footer = self.settings.tracking.unsubscribe_text
+        key = None
+        if len(message.body) <= _CACHED_BODY:
+            key = (
+                message.body,
+                tuple(tuple(message.values(name)) for name in mime.STRUCTURE_HEADERS),
+                base,
+                options.links,
+                options.opens,
+                unsubscribe,
+                footer,
+            )
+            cached = self._plans.get(key)
+            if cached is not None:
+                self._plans.move_to_end(key)
+                headers = mime.top_level_headers(message.headers, cached.top_level)
+                return replace(cached, template=replace(cached.template, headers=headers))
+        plan = self._plan_message(base, message, options, unsubscribe, footer)
+        if plan is not None and key is not None:
+            self._plans[key] = plan
+            if len(self._plans) > _CACHED_PLANS:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _plan_message(
+        self, base: str, message: ParsedMessage, options: Options, unsubscribe: bool, footer: str
+    ) -> _Plan | None:
         root, parts = mime.parse(message)
         skip_hosts = frozenset({base.partition("://")[2].partition(":")[0]})
-        footer = self.settings.tracking.unsubscribe_text
         links: list[str] = []
         planned: list[_Part] = []
         changed: list[tuple[mime.TextPart, str]] = []
@@ -209,11 +259,13 @@ class Tracker:
         return _Plan(
             base=base,
             template=tpl or mime.BodyTemplate([message.body], [list(h) for h in message.headers]),
+            top_level=mime.top_level_change(changed),
             parts=planned,
             links=links,
             opens=options.opens,
             unsubscribe=unsubscribe,
             footer_text=footer,
+            suffixes=[click_suffix(i, url) for i, url in enumerate(links)],
         )
 
     # -- rendering and signing (once per recipient) ------------------------------------------
@@ -261,9 +313,10 @@ class Tracker:
         return SignedBodies(body, bodies or None)
 
     def _render(self, plan: _Plan, prefix: bytes) -> tuple[Headers, bytes]:
-        codec, base = self.codec, plan.base
-        unsub = f"{base}/u/{codec.make(UNSUBSCRIBE, prefix)}" if plan.unsubscribe else ""
-        pixel = f"{base}/o/{codec.make(OPEN, prefix)}" if plan.opens else ""
+        codec, base, suffixes = self.codec, plan.base, plan.suffixes
+        click = f"{base}/c/"
+        unsub = f"{base}/u/{codec.seal(UNSUBSCRIBE, prefix)}" if plan.unsubscribe else ""
+        pixel = f"{base}/o/{codec.seal(OPEN, prefix)}" if plan.opens else ""
         pieces = [plan.template.pieces[0]]
         for part, after in zip(plan.parts, plan.template.pieces[1:], strict=True):
             out: list[str] = []
@@ -275,7 +328,7 @@ class Tracker:
                     else:
                         out.append(_text_insert(seg, unsub, plan.footer_text))
                 else:
-                    out.append(f"{base}/c/{codec.make(CLICK, prefix, slot, plan.links[slot])}")
+                    out.append(click + codec.seal(CLICK, prefix + suffixes[slot]))
             out.append(part.segments[-1])
             pieces.append(mime.encode("".join(out).encode(part.charset), part.cte))
             pieces.append(after)
@@ -298,6 +351,23 @@ class Tracker:
         )
         metrics.DKIM_SIGN_SECONDS.observe(time.perf_counter() - started)
         return ParsedMessage(headers, body).to_bytes(prepend=[signature, trace])
+
+
+_HTML_TYPE = re.compile(rb"text\s*/\s*html", re.IGNORECASE)
+
+
+def _may_have_html(message: ParsedMessage) -> bool:
+    """False when the message certainly has no HTML part: a single part that is not
+    text/html (no Content-Type is text/plain, RFC 2045 5.2), or a multipart body that never
+    says text/html. Plain-text mail with link and open tracking on is then signed without
+    being parsed."""
+    ctype = message.values(b"content-type")
+    if not ctype:
+        return False
+    main = ctype[0].split(b";", 1)[0].strip().lower()
+    if not main.startswith(b"multipart/"):
+        return _HTML_TYPE.fullmatch(main) is not None
+    return _HTML_TYPE.search(message.body) is not None
 
 
 def _output_cte(part: mime.TextPart, *, rewrites: bool, extra: str) -> str | None:

@@ -46,6 +46,9 @@ MAX_RECIPIENT_BYTES = 255
 _HEAD = struct.Struct(">I")  # minted at (Unix seconds)
 _LINK = struct.Struct(">H")  # link index
 _UUID_TAG = 0  # queue id stored as 16 raw bytes; otherwise a length byte and the text
+_KEY_BYTE = bytes([KEY_ID])
+_ASSOCIATED = {kind: [kind] for kind in KINDS}  # AES-SIV's associated data, per kind
+_URLSAFE = bytes.maketrans(b"+/", b"-_")  # base64 -> base64url (RFC 4648 5)
 
 
 def decode_secret(text: str) -> bytes:
@@ -106,9 +109,16 @@ class TokenCodec:
     def make(self, kind: bytes, prefix: bytes, link_index: int = -1, url: str = "") -> str:
         plain = prefix
         if kind == CLICK:
-            plain += _LINK.pack(link_index) + url.encode("utf-8")
-        sealed = self._siv.encrypt(plain, [kind])
-        return base64.urlsafe_b64encode(bytes([KEY_ID]) + sealed).rstrip(b"=").decode("ascii")
+            plain += click_suffix(link_index, url)
+        return self.seal(kind, plain)
+
+    def seal(self, kind: bytes, plain: bytes) -> str:
+        """The token of a whole plaintext: ``prefix(...)``, plus ``click_suffix(...)`` for a
+        click. (Rendering keeps each link's suffix and calls this once per link and
+        recipient.)"""
+        sealed = self._siv.encrypt(plain, _ASSOCIATED[kind])
+        b64 = binascii.b2a_base64(_KEY_BYTE + sealed, newline=False)
+        return b64.translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -130,6 +140,11 @@ class TokenCodec:
         except (InvalidTag, ValueError):
             return None
         return _parse(kind, plain)
+
+
+def click_suffix(link_index: int, url: str) -> bytes:
+    """The end of a click token's plaintext: the link's index and its original URL."""
+    return _LINK.pack(link_index) + url.encode("utf-8")
 
 
 def _parse(kind: bytes, plain: bytes) -> Token | None:

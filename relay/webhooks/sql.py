@@ -80,6 +80,16 @@ SQLITE_RELEASE = """
 UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL
 WHERE id IN ({marks}) AND lease_owner = ? AND state = 'pending'
 """
+# At start: the owners of this node's leases (relay/leases.py), and all of one owner's
+# deliveries given back (an earlier incarnation that died). Once per start.
+SQLITE_LEASE_OWNERS = """
+SELECT DISTINCT lease_owner FROM webhook_deliveries
+WHERE state = 'pending' AND lease_owner IS NOT NULL AND substr(lease_owner, 1, ?) = ?
+"""
+SQLITE_RELEASE_OWNER = """
+UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL
+WHERE lease_owner = ? AND state = 'pending'
+"""
 
 # -- PostgreSQL (asyncpg) ------------------------------------------------------------------------
 
@@ -149,6 +159,14 @@ WHERE id = ANY($2::bigint[]) AND lease_owner = $3 AND state = 'pending'
 PG_RELEASE = """
 UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL
 WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending'
+"""
+PG_LEASE_OWNERS = """
+SELECT DISTINCT lease_owner FROM webhook_deliveries
+WHERE state = 'pending' AND lease_owner IS NOT NULL AND left(lease_owner, length($1)) = $1
+"""
+PG_RELEASE_OWNER = """
+UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL
+WHERE lease_owner = $1 AND state = 'pending'
 """
 
 # -- both (plain SQL, no parameters beyond the placeholders each driver rewrites) -------------

@@ -62,6 +62,8 @@ class OutboxStore(Protocol):
 
     async def renew(self, owner: str, ids: list[int], until: float) -> None: ...
     async def release(self, owner: str, ids: list[int]) -> int: ...
+    async def lease_owners(self, prefix: str) -> list[str]: ...
+    async def release_owner(self, owner: str) -> int: ...
     async def record(self, owner: str, items: list[Recorded]) -> None: ...
     async def cancel_orphans(self, now: float) -> int: ...
     async def purge(self, cutoff: float) -> int: ...
@@ -240,6 +242,17 @@ class SqliteOutbox:
             )
         )
 
+    async def lease_owners(self, prefix: str) -> list[str]:
+        rows = await self._runner.read(
+            lambda c: c.execute(sql.SQLITE_LEASE_OWNERS, (len(prefix), prefix)).fetchall()
+        )
+        return [str(row[0]) for row in rows]
+
+    async def release_owner(self, owner: str) -> int:
+        return int(
+            await self._write(lambda c: c.execute(sql.SQLITE_RELEASE_OWNER, (owner,)).rowcount)
+        )
+
     async def record(self, owner: str, items: list[Recorded]) -> None:
         if items:
             await self._write(_sqlite_record, owner, items)
@@ -319,6 +332,14 @@ class PostgresOutbox:
         if not ids:
             return 0
         status = await self._run(lambda c: c.execute(sql.PG_RELEASE, ids, owner))
+        return int(status.split()[-1])
+
+    async def lease_owners(self, prefix: str) -> list[str]:
+        rows = await self._run(lambda c: c.fetch(sql.PG_LEASE_OWNERS, prefix))
+        return [str(row[0]) for row in rows]
+
+    async def release_owner(self, owner: str) -> int:
+        status = await self._run(lambda c: c.execute(sql.PG_RELEASE_OWNER, owner))
         return int(status.split()[-1])
 
     async def record(self, owner: str, items: list[Recorded]) -> None:

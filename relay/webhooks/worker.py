@@ -18,7 +18,8 @@ process (or the main process when it delivers itself), so a node builder can ado
   share, never what the other webhooks need.
 - **Leases** are renewed every third of ``lease_seconds`` for everything held, claimed deliveries
   that wait for a slot included; a worker that dies stops renewing and its deliveries come back
-  within one lease.
+  within one lease. At start, the deliveries leased by this node's earlier incarnations
+  (relay/leases.py: a process killed before it could release them) are released at once.
 - **Attempts**: the body is built from the delivery row (the same bytes and ``webhook-id`` on
   every attempt), signed with the domain's current key (cached until the bus announces a
   change of the domain, so a rotated key signs the next attempt), POSTed
@@ -48,6 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from relay import metrics, retry
 from relay.cache import MISSING, TTLCache
 from relay.directory import Topics
+from relay.leases import node_prefix, stale
 from relay.services import Services
 from relay.store.db import StorageUnavailable, asyncpg_dsn
 from relay.webhooks import keys, payload
@@ -105,6 +107,7 @@ class WebhookWorker:
         # A domain change (regeneratesigningkey among them) drops its cached signing key.
         self.services.bus.subscribe(Topics.DOMAIN, self._forget_key)
         await self.sender.start()
+        await self._reclaim()
         self.recorder.start()
         loops = [self._claim_loop, self._renew_loop, self._upkeep_loop]
         if not self.services.db.is_sqlite:
@@ -122,6 +125,19 @@ class WebhookWorker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def _reclaim(self) -> None:
+        """Release what earlier incarnations of this node held (see mta/worker.py)."""
+        released = 0
+        try:
+            for owner in await self.store.lease_owners(node_prefix(self.owner)):
+                if stale(owner, self.owner):
+                    released += await self.store.release_owner(owner)
+        except TRANSIENT as exc:
+            log.warning("could not reclaim earlier webhook leases; they expire", error=repr(exc))
+            return
+        if released:
+            log.info("reclaimed webhook leases of an earlier incarnation", released=released)
 
     async def stop(self, timeout: float, hurry: asyncio.Event | None = None) -> None:
         if self._stop_task is None:

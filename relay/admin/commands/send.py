@@ -10,15 +10,24 @@ it answers only once the message is durably queued. The From address must be in 
 sender domain (or a subdomain of it); it is also the envelope sender. Recipients are To, CC and
 BCC (BCC only in the envelope), at most ``smtp.max_recipients`` in all.
 
+``SendAt`` schedules the message, at most 72 hours ahead: it is checked, signed and committed
+at once (the answer, its ``accepted`` events and any refusal come now, and the send limit
+counts it now), and its recipients become due at SendAt: the delivery workers take them at
+that time (within about a second), on any node, across restarts (the time is stored with the
+message). Until then the queue shows them as ``scheduled`` (``queue.list``, ``relay queue
+list``; ``emailgateway.getmessage`` gives ``ScheduledAt``), and an operator can cancel them
+(``queue.delete``). A SendAt of 0, or up to 10 minutes in the past (clock skew), means now.
+
 Not in the documents, and numbered after their last code: 39 an attachment without a filename
 or whose content is not base64; 40 a custom header with an invalid name, a line break in its
 value, or a name the relay sets itself (From, To, Cc, Bcc, Subject, Reply-To, Sender, Received,
 Return-Path, DKIM-Signature, MIME-Version, Content-*); 41 a message the content checks refuse
-(too large, over-long lines); 42 SendAt in the future (this relay does not schedule) or not a
-Unix time. There are no templates, lists, subscribers or journeys here, so TemplateID,
-TargetListID, ListID, SubscriberID, JourneyID and ActionID never name anything that exists
-(codes 15, 16, 35-38).
-TrackLinks and TrackOpens are accepted and ignored: the relay does not rewrite content.
+(too large, over-long lines); 42 SendAt not a Unix time (a whole number of seconds); 43 SendAt
+more than 10 minutes in the past or more than 72 hours ahead. There are no templates, lists,
+subscribers or journeys here, so TemplateID, TargetListID, ListID, SubscriberID, JourneyID and
+ActionID never name anything that exists (codes 15, 16, 35-38).
+TrackLinks and TrackOpens override the sender domain's LinkTracking and OpenTracking for the
+message (docs/tracking.md); 44 is either of them not true or false.
 """
 
 from __future__ import annotations
@@ -85,9 +94,12 @@ async def send_email(call: Call) -> dict[str, Any]:
         ReplyTo (Array): [{"name", "email"}], at most 10.
         Tags (Array): strings, for per-tag statistics (domainstats TagStats).
         Headers (Object): custom headers, name: value.
-        TrackLinks (String): accepted, ignored.
-        TrackOpens (String): accepted, ignored.
-        SendAt (Integer): Unix time; only now or the past is accepted.
+        TrackLinks (String): true or false: rewrite the HTML links to click-tracking URLs;
+            overrides the sender domain's LinkTracking for this message.
+        TrackOpens (String): true or false: add the open-tracking image to the HTML;
+            overrides the sender domain's OpenTracking for this message.
+        SendAt (Integer): when to send (Unix time, seconds), at most 72 hours ahead; absent,
+            0 or up to 10 minutes in the past: now.
         Attachments (Array): [{"filename", "content" (base64), "type", "disposition",
             "contentid"}]; inline with a contentid goes next to the HTML.
         TemplateID (Integer): no templates exist here.
@@ -131,8 +143,10 @@ async def send_email(call: Call) -> dict[str, Any]:
         39: Invalid attachment (not in the documents)
         40: Invalid custom header (not in the documents)
         41: Message refused by the content checks (not in the documents)
-        42: SendAt in the future (scheduling is not supported) or not a Unix time (not in the
+        42: SendAt is not a Unix time (not in the documents)
+        43: SendAt more than 10 minutes in the past or more than 72 hours ahead (not in the
             documents)
+        44: TrackLinks or TrackOpens is not true or false (not in the documents)
         429: Email send rate limit exceeded
     """
     scope = await sender_scope(
@@ -169,6 +183,9 @@ async def send_email(call: Call) -> dict[str, Any]:
                 api_key_id=scope.api_key_id,
             ),
             tags=mail.tags,
+            not_before=mail.send_at,
+            track_links=mail.track_links,
+            track_opens=mail.track_opens,
         )
     except Exception as exc:
         _give_back(held)
