@@ -40,7 +40,7 @@ import structlog
 from relay import metrics
 from relay.cache import LocalBus
 from relay.config import Settings
-from relay.node import Node, build_node
+from relay.node import Node, build_node, settle_gc
 from relay.nodelimits import ParentLink
 from relay.reload import Reloader
 from relay.services import Services
@@ -344,6 +344,7 @@ async def _delivery_child(node: Node, link: Link, stop: asyncio.Event) -> int:
     delivery = node.delivery
     assert delivery is not None  # delivery processes exist only when delivery is enabled
     await node.start_background()
+    settle_gc()
     link.send({"t": "ready"})
     failed = asyncio.create_task(delivery.failed.wait(), name="delivery-failed")
     stopping = asyncio.create_task(stop.wait(), name="stop")
@@ -388,6 +389,7 @@ async def _smtp_child(
     )
     await smtp.start()
     reloader.tls_hooks.append(smtp.reload_tls)
+    settle_gc()
     link.send({"t": "ready"})
     await stop.wait()
     await smtp.stop(services.settings.server.shutdown_timeout)

@@ -30,7 +30,7 @@ from relay.config import ConfigError, Settings, parse_hostport
 from relay.diagnose import StartupError, describe_database, describe_redis
 from relay.event_maintenance import EventMaintenance
 from relay.health import StorageProbe
-from relay.node import Node, build_node, require_head, schema_revision
+from relay.node import Node, build_node, require_head, schema_revision, settle_gc
 from relay.queue.ingest import QueueWriter
 from relay.reload import Reloader
 from relay.secrets import new_admin_api_key
@@ -202,6 +202,7 @@ class Relay:
             database=services.db.dialect,
             redis=redis_state,
         )
+        settle_gc()
         sd_notify("READY=1")
 
     async def _seal_stored_secrets(self) -> None:
