@@ -858,30 +858,40 @@ async def test_two_nodes_deliver_each_recipient_once(
         assert len(delivered) == 60
 
 
-@pytest.mark.postgres
-async def test_notify_wakes_another_nodes_worker(
-    tmp_path: Path, pg_url: str, make_sink: Any
-) -> None:
-    """Node B polls only once a minute: only LISTEN/NOTIFY can make it deliver quickly."""
-    sink = await make_sink()
+@contextlib.asynccontextmanager
+async def idle_second_node(
+    tmp_path: Path, pg_url: str, sink_port: int
+) -> AsyncIterator[tuple[Services, Account, QueueWriter]]:
+    """Node A takes mail (its writer and an account routed to the sink); node B delivers and
+    polls only once a minute, and its wake-up on connecting to LISTEN has been taken: B now
+    sleeps for a minute unless something wakes it."""
     async with (
         node(tmp_path, pg_url, "ingest-node") as a,
         node(tmp_path, pg_url, "delivery-node", RELAY_DELIVERY_POLL_INTERVAL="60") as b,
     ):
-        account = await setup_through_admin(a, sink.port)
+        account = await setup_through_admin(a, sink_port)
         svc_b = DeliveryService(b)
         await svc_b.start()
         w = QueueWriter(a.db, on_commit=a.notify_enqueued)
         await w.start()
         try:
             await asyncio.wait_for(svc_b.listening.wait(), 30)
-            # B's wake-up on connecting to LISTEN has been taken: B now sleeps for a minute.
             await wait_until(lambda: not svc_b._wake.is_set(), what="B idle")
-            msg = await submit(w, account, ["wake@example.net"])
-            await wait_states(a, msg.id, {"wake@example.net": "delivered"}, timeout=30)
+            yield a, account, w
         finally:
             await w.stop()
             await svc_b.stop(5, None)
+
+
+@pytest.mark.postgres
+async def test_notify_wakes_another_nodes_worker(
+    tmp_path: Path, pg_url: str, make_sink: Any
+) -> None:
+    """Node B polls only once a minute: only LISTEN/NOTIFY can make it deliver quickly."""
+    sink = await make_sink()
+    async with idle_second_node(tmp_path, pg_url, sink.port) as (a, account, w):
+        msg = await submit(w, account, ["wake@example.net"])
+        await wait_states(a, msg.id, {"wake@example.net": "delivered"}, timeout=30)
 
 
 @pytest.mark.postgres
@@ -891,26 +901,12 @@ async def test_another_nodes_scheduled_message_goes_out_at_its_time(
     """Node B polls once a minute; A accepts a message scheduled 2 s ahead. B's NOTIFY wake-up
     finds nothing due, so only its timer for the earliest scheduled time delivers it on time."""
     sink = await make_sink()
-    async with (
-        node(tmp_path, pg_url, "ingest-node") as a,
-        node(tmp_path, pg_url, "delivery-node", RELAY_DELIVERY_POLL_INTERVAL="60") as b,
-    ):
-        account = await setup_through_admin(a, sink.port)
-        svc_b = DeliveryService(b)
-        await svc_b.start()
-        w = QueueWriter(a.db, on_commit=a.notify_enqueued)
-        await w.start()
-        try:
-            await asyncio.wait_for(svc_b.listening.wait(), 30)
-            await wait_until(lambda: not svc_b._wake.is_set(), what="B idle")
-            not_before = time.time() + 2
-            msg = await submit(w, account, ["later@example.net"], not_before=not_before)
-            await wait_states(a, msg.id, {"later@example.net": "delivered"}, timeout=30)
-            (received,) = sink.messages
-            assert not_before <= received.received_at < not_before + 2
-        finally:
-            await w.stop()
-            await svc_b.stop(5, None)
+    async with idle_second_node(tmp_path, pg_url, sink.port) as (a, account, w):
+        not_before = time.time() + 2
+        msg = await submit(w, account, ["later@example.net"], not_before=not_before)
+        await wait_states(a, msg.id, {"later@example.net": "delivered"}, timeout=30)
+        (received,) = sink.messages
+        assert not_before <= received.received_at < not_before + 2
 
 
 async def test_a_reply_with_a_nul_is_recorded_not_poisonous(
