@@ -45,6 +45,10 @@ async def start_relay(
     tmp_path: Path, db_url: str, **env: str
 ) -> tuple[RunningRelay, aiohttp.ClientSession]:
     env.setdefault("RELAY_DELIVERY_ENABLED", "false")
+    # In process, every listener binds port 0 and the test reads the port it got: a port
+    # picked free beforehand can be taken by another process before the relay binds it.
+    for name in ("SMTP", "SMTPS", "ADMIN", "TRACKING"):
+        env.setdefault(f"RELAY_{name}_LISTEN", "127.0.0.1:0")
     settings = make_settings(tmp_path, db_url, **env)
     relay = Relay(settings)
     await relay.start()
