@@ -419,7 +419,7 @@ async def make_accounts(api: Api) -> list[Account]:
 
 
 async def seed(target: Target, accounts: list[Account], args: argparse.Namespace) -> Seeded:
-    from relay.store import eventlog
+    from relay.store import eventlog, rollups
     from relay.store.db import Database
 
     now = time.time()
@@ -476,6 +476,7 @@ async def seed(target: Target, accounts: list[Account], args: argparse.Namespace
                 conn3.executemany(
                     f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({marks})", evs
                 )
+                rollups.fold_sqlite(conn3)  # as the relay's writers do before they commit
                 conn3.execute("COMMIT")
                 written += len(evs)
                 progress(written, args.events, t0)

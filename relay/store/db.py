@@ -26,6 +26,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from relay.store import rollups
+
 T = TypeVar("T")
 
 
@@ -104,6 +106,7 @@ class Database:
                     await conn.exec_driver_sql("BEGIN IMMEDIATE")
                     try:
                         yield conn
+                        await rollups.fold_sqlite_async(conn)
                     except BaseException:
                         await conn.exec_driver_sql("ROLLBACK")
                         raise
@@ -227,6 +230,7 @@ class SqliteRunner:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(conn, *args)
+                rollups.fold_sqlite(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):

@@ -13,7 +13,8 @@ retried at the next run if it could not get it, so writers never wait longer tha
 SQLite has no partitions: old events are deleted in small batches, each its own short write
 transaction, so the queue's writers get the lock between batches.
 
-The rollup tables (schema.py) are kept by triggers on ``events`` (migration 0003). On
+The rollup tables (schema.py) are kept by a trigger on ``events`` (migration 0003) on
+PostgreSQL, and on SQLite by each writer before it commits (relay/store/rollups.py). On
 PostgreSQL every INSERT statement adds rows of its own (``seq`` > 0) instead of updating shared
 ones, so concurrent writers never queue on a hot counter row; ``fold_rollups`` merges them into
 one row per key (``seq`` 0). Readers sum over the key, folded or not.
@@ -29,21 +30,11 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay.store import rollups
 from relay.store.db import Database
+from relay.store.rollups import DAY as DAY  # re-exported: the queries use them
+from relay.store.rollups import KINDS as KINDS
 
-DAY = 86400
-# The kinds of event counted once per recipient (the first event of the kind that is not
-# flagged ``data.machine``): event name -> kind. The triggers of migration 0003 use the same
-# table (a test checks that they agree).
-KINDS = {
-    "delivered": "delivered",
-    "accepted-by-mta": "delivered",
-    "bounced": "bounced",
-    "opened": "opened",
-    "clicked": "clicked",
-    "unsubscribed": "unsubscribed",
-    "complained": "complained",
-}
 PARTITION_SCHEMA = "event_partitions"
 DEFAULT_PARTITION = "events_default"
 LOCK_TIMEOUT = "500ms"
@@ -317,9 +308,11 @@ PG_FOLD = (
 
 async def fold_rollups(db: Database) -> int:
     """Merge the per-statement rollup rows into one row per key; returns the rows written.
-    No-op on SQLite (its trigger updates one row per key)."""
+    On SQLite (one row per key already) count any events a writer left uncounted (every
+    writer of the relay counts its own before it commits: relay/store/rollups.py)."""
     if db.is_sqlite:
-        return 0
+        async with db.write() as conn:
+            return int(await rollups.fold_sqlite_async(conn))
     written = 0
     for sql in PG_FOLD:
         async with db.write() as conn:

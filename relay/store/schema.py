@@ -595,6 +595,15 @@ event_firsts = Table(
     Column("created_at", Float, nullable=False, index=True),
 )
 
+# SQLite only: the ids of events inserted since the writer last counted them into the rollups
+# (relay/store/rollups.py); empty once a write transaction commits. PostgreSQL's statement
+# trigger counts as it goes, so there it stays empty.
+event_unfolded = Table(
+    "event_unfolded",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=False),
+)
+
 # ---------------------------------------------------------------------------------------------
 # The MX listener (mta/bounces/).
 
