@@ -26,7 +26,9 @@ from relay.store.db import Database
 
 log = structlog.get_logger("relay.events")
 
-FOLD_INTERVAL = 10.0  # seconds between foldings of the rollups (PostgreSQL)
+# Seconds between foldings of the rollups (PostgreSQL), or countings of events a foreign writer
+# left uncounted (SQLite: relay/store/rollups.py).
+FOLD_INTERVAL = 10.0
 UPKEEP_INTERVAL = 3600.0  # seconds between partition and retention rounds
 RETENTION_DELAY = 300.0  # the first retention round waits this long after start
 
@@ -105,7 +107,7 @@ class EventMaintenance:
     async def _run(self) -> None:
         next_upkeep = time.monotonic() + RETENTION_DELAY
         while True:
-            await asyncio.sleep(FOLD_INTERVAL if not self.db.is_sqlite else UPKEEP_INTERVAL / 6)
+            await asyncio.sleep(FOLD_INTERVAL)
             await self._step("fold", self.fold)
             if time.monotonic() >= next_upkeep:
                 next_upkeep = time.monotonic() + UPKEEP_INTERVAL

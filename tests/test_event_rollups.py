@@ -5,11 +5,14 @@ no answer; a trigger another part of the relay puts on ``events`` keeps working.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.engine import make_url
 
 from relay import events as ev
 from relay.services import Services
@@ -161,6 +164,45 @@ async def test_every_writer_is_counted(api: Api, services: Services, engaged: En
     )
     # a clicked and opened again (not new), c clicked for the first time.
     assert (stats["Stats"]["Opened"], stats["Stats"]["Clicked"]) == (3, 2)
+
+
+async def test_a_script_with_its_own_connection_is_counted(
+    services: Services, engaged: Engaged
+) -> None:
+    """Events written around the relay (a script's own connection): PostgreSQL's trigger counts
+    them as they go; on SQLite the trigger notes them and the next fold (the maintenance
+    task's) counts them, once."""
+    db = services.db
+    acct = engaged.acct
+    rows = [
+        (E0 + 9000, acct.user_id, acct.domain_id, "f1", "x@gmail.com", ev.DELIVERED),
+        (E0 + 9001, acct.user_id, acct.domain_id, "f1", "x@gmail.com", ev.DELIVERED),
+    ]
+    columns = "created_at, user_id, domain_id, message_id, recipient, event"
+    url = make_url(db.url)
+    if db.is_sqlite:
+        assert url.database
+        raw = sqlite3.connect(url.database, isolation_level=None)
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            raw.executemany(f"INSERT INTO events ({columns}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            raw.execute("COMMIT")
+            assert raw.execute("SELECT count(*) FROM event_unfolded").fetchone() == (2,)
+        finally:
+            raw.close()
+        assert await eventlog.fold_rollups(db) == 1
+        assert await eventlog.fold_rollups(db) == 0  # nothing left, nothing doubled
+    else:
+        pg = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+        try:
+            await pg.executemany(
+                f"INSERT INTO events ({columns}) VALUES ($1, $2, $3, $4, $5, $6)", rows
+            )
+        finally:
+            await pg.close()
+        await check_tallies(services, acct.user_id)  # before any folding
+        await eventlog.fold_rollups(db)
+    await check_tallies(services, acct.user_id)
 
 
 async def test_folding(services: Services, engaged: Engaged) -> None:

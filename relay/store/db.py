@@ -272,6 +272,9 @@ SQLITE_PRAGMAS = (
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=30000",
+    # The rollups' scratch table and GROUP BY's sorters (relay/store/rollups.py): small, and
+    # never worth a temporary file.
+    "PRAGMA temp_store=MEMORY",
 )
 
 
