@@ -335,6 +335,7 @@ class Target:
             RELAY_SMTP_LISTEN=f"127.0.0.1:{free_port()}",
             RELAY_SMTPS_LISTEN=f"127.0.0.1:{free_port()}",
             RELAY_ADMIN_LISTEN=f"127.0.0.1:{self.admin_port}",
+            RELAY_TRACKING_LISTEN=f"127.0.0.1:{free_port()}",
             RELAY_ADMIN_API_KEY=self.admin_key,
             RELAY_HOSTNAME="relay.bench.test",
             RELAY_LOG_FORMAT="json",

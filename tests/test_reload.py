@@ -56,7 +56,7 @@ def test_sighup_reloads_certificate_and_log_level_everywhere(tmp_path: Path) -> 
     live.mkdir()
     shutil.copy(old_cert, live / "cert.pem")
     shutil.copy(old_key, live / "key.pem")
-    smtp_port, admin_port = free_port(), free_port()
+    smtp_port, admin_port, tracking_port = free_port(), free_port(), free_port()
     conf = tmp_path / "relay.toml"
 
     def write_conf(level: str, extra: str = "") -> None:
@@ -65,6 +65,7 @@ def test_sighup_reloads_certificate_and_log_level_everywhere(tmp_path: Path) -> 
             f'[smtp]\nlisten = ["127.0.0.1:{smtp_port}"]\nsmtps_listen = []\nprocesses = 3\n'
             f'tls_cert = "{live / "cert.pem"}"\ntls_key = "{live / "key.pem"}"\n{extra}'
             f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+            f'[tracking]\nlisten = "127.0.0.1:{tracking_port}"\n'
             f'[log]\nformat = "json"\nlevel = "{level}"\n'
         )
 

@@ -84,6 +84,7 @@ class SandboxedRelay:
         self.data = base / "state"
         _state_directory(self.data)
         self.smtp, self.smtps, self.admin = free_port(), free_port(), free_port()
+        self.tracking = free_port()
         self.sink_port = sink_port
         self.notify_path = base / "notify.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -98,6 +99,7 @@ class SandboxedRelay:
             RELAY_SMTP_LISTEN=f"127.0.0.1:{self.smtp}",
             RELAY_SMTPS_LISTEN=f"127.0.0.1:{self.smtps}",
             RELAY_ADMIN_LISTEN=f"127.0.0.1:{self.admin}",
+            RELAY_TRACKING_LISTEN=f"127.0.0.1:{self.tracking}",
             RELAY_HOSTNAME="relay.test",
             # The defaults matter here: delivery in a child process at nice 10, two SMTP
             # processes.
