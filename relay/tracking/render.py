@@ -30,7 +30,15 @@ from relay.tracking import html as html_plan
 from relay.tracking import mime
 from relay.tracking.hosts import tracking_base
 from relay.tracking.keys import load_codec
-from relay.tracking.tokens import CLICK, OPEN, UNSUBSCRIBE, TokenCodec, click_suffix
+from relay.tracking.tokens import (
+    CLICK,
+    MAX_PREFIX_BYTES,
+    OPEN,
+    UNSUBSCRIBE,
+    TokenCodec,
+    click_suffix,
+    max_token_chars,
+)
 
 log = structlog.get_logger("relay.tracking")
 
@@ -246,13 +254,17 @@ class Tracker:
                 slots.insert(pos, _INSERT)
             if not slots:
                 continue
-            cte = _output_cte(part, rewrites=any(s != _INSERT for s in slots), extra=footer)
+            segments = html_plan.segments(part.text, cuts)
+            rewrites = any(s != _INSERT for s in slots)
+            worst = _Worst(base, links, footer, options.opens, unsubscribe)
+            if rewrites and _fits_as_it_is(part, segments, slots, worst):
+                cte: str | None = part.cte
+            else:
+                cte = _output_cte(part, rewrites=rewrites, extra=footer)
             if cte is None:
                 continue
             changed.append((part, cte))
-            planned.append(
-                _Part(part.html, html_plan.segments(part.text, cuts), slots, part.charset, cte)
-            )
+            planned.append(_Part(part.html, segments, slots, part.charset, cte))
         if not changed and not unsubscribe:
             return None
         tpl = mime.template(message, root, changed) if changed else None
@@ -382,6 +394,52 @@ def _output_cte(part: mime.TextPart, *, rewrites: bool, extra: str) -> str | Non
     if part.top_level and part.node.get("Content-Type") is None:
         return None  # not a MIME message: no encoding can be declared without more headers
     return "quoted-printable"
+
+
+# RFC 5322 2.1.1: at most 998 octets per line, without its CRLF.
+_LINE_OCTETS = 998
+
+
+@dataclass(slots=True)
+class _Worst:
+    """What a plan puts into a part, for its longest possible rendering."""
+
+    base: str
+    links: list[str]
+    footer: str
+    opens: bool
+    unsubscribe: bool
+
+
+def _fits_as_it_is(
+    part: mime.TextPart, segments: list[str], slots: list[int], worst: _Worst
+) -> bool:
+    """Whether an HTML part in 7bit or 8bit whose links are rewritten can keep its encoding:
+    rendered with the longest token any recipient can get, every line still fits in 998
+    octets and a 7bit part stays ASCII. Then the part is not written quoted-printable, which
+    costs a pass over it per recipient and makes the body longer still."""
+    if not part.html or part.cte not in ("", "7bit", "8bit"):
+        return False
+    longest = "A" * max_token_chars(MAX_PREFIX_BYTES)
+    unsub = f"{worst.base}/u/{longest}" if worst.unsubscribe else ""
+    pixel = f"{worst.base}/o/{longest}" if worst.opens else ""
+    out: list[str] = []
+    for seg, slot in zip(segments, slots, strict=False):
+        out.append(seg)
+        if slot == _INSERT:
+            out.append(_html_insert(unsub, pixel, worst.footer))
+        else:
+            plain = MAX_PREFIX_BYTES + len(click_suffix(slot, worst.links[slot]))
+            out.append(f"{worst.base}/c/" + "A" * max_token_chars(plain))
+    out.append(segments[-1])
+    text = "".join(out)
+    if part.cte in ("", "7bit") and not text.isascii():
+        return False
+    try:
+        data = text.encode(part.charset)
+    except (LookupError, UnicodeError):
+        return False
+    return all(len(line.rstrip(b"\r")) <= _LINE_OCTETS for line in data.split(b"\n"))
 
 
 def _html_insert(unsub: str, pixel: str, text: str) -> str:

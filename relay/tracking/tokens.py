@@ -45,6 +45,9 @@ MAX_RECIPIENT_BYTES = 255
 
 _HEAD = struct.Struct(">I")  # minted at (Unix seconds)
 _LINK = struct.Struct(">H")  # link index
+# The longest ``prefix``: minted time, a message id of up to 255 bytes and a recipient of up to
+# MAX_RECIPIENT_BYTES, each after its length byte.
+MAX_PREFIX_BYTES = _HEAD.size + 1 + 255 + 1 + MAX_RECIPIENT_BYTES
 _UUID_TAG = 0  # queue id stored as 16 raw bytes; otherwise a length byte and the text
 _KEY_BYTE = bytes([KEY_ID])
 _ASSOCIATED = {kind: [kind] for kind in KINDS}  # AES-SIV's associated data, per kind
@@ -140,6 +143,12 @@ class TokenCodec:
         except (InvalidTag, ValueError):
             return None
         return _parse(kind, plain)
+
+
+def max_token_chars(plain_bytes: int) -> int:
+    """The length of the token of a plaintext this long: key id, the 16-byte SIV, the
+    ciphertext, in base64url without padding."""
+    return -(-4 * (1 + 16 + plain_bytes) // 3)
 
 
 def click_suffix(link_index: int, url: str) -> bytes:
