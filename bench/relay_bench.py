@@ -201,6 +201,8 @@ async def run_once(bench: Bench, target: Target, rep: int, sink: Child, log_dir:
                 "size": args.size,
                 "username": endpoint.username,
                 "password": endpoint.password,
+                # A text/html body with links (bench/tracking.py's end-to-end part).
+                "html": getattr(args, "html", False),
             }
             await child.send(json.dumps(config))
         for child in loadgens:

@@ -39,6 +39,7 @@ class Tally:
     deliveries: int = 0  # distinct (id, recipient) pairs of this run
     duplicates: int = 0  # pairs seen again (a duplicate delivery)
     dkim_signed: int = 0  # messages of this run with a DKIM-Signature header
+    one_click: int = 0  # messages of this run with List-Unsubscribe-Post (tracking applied)
     strays: int = 0  # messages of another run (a late delivery) or without an id
     first: float = 0.0  # monotonic time of the first and last message of this run
     last: float = 0.0
@@ -79,8 +80,11 @@ class CountingHandler:
             tally.first = now
         tally.last = now
         tally.messages += 1
-        if b"dkim-signature:" in head.lower():
+        lowered = head.lower()
+        if b"dkim-signature:" in lowered:
             tally.dkim_signed += 1
+        if b"\nlist-unsubscribe-post:" in lowered:
+            tally.one_click += 1
         if bench_id not in tally.ids:
             tally.ids.add(bench_id)
             tally.distinct += 1
