@@ -316,16 +316,11 @@ async def bench_smtp(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             endpoint = await relay.start()
-            load = argparse.Namespace(
-                sessions=args.sessions,
-                procs=1,
-                duration=args.duration,
-                recipients=1,
-                size=2048,
-                html=True,
-                drain_timeout=120.0,
-                stall=30.0,
+            # relay_bench's load as its own defaults give it (one recipient, 2 KB), in HTML.
+            load = relay_bench.parse_args(
+                ["--sessions", str(args.sessions), "--duration", str(args.duration)]
             )
+            load.html = True
             bench = relay_bench.Bench(load)
             target = relay_bench.Target("relay-sqlite", "relay", is_relay=True, died=relay.died)
             target.endpoint = endpoint

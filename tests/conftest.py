@@ -12,9 +12,9 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -25,6 +25,9 @@ from relay.node import running_node
 from relay.services import Services
 from relay.store import migrate
 from relay.store.db import Database
+
+if TYPE_CHECKING:
+    from tests.test_e2e_process import Node
 
 PG_ADMIN_URL = os.environ.get(
     "RELAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -278,3 +281,15 @@ async def dns_stub() -> AsyncIterator[Any]:
     await stub.start()
     yield stub
     await stub.stop()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    """Every relay process (tests/test_e2e_process.py ``Node``) a test starts; killed at teardown however the test ended."""
+    started: list[Node] = []
+    yield started
+    for node in started:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(timeout=30)
+        node.notify.close()

@@ -110,9 +110,11 @@ async def route_to(
     auth: tuple[str, str] | None = None,
     host: str = "127.0.0.1",
     name: str | None = None,
+    **settings: Any,
 ) -> int:
     """A delivery server for ``host:port`` (a test sink), assigned to user group ``group``
-    (None: not assigned): its DeliveryServerID."""
+    (None: not assigned): its DeliveryServerID. ``settings``: more deliveryserver.create
+    parameters, or other values for these."""
     params: dict[str, Any] = {
         "DeliveryServerName": name or f"sink {port}",
         "SendMethodSMTPHost": host,
@@ -126,6 +128,7 @@ async def route_to(
     }
     if auth is not None:
         params["SendMethodSMTPUsername"], params["SendMethodSMTPPassword"] = auth
+    params.update(settings)
     made = await api.call("deliveryserver.create", admin=True, **params)
     assert made["Success"] is True, made
     server_id = int(made["DeliveryServerID"])

@@ -20,7 +20,7 @@ import pytest
 
 from tests.provision import wait_until
 from tests.sink import Sink
-from tests.test_e2e_process import Node, child_pids, nodes  # noqa: F401  (the fixture)
+from tests.test_e2e_process import Node, child_pids
 
 
 def kill_hard(node: Node) -> None:
@@ -51,7 +51,7 @@ async def send_all(node: Node, cred: dict[str, Any], rcpts: list[str]) -> None:
 
 async def test_restart_after_sigkill_delivers_every_acknowledged_message_at_once(
     tmp_path: Path,
-    nodes: list[Node],  # noqa: F811  (the fixture imported above)
+    nodes: list[Node],
     make_sink: Any,
     db_url: str,
 ) -> None:
@@ -99,7 +99,7 @@ async def test_restart_after_sigkill_delivers_every_acknowledged_message_at_once
 @pytest.mark.postgres
 async def test_survivor_delivers_a_dead_nodes_leased_mail(
     tmp_path: Path,
-    nodes: list[Node],  # noqa: F811
+    nodes: list[Node],
     make_sink: Any,
     pg_url: str,
 ) -> None:

@@ -17,18 +17,6 @@ from tests.test_e2e_process import Node
 
 
 @pytest.fixture
-def nodes() -> Iterator[list[Node]]:
-    """Every Node a test starts; killed at teardown however the test ended."""
-    started: list[Node] = []
-    yield started
-    for node in started:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(timeout=30)
-        node.notify.close()
-
-
-@pytest.fixture
 def loose_umask() -> Iterator[None]:
     """Start the relay as a careless shell would: umask 022."""
     old = os.umask(0o022)

@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,18 +131,6 @@ class Node:
         with urllib.request.urlopen(req, timeout=30) as resp:
             data: dict[str, Any] = json.load(resp)
             return data
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[Node]]:
-    """Every Node a test starts; killed at teardown however the test ended."""
-    started: list[Node] = []
-    yield started
-    for node in started:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(timeout=30)
-        node.notify.close()
 
 
 def send_over_starttls(port: int, username: str, password: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from relay.smtp import replies
-from tests.test_e2e_process import Node, child_pids, nodes  # noqa: F401 (fixture)
+from tests.test_e2e_process import Node, child_pids
 from tests.tools import need
 
 TREE = {"RELAY_SMTP_PROCESSES": "2", "RELAY_DELIVERY_ENABLED": "false"}
@@ -109,7 +109,7 @@ def database(request: pytest.FixtureRequest) -> dict[str, str]:
 
 def test_send_limit_and_auth_failures_are_the_nodes(
     tmp_path: Path,
-    nodes: list[Node],  # noqa: F811
+    nodes: list[Node],
     database: dict[str, str],
 ) -> None:
     node = Node(
@@ -189,7 +189,7 @@ def plain(cred: dict[str, Any]) -> str:
 
 def test_connection_limits_are_the_nodes_and_survive_a_worker_restart(
     tmp_path: Path,
-    nodes: list[Node],  # noqa: F811
+    nodes: list[Node],
 ) -> None:
     need("ss (iproute2)", shutil.which("ss") is not None, "apt-get install iproute2")
     node = Node(

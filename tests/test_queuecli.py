@@ -40,18 +40,6 @@ def database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
         }
 
 
-@pytest.fixture
-def node_list() -> Iterator[list[Node]]:
-    """Every Node the test starts; killed at teardown however the test ended."""
-    started: list[Node] = []
-    yield started
-    for node in started:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(timeout=30)
-        node.notify.close()
-
-
 class Cli:
     """`relay queue ...` in its own process, configured like the node; every run's stderr (its
     log) is kept."""
@@ -139,7 +127,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 
 async def test_queue_commands_against_a_running_relay(
-    tmp_path: Path, node_list: list[Node], make_sink: Any, database: dict[str, str]
+    tmp_path: Path, nodes: list[Node], make_sink: Any, database: dict[str, str]
 ) -> None:
     sink: Sink = await make_sink()
     sink.rcpt_replies["slow@example.net"] = "451 4.7.1 Greylisted, try again later"
@@ -150,7 +138,7 @@ async def test_queue_commands_against_a_running_relay(
         RELAY_DELIVERY_RETRY_MAX_INTERVAL="3600",
         **database,
     )
-    node_list.append(node)
+    nodes.append(node)
     await asyncio.to_thread(node.wait_for, "READY=1")
     user_key, cred = await asyncio.to_thread(new_sender, node)
     await asyncio.to_thread(node.route_to, sink.port)

@@ -46,18 +46,6 @@ def database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     yield settings
 
 
-@pytest.fixture
-def node_list() -> Iterator[list[Node]]:
-    """Every Node the test starts; killed at teardown however the test ended."""
-    started: list[Node] = []
-    yield started
-    for node in started:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(timeout=30)
-        node.notify.close()
-
-
 def sender_key(node: Node) -> str:
     """A user with an Enabled example.com: the domain's send API key."""
     user = node.call("user.create", AdminAPIKey=node.admin_key, EmailAddress="s@example.com")
@@ -99,11 +87,11 @@ def scheduled(node: Node) -> dict[str, Any]:
 
 
 async def test_a_scheduled_message_goes_out_at_its_time_across_a_restart(
-    tmp_path: Path, node_list: list[Node], make_sink: Any, database: dict[str, str]
+    tmp_path: Path, nodes: list[Node], make_sink: Any, database: dict[str, str]
 ) -> None:
     sink: Sink = await make_sink()
     node = Node(tmp_path, tmp_path / "var", **database)
-    node_list.append(node)
+    nodes.append(node)
     await asyncio.to_thread(node.wait_for, "READY=1")
     key = await asyncio.to_thread(sender_key, node)
     await asyncio.to_thread(node.route_to, sink.port)
@@ -133,7 +121,7 @@ async def test_a_scheduled_message_goes_out_at_its_time_across_a_restart(
         queue_id, "scheduled", send_at
     )  # fmt: skip
     node = Node(tmp_path, tmp_path / "var", **database)
-    node_list.append(node)
+    nodes.append(node)
     await asyncio.to_thread(node.wait_for, "READY=1")
     assert "later@example.net" in await asyncio.to_thread(scheduled, node)
 

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from relay.smtp import replies
 from relay.store import schema as t
-from tests.provision import wait_until
+from tests.provision import route_to, wait_until
 from tests.relayfix import RunningRelay, start_relay, stop_relay
 from tests.sink import Sink
 from tests.test_dkim import stub_dnsfunc
@@ -35,21 +35,6 @@ MESSAGE = (
     "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
     "Schöne Grüße, 你好\r\n"
 ).encode()
-
-
-async def route(running: RunningRelay, port: int) -> None:
-    made = await running.api.call(
-        "deliveryserver.create", admin=True, DeliveryServerName="downstream",
-        SendMethodSMTPHost="127.0.0.1", SendMethodSMTPPort=port, SendMethodSMTPSecure="false",
-        SendMethodSMTPTimeout=10, SendMethodSMTPAuth=False,
-        DomainSettings_LinkTracking="t.example.com", DomainSettings_OpenTracking="o.example.com",
-        DomainSettings_MFrom="b.example.com",
-    )  # fmt: skip
-    assigned = await running.api.call(
-        "deliveryserver.assign", admin=True, DeliveryServerID=made["DeliveryServerID"],
-        UserGroupID=1,
-    )  # fmt: skip
-    assert assigned["Success"], assigned
 
 
 async def client_for(running: RunningRelay, username: str, password: str) -> aiosmtplib.SMTP:
@@ -86,7 +71,7 @@ async def test_utf8_mail_is_offered_signed_queued_and_delivered(
     )
     try:
         acct = await running.new_account()
-        await route(running, sink.port)
+        await route_to(running.api, sink.port, name="downstream")
         host, value = acct.dkim_record
         dns_stub.txt(host, value)
 
@@ -172,7 +157,7 @@ async def test_delivery_server_without_smtputf8_bounces_with_553_5_6_7(
     )
     try:
         acct = await running.new_account()
-        await route(running, old.port)
+        await route_to(running.api, old.port, name="downstream")
         client = await client_for(running, acct.username, acct.password)
         errors, reply = await client.sendmail(
             SENDER, [RCPT_LOCAL, RCPT_IDN_ONLY], MESSAGE,

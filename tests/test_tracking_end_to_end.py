@@ -29,12 +29,11 @@ from sqlalchemy import select
 
 from relay.store import schema as t
 from relay.tracking.tokens import CLICK, OPEN, UNSUBSCRIBE, Token
-from tests.provision import wait_until
+from tests.provision import route_to, wait_until
 from tests.relayfix import Account, RunningRelay, start_relay, stop_relay
 from tests.sink import Received, Sink
 from tests.test_dkim import stub_dnsfunc
 from tests.test_e2e_process import Node as ProcessNode
-from tests.test_e2e_process import nodes  # noqa: F401 (fixture)
 from tests.test_limits_processes import spread
 from tests.webhookreceiver import Receiver
 
@@ -224,20 +223,10 @@ async def node(tmp_path: Path, db_url: str, sink: Sink, dns_stub: Any) -> AsyncI
     )
     try:
         acct = await running.new_account()
-        made = await running.api.call(
-            "deliveryserver.create", admin=True, DeliveryServerName="downstream",
-            SendMethodSMTPHost="127.0.0.1", SendMethodSMTPPort=sink.port,
-            SendMethodSMTPSecure="false", SendMethodSMTPTimeout=10, SendMethodSMTPAuth=False,
-            DomainSettings_LinkTracking="t.x.com", DomainSettings_OpenTracking="o.x.com",
-            DomainSettings_MFrom="b.x.com",
+        await route_to(
+            running.api, sink.port, name="downstream", DomainSettings_LinkTracking="t.x.com",
+            DomainSettings_OpenTracking="o.x.com", DomainSettings_MFrom="b.x.com",
         )  # fmt: skip
-        assigned = await running.api.call(
-            "deliveryserver.assign",
-            admin=True,
-            DeliveryServerID=made["DeliveryServerID"],
-            UserGroupID=1,
-        )
-        assert assigned["Success"], assigned
         host, value = acct.dkim_record
         dns_stub.txt(host, value)
         yield Node(running, acct, sink, dns_stub.nameserver, session)
@@ -474,7 +463,7 @@ async def _has(stats: Any, **want: int) -> bool:
 
 def test_every_smtp_process_of_the_tree_tracks(
     tmp_path: Path,
-    nodes: list[ProcessNode],  # noqa: F811
+    nodes: list[ProcessNode],
 ) -> None:
     """`relay serve` with two SMTP processes: a session served by the worker process is
     tracked as one served by the main process (each builds its own Tracker at start, with the

@@ -13,12 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests import test_e2e_process as e2e
 from tests.provision import wait_until
 from tests.test_e2e_process import Node, child_pids
 from tests.webhookreceiver import Receiver
-
-nodes = e2e.nodes  # the same fixture: every Node started is killed at teardown
 
 
 @pytest.fixture

@@ -226,6 +226,7 @@ class Tracker:
         planned: list[_Part] = []
         changed: list[tuple[mime.TextPart, str]] = []
         first_html = first_text = True
+        worst = _Worst(base, links, footer, options.opens, unsubscribe)  # links: filled below
         for part in parts:
             insert = False
             if part.html:
@@ -256,7 +257,6 @@ class Tracker:
                 continue
             segments = html_plan.segments(part.text, cuts)
             rewrites = any(s != _INSERT for s in slots)
-            worst = _Worst(base, links, footer, options.opens, unsubscribe)
             if rewrites and _fits_as_it_is(part, segments, slots, worst):
                 cte: str | None = part.cte
             else:
