@@ -262,7 +262,9 @@ def child_pids(parent: int, role: str = "") -> list[int]:
     for pid in pids:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_text()
-        except FileNotFoundError:  # exited since pgrep saw it (e.g. the one just killed)
+        except (FileNotFoundError, ProcessLookupError):
+            # Exited since pgrep saw it (e.g. the one just killed): gone, or still being torn
+            # down, when reading its cmdline fails with ESRCH.
             continue
         if f"--role\0{role}\0" in cmdline:
             found.append(pid)
