@@ -107,6 +107,45 @@ async def test_suppressing_feedback_suppresses_and_invalidates(
     assert [tuple(r) for r in rows] == [("x@example.net", "complaint")]
 
 
+async def test_a_batch_records_in_item_order_with_each_suppression_after_its_event(
+    services: Services, writer: Any
+) -> None:
+    """One batch of mixed items (both backends record a batch set-based): events in item
+    order, each suppressed event right after its item's, addresses lowered as Python does."""
+    await _queue(services, "m-5", ["Ünï@Example.net", "ok@example.net", "gone@example.net"])
+    done = await writer.record(
+        [
+            Feedback("m-5", "ok@example.net", "accepted-by-mta", dedupe_key="b:1"),
+            # (Matching folds ASCII case only on SQLite: the report names it as queued.)
+            Feedback("m-5", "Ünï@Example.net", "bounced", suppress="bounce", dedupe_key="b:2"),
+            Feedback("m-5", "nobody@example.net", "bounced", suppress="bounce"),
+            Feedback("m-5", "GONE@example.net", "complained", suppress="complaint"),
+            Feedback("m-5", "ok@example.net", "deferred", dedupe_key="b:3"),
+        ]
+    )
+    assert done == [True, True, False, True, True]
+    rows = await _events(services, "m-5")
+    assert [(r.event, r.recipient) for r in rows] == [
+        ("accepted-by-mta", "ok@example.net"),
+        ("bounced", "Ünï@Example.net"),
+        ("suppressed", "Ünï@Example.net"),
+        ("complained", "gone@example.net"),
+        ("suppressed", "gone@example.net"),
+        ("deferred", "ok@example.net"),
+    ]
+    assert [r.data for r in rows if r.event == "suppressed"] == [
+        {"source": "bounce"},
+        {"source": "complaint"},
+    ]
+    s = t.suppressions
+    async with services.db.read() as conn:
+        found = (await conn.execute(select(s.c.email, s.c.source).order_by(s.c.email))).all()
+    assert [tuple(r) for r in found] == [
+        ("gone@example.net", "complaint"),
+        ("ünï@example.net", "bounce"),
+    ]
+
+
 async def test_dedupe_keys_record_once_across_batches_and_within_one(
     services: Services, writer: Any
 ) -> None:

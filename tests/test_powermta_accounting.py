@@ -213,16 +213,17 @@ class _FlakyWriter:
         if self.outage > 0:
             raise StorageUnavailable("database down")
 
-    async def record(self, items: list[Any]) -> list[bool]:
+    async def record_prepared(self, rows: list[Any]) -> list[bool]:
+        """Rows as relay.queue.feedback.prepare makes them (the queue id second)."""
         from relay.store.db import StorageUnavailable
 
         if self.outage > 0:
             self.outage -= 1
             raise StorageUnavailable("database down")
-        if any(i.message_id == "poison" for i in items):
+        if any(row[1] == "poison" for row in rows):
             raise StorageUnavailable("value too long")
-        self.recorded += [i.message_id for i in items]
-        return [True] * len(items)
+        self.recorded += [row[1] for row in rows]
+        return [True] * len(rows)
 
 
 async def test_outages_are_retried_and_an_unstorable_record_is_isolated(tmp_path: Path) -> None:

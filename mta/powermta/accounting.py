@@ -26,6 +26,8 @@ import contextlib
 import csv
 import gzip
 import os
+import select
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +37,8 @@ from typing import IO, Any
 import structlog
 
 from mta.powermta.records import Columns, Malformed, is_header, to_feedback
-from relay.queue.feedback import Feedback, FeedbackWriter
+from relay.queue.feedback import Feedback, FeedbackWriter, prepare
+from relay.queue.model import FeedbackRow
 from relay.store.db import StorageUnavailable
 
 log = structlog.get_logger("mta.powermta.accounting")
@@ -44,6 +47,8 @@ PIPE_CHUNK = 64 * 1024
 FILE_CHUNK = 256 * 1024
 MAX_RECORD = 64 * 1024  # bytes of one record; a longer line is malformed
 MAX_RECORD_LINES = 16  # physical lines of one record (line breaks inside quoted fields)
+HAND_OVER = 4000  # records per hand-over to the loop while more are waiting
+COMMIT_BATCH = 8000  # records per commit (the feedback writer's group commit merges hand-overs)
 LOG_SAMPLE = 20  # individual log lines per minute and kind; the rest are only counted
 
 
@@ -172,6 +177,7 @@ class Item:
     feedback: Feedback
     source: str
     line: int
+    row: FeedbackRow = (0, "", "", "", None, None, None, None, None, None, 0.0)
 
 
 @dataclass
@@ -236,6 +242,14 @@ def _one_row(text: str) -> list[str] | None:
         return None
 
 
+def _readiness(fd: int) -> Callable[[], bool]:
+    """Whether more of the source can be read at once: a pipe when it holds data, a file
+    (or a compressed one, ``fd`` -1) always."""
+    if fd < 0 or stat.S_ISREG(os.fstat(fd).st_mode):
+        return lambda: True
+    return lambda: bool(select.select([fd], [], [], 0)[0])
+
+
 def _open(name: str) -> tuple[IO[bytes] | gzip.GzipFile | None, int, int]:
     """(file object or None for a descriptor, descriptor, chunk size)."""
     if name == "-":
@@ -270,6 +284,7 @@ class AccountingReader:
 
     async def run(self) -> Counts:
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
 
         def hand_over(items: list[Item] | None) -> None:
             future = asyncio.run_coroutine_threadsafe(self._queue.put(items), loop)
@@ -315,7 +330,13 @@ class AccountingReader:
             summary.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await summary
-        log.info("accounting done", **self.counts.as_dict())
+        took = time.monotonic() - started
+        log.info(
+            "accounting done",
+            seconds=round(took, 3),
+            records_per_second=round(self.counts.lines / took) if took > 0 else None,
+            **self.counts.as_dict(),
+        )
         return self.counts
 
     # -- the reader thread -------------------------------------------------------------------
@@ -340,13 +361,22 @@ class AccountingReader:
             self.counts.unreadable += 1
             log.error("accounting source not readable", source=source.name, error=str(exc))
             return
+        ready = _readiness(fd)
+        items: list[Item] = []
         try:
             while not self._stop.is_set():
                 data = os.read(fd, chunk) if fd >= 0 else fh.read(chunk)  # type: ignore[union-attr]
                 if not data:
                     break
-                self._hand(source, splitter, splitter.feed(data), hand_over)
-            self._hand(source, splitter, splitter.finish(), hand_over)
+                items += self._parse(source, splitter, splitter.feed(data))
+                # Records are handed on as soon as nothing more is waiting (a quiet pipe: at
+                # once), else in batches: one commit for thousands of records, not hundreds.
+                if items and (len(items) >= HAND_OVER or not ready()):
+                    hand_over(items)
+                    items = []
+            items += self._parse(source, splitter, splitter.finish())
+            if items:
+                hand_over(items)
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             self.counts.unreadable += 1
             log.error("accounting source read failed", source=source.name, error=str(exc))
@@ -354,30 +384,28 @@ class AccountingReader:
             if fh is not None:
                 fh.close()
 
-    def _hand(
-        self,
-        source: _Source,
-        splitter: RecordSplitter,
-        records: list[tuple[int, str]],
-        hand_over: Callable[[list[Item] | None], None],
-    ) -> None:
+    def _parse(
+        self, source: _Source, splitter: RecordSplitter, records: list[tuple[int, str]]
+    ) -> list[Item]:
         for line in splitter.dropped:
             self.counts.lines += 1
             self.parser.malformed(source, line, "line too long or unterminated quote")
         splitter.dropped.clear()
         try:
             items = self.parser.parse(source, records)
+            # The rows the writer commits, built here in the reader's thread.
+            for item, row in zip(items, prepare([i.feedback for i in items]), strict=True):
+                item.row = row
+            return items
         except Exception:  # a bug: lose these records, not the stream
             log.exception("accounting records skipped", source=source.name, records=len(records))
             self.counts.malformed += len(records)
-            return
-        if items:
-            hand_over(items)
+            return []
 
     # -- the event loop ----------------------------------------------------------------------
 
     async def _commit_batch(self, batch: list[Item]) -> None:
-        done = await self._commit([i.feedback for i in batch])
+        done = await self._commit([i.row for i in batch])
         for item, recorded in zip(batch, done, strict=True):
             if recorded is True:
                 self.counts.recorded += 1
@@ -401,12 +429,12 @@ class AccountingReader:
                     job=item.feedback.message_id[:64],
                 )
 
-    async def _commit(self, items: list[Feedback]) -> list[bool | None]:
+    async def _commit(self, items: list[FeedbackRow]) -> list[bool | None]:
         """Per item True/False as FeedbackWriter.record says; None: not storable."""
         failures = 0
         while True:
             try:
-                return list(await self.writer.record(items))
+                return list(await self.writer.record_prepared(items))
             except StorageUnavailable as exc:
                 failures += 1
                 # The database answers, yet this keeps failing: something in it cannot be

@@ -48,11 +48,11 @@ async def _services(settings: Settings) -> Services:
 
 async def accounting(settings: Settings, files: list[str]) -> int:
     """Read the files (or standard input) to their end; 0, or 1 if a file was unreadable."""
-    from mta.powermta.accounting import AccountingReader
+    from mta.powermta.accounting import COMMIT_BATCH, AccountingReader
     from relay.queue.feedback import FeedbackWriter
 
     services = await _services(settings)
-    writer = FeedbackWriter(services.db, services.bus)
+    writer = FeedbackWriter(services.db, services.bus, max_batch=COMMIT_BATCH)
     writer.start()
     reader = AccountingReader(writer, files or ["-"], settings.powermta.suppress_categories)
     loop = asyncio.get_running_loop()

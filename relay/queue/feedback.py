@@ -53,13 +53,6 @@ class Feedback:
     created_at: float = 0.0
 
 
-def _check(items: Sequence[Feedback]) -> list[Feedback]:
-    for f in items:
-        if f.suppress is not None and f.suppress not in SUPPRESSION_SOURCES:
-            raise ValueError(f"unknown suppression source {f.suppress!r}")
-    return list(items)
-
-
 def _key(key: str | None) -> str | None:
     """Keys fit the column; a longer one is replaced by its digest."""
     if key is None or len(key) <= 200:
@@ -67,21 +60,31 @@ def _key(key: str | None) -> str | None:
     return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _row(ordinal: int, f: Feedback, now: float) -> FeedbackRow:
-    data = {k: storable_text(v) if isinstance(v, str) else v for k, v in (f.data or {}).items()}
-    return (
-        ordinal,
-        f.message_id[:36],
-        f.recipient[:320],
-        f.event[:32],
-        f.smtp_code,
-        storable_text(f.smtp_response),
-        json.dumps(data) if data else None,
-        f.suppress,
-        (storable_text(f.suppress_reason) or f.event)[:255] if f.suppress else None,
-        _key(f.dedupe_key),
-        f.created_at or now,
-    )
+def prepare(items: Sequence[Feedback], now: float | None = None) -> list[FeedbackRow]:
+    """The rows of ``items`` (ordinal 0: numbered at commit). Pure, so a caller with a thread
+    of its own (the accounting reader) builds them there, off the event loop's commit path."""
+    now = time.time() if now is None else now
+    rows: list[FeedbackRow] = []
+    for f in items:
+        if f.suppress is not None and f.suppress not in SUPPRESSION_SOURCES:
+            raise ValueError(f"unknown suppression source {f.suppress!r}")
+        data = {k: storable_text(v) if isinstance(v, str) else v for k, v in (f.data or {}).items()}
+        rows.append(
+            (
+                0,
+                f.message_id[:36],
+                f.recipient[:320],
+                f.event[:32],
+                f.smtp_code,
+                storable_text(f.smtp_response),
+                json.dumps(data) if data else None,
+                f.suppress,
+                (storable_text(f.suppress_reason) or f.event)[:255] if f.suppress else None,
+                _key(f.dedupe_key),
+                f.created_at or now,
+            )
+        )
+    return rows
 
 
 class FeedbackWriter:
@@ -91,7 +94,7 @@ class FeedbackWriter:
         self.db = db
         self.bus = bus
         self._backend = open_backend(db, "feedback-writer")
-        self._group: GroupCommit[Feedback, Recorded] = GroupCommit(
+        self._group: GroupCommit[FeedbackRow, Recorded] = GroupCommit(
             self._commit,
             name="feedback-writer",
             max_batch=max_batch,
@@ -105,32 +108,34 @@ class FeedbackWriter:
     async def record(self, items: Sequence[Feedback]) -> list[bool]:
         """Commit ``items``; per item, True if recorded (False: unknown message or recipient,
         or a dedupe key seen before). Raises StorageUnavailable when it cannot commit."""
-        return [r is not None for r in await self._group.submit(_check(items))]
+        return await self.record_prepared(prepare(items))
+
+    async def record_prepared(self, rows: Sequence[FeedbackRow]) -> list[bool]:
+        """``record`` of rows from ``prepare``."""
+        return [r is not None for r in await self._group.submit(rows)]
 
     def enqueue(self, items: Sequence[Feedback]) -> None:
         """Commit ``items`` with the next batch without waiting (failures are logged)."""
-        self._group.enqueue(_check(items))
+        self._group.enqueue(prepare(items))
 
-    async def _commit(self, items: list[Feedback]) -> list[Recorded]:
-        now = time.time()
-        rows = [_row(i, f, now) for i, f in enumerate(items)]
-        results: list[Recorded] = [None] * len(rows)
+    async def _commit(self, prepared: list[FeedbackRow]) -> list[Recorded]:
+        results: list[Recorded] = [None] * len(prepared)
         # The same key twice in one batch: the first one counts (PostgreSQL's ON CONFLICT
         # would let both through in one statement).
         seen: set[str] = set()
         todo: list[FeedbackRow] = []
-        for row in rows:
+        for ordinal, row in enumerate(prepared):
             key = row[9]
             if key is not None:
                 if key in seen:
                     continue
                 seen.add(key)
-            todo.append(row)
+            todo.append((ordinal, *row[1:]))
         for row, result in zip(todo, await self._backend.record_feedback(todo), strict=True):
             results[row[0]] = result
         return results
 
-    async def _publish(self, _items: list[Feedback], results: Sequence[Recorded]) -> None:
+    async def _publish(self, _items: list[FeedbackRow], results: Sequence[Recorded]) -> None:
         """After the commit: every node's SMTP side refuses the suppressed addresses."""
         if self.bus is None:
             return

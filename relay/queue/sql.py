@@ -130,15 +130,52 @@ SELECT min(next_attempt_at) FROM recipients WHERE {SCHEDULED} AND next_attempt_a
 
 # Feedback (relay/queue/feedback.py): an item is recorded only when its message and recipient
 # are known and its dedupe key (if any) was never seen. The event's account and domain come
-# from the message row.
-SQLITE_FEEDBACK_MATCH = """
-SELECT m.user_id, m.domain_id, r.rcpt FROM messages m
-JOIN recipients r ON r.message_id = m.id
-WHERE m.id = ? AND lower(r.rcpt) = lower(?)
-LIMIT 1
+# from the message row. A batch at a time (``_feedback`` in relay/queue/sqlite.py): the
+# recorded items go into a scratch table in memory, then each step is one statement over all
+# of them. The caller has dropped repeated keys within the batch.
+SQLITE_FEEDBACK_SCRATCH = """
+CREATE TEMP TABLE IF NOT EXISTS feedback_batch (
+    ord INTEGER PRIMARY KEY, mid TEXT, rcpt TEXT, event TEXT, code INTEGER, resp TEXT,
+    data TEXT, suppress TEXT, reason TEXT, key TEXT, ts REAL,
+    user_id INTEGER, domain_id INTEGER, qrcpt TEXT)
 """
-SQLITE_FEEDBACK_KEY = """
-INSERT INTO feedback_keys (key, created_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING
+SQLITE_FEEDBACK_CLEAR = "DELETE FROM temp.feedback_batch"
+# The batch arrives as one JSON array of item arrays: one statement, where executemany would
+# hand the interpreter lock back and forth once per row (slow while the accounting reader's
+# thread parses). An item is kept only when it is to be recorded, with its match: the account
+# and domain of its message and the recipient as queued.
+SQLITE_FEEDBACK_ITEMS = """
+WITH i AS MATERIALIZED (
+    SELECT value ->> 0 AS ord, value ->> 1 AS mid, value ->> 2 AS rcpt, value ->> 3 AS event,
+        value ->> 4 AS code, value ->> 5 AS resp, value ->> 6 AS data, value ->> 7 AS suppress,
+        value ->> 8 AS reason, value ->> 9 AS key, value ->> 10 AS ts
+    FROM json_each(?)
+)
+INSERT OR IGNORE INTO temp.feedback_batch  -- ignored: a second recipient row that matches
+SELECT i.*, m.user_id, m.domain_id, r.rcpt
+FROM i
+CROSS JOIN messages m ON m.id = i.mid
+CROSS JOIN recipients r ON r.message_id = m.id AND lower(r.rcpt) = lower(i.rcpt)
+WHERE i.key IS NULL OR NOT EXISTS (SELECT 1 FROM feedback_keys k WHERE k.key = i.key)
+"""
+SQLITE_FEEDBACK_KEYS = """
+INSERT INTO feedback_keys (key, created_at)
+SELECT key, ts FROM temp.feedback_batch WHERE key IS NOT NULL
+"""
+# Each item's event, then its ``suppressed`` event when it suppresses (ids in item order).
+SQLITE_FEEDBACK_EVENTS = f"""
+INSERT INTO events ({EVENT_COLUMNS})
+SELECT ts, user_id, domain_id, mid, qrcpt, event, code, resp, data FROM (
+    SELECT ord, 0 AS n, ts, user_id, domain_id, mid, qrcpt, event, code, resp, data
+    FROM temp.feedback_batch
+    UNION ALL
+    SELECT ord, 1, ts, user_id, domain_id, mid, qrcpt, 'suppressed', code, resp,
+        '{{"source": "' || suppress || '"}}'
+    FROM temp.feedback_batch WHERE suppress IS NOT NULL
+) ORDER BY ord, n
+"""
+SQLITE_FEEDBACK_RECORDED = """
+SELECT ord, user_id, qrcpt, suppress, reason FROM temp.feedback_batch ORDER BY ord
 """
 
 # == PostgreSQL (asyncpg; one statement = one round trip, atomic) ==============================

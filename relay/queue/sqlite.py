@@ -15,7 +15,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from relay import events
 from relay.queue import rows, sql
 from relay.queue.model import (
     ClaimedRecipient,
@@ -100,33 +99,28 @@ def _next_scheduled(conn: sqlite3.Connection, now: float) -> float | None:
 def _feedback(
     conn: sqlite3.Connection, feedback: Sequence[FeedbackRow], created: str
 ) -> list[Recorded]:
-    out: list[Recorded] = []
-    for _ord, mid, rcpt, event, code, resp, data, suppress, reason, key, ts in feedback:
-        match = conn.execute(sql.SQLITE_FEEDBACK_MATCH, (mid, rcpt)).fetchone()
-        if match is None:
-            out.append(None)
-            continue
-        user_id, domain_id, queued_rcpt = match
-        if key is not None and conn.execute(sql.SQLITE_FEEDBACK_KEY, (key, ts)).rowcount == 0:
-            out.append(None)
-            continue
-        conn.execute(
-            sql.SQLITE_INSERT_EVENT,
-            (ts, user_id, domain_id, mid, queued_rcpt, event, code, resp, data),
-        )
+    """Record a batch set-based (relay/queue/sql.py, SQLITE_FEEDBACK_*): the same outcome as
+    item by item, in a few statements (keys are unique within the batch)."""
+    conn.execute(sql.SQLITE_FEEDBACK_SCRATCH)
+    conn.execute(sql.SQLITE_FEEDBACK_CLEAR)
+    conn.execute(sql.SQLITE_FEEDBACK_ITEMS, (json.dumps(feedback),))
+    conn.execute(sql.SQLITE_FEEDBACK_KEYS)
+    conn.execute(sql.SQLITE_FEEDBACK_EVENTS)
+    recorded = conn.execute(sql.SQLITE_FEEDBACK_RECORDED).fetchall()
+    conn.execute(sql.SQLITE_FEEDBACK_CLEAR)
+    by_ordinal: dict[int, Recorded] = {}
+    suppress: list[tuple[int, str, str, str, str]] = []
+    for ordinal, user_id, queued_rcpt, source, reason in recorded:
         email = None
-        if suppress is not None:
+        if source is not None:
+            # Python's lower(), as everywhere else a suppression is written (SQLite's lower()
+            # folds ASCII only).
             email = queued_rcpt.lower()
-            conn.execute(sql.SQLITE_SUPPRESS, (user_id, email, reason, suppress, created))
-            conn.execute(
-                sql.SQLITE_INSERT_EVENT,
-                (
-                    ts, user_id, domain_id, mid, queued_rcpt, events.SUPPRESSED, code, resp,
-                    json.dumps({"source": suppress}),
-                ),
-            )  # fmt: skip
-        out.append((user_id, email))
-    return out
+            suppress.append((user_id, email, reason, source, created))
+        by_ordinal[ordinal] = (user_id, email)
+    if suppress:
+        conn.executemany(sql.SQLITE_SUPPRESS, suppress)
+    return [by_ordinal.get(row[0]) for row in feedback]
 
 
 class SqliteQueue:
