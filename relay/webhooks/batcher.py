@@ -62,8 +62,9 @@ class Batcher(Generic[T]):
         self._wake.set()
         if len(self._pending) >= self.max_batch:
             self._full.set()
-        # shield: a result handed over at shutdown is still written.
-        await asyncio.shield(asyncio.gather(*futures))
+        # shield: a result handed over at shutdown is still written. (One item, the worker's
+        # case: its own future, without gather's.)
+        await asyncio.shield(futures[0] if len(futures) == 1 else asyncio.gather(*futures))
 
     async def _run(self) -> None:
         while True:
