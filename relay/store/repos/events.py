@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay.store import eventlog
+from relay.store import eventlog, trigrams
 from relay.store import schema as t
 from relay.store.eventlog import DAY, KINDS
 from relay.store.repos.suppressions import like_pattern
@@ -62,6 +62,7 @@ MESSAGE_SEARCH = Table(
     Column("search", Text),
     schema=eventlog.PARTITION_SCHEMA,
 )
+MESSAGE_SEARCH_TABLE = f"{eventlog.PARTITION_SCHEMA}.message_search"
 # The same expression as the partitions' trigram index.
 EVENT_SEARCH: ColumnElement[str] = literal_column(
     eventlog.EVENT_SEARCH.replace("coalesce(", "coalesce(events.")
@@ -138,27 +139,54 @@ def _indexed_search(conn: AsyncConnection, q: EventQuery) -> bool:
     return conn.dialect.name == "postgresql" and q.searching and "\x01" not in (q.text or "")
 
 
-def _hits(q: EventQuery) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Common:
+    """The common trigrams of the two searched texts (relay/store/trigrams.py)."""
+
+    events: frozenset[str] | None = None
+    messages: frozenset[str] | None = None
+
+
+async def _common(conn: AsyncConnection) -> _Common:
+    return _Common(
+        await trigrams.common_trigrams(conn, "events", eventlog.EVENT_SEARCH),
+        await trigrams.common_trigrams(conn, MESSAGE_SEARCH_TABLE, "search"),
+    )
+
+
+def _contains(expr: ColumnElement[str], q: EventQuery, common: frozenset[str] | None) -> Any:
+    """``expr`` contains the query's text, asked of its trigram index by the text's rare
+    stretches when it has some (relay/store/trigrams.py), by the whole text otherwise."""
+    narrow = trigrams.index_pattern((q.text or "").lower(), common) if common else None
+    if narrow is None:
+        return expr.like(q.pattern, escape="\\")
+    # strpos: the whole text, checked on the rows found (not a trigram index question).
+    return and_(expr.like(narrow), func.strpos(expr, (q.text or "").lower()) > 0)
+
+
+def _hits(q: EventQuery, common: _Common) -> Any:
     """(created_at, id) of the events a text search matches: by their own fields, or by their
     message's; each arm with its own trigram index."""
     base = [*q.scope(with_text=False), *_period(q.since, q.until)]
-    own = select(E.c.created_at, E.c.id).where(*base, EVENT_SEARCH.like(q.pattern, escape="\\"))
+    own = select(E.c.created_at, E.c.id).where(*base, _contains(EVENT_SEARCH, q, common.events))
     by_message = select(E.c.created_at, E.c.id).where(
         *base,
         E.c.message_id.in_(
             select(MESSAGE_SEARCH.c.message_id).where(
-                MESSAGE_SEARCH.c.search.like(q.pattern, escape="\\")
+                _contains(MESSAGE_SEARCH.c.search, q, common.messages)
             )
         ),
     )
     return union(own, by_message).subquery("hits")
 
 
-def _select(conn: AsyncConnection, q: EventQuery, *columns: Any, messages: bool) -> Select[Any]:
+def _select(
+    conn: AsyncConnection, q: EventQuery, *columns: Any, messages: bool, common: _Common
+) -> Select[Any]:
     """SELECT ``columns`` over the query's events (every condition applied), with their
-    messages joined when ``messages``."""
+    messages joined when ``messages``; ``common`` is for an indexed search (``_common``)."""
     if _indexed_search(conn, q):
-        hits = _hits(q)
+        hits = _hits(q, common)
         joined: Any = hits.join(E, and_(E.c.created_at == hits.c.created_at, E.c.id == hits.c.id))
         if messages:
             joined = joined.outerjoin(M, M.c.id == E.c.message_id)
@@ -228,7 +256,7 @@ async def search(
         return total, []
     await no_jit(conn)
     rows = await conn.execute(
-        _select(conn, q, *_ROW, messages=True)
+        _select(conn, q, *_ROW, messages=True, common=_Common())
         .order_by(E.c.created_at.desc(), E.c.id.desc())
         .offset(offset)
         .limit(limit)
@@ -250,7 +278,7 @@ async def chunks(
     left = limit
     await no_jit(conn)
     while left > 0:
-        stmt = _select(conn, q, *_ROW, messages=True)
+        stmt = _select(conn, q, *_ROW, messages=True, common=_Common())
         if after is not None:
             # The plain bound lets the index range start there; the row comparison breaks ties.
             stmt = stmt.where(
@@ -267,8 +295,9 @@ async def chunks(
 
 async def _hit_keys(conn: AsyncConnection, q: EventQuery) -> list[tuple[float, int]]:
     """(created_at, id) of every event a text search matches, newest first."""
+    common = await _common(conn)
     await no_jit(conn, custom_plan=True)
-    hits = _hits(q)
+    hits = _hits(q, common)
     stmt = select(hits.c.created_at, hits.c.id).order_by(hits.c.created_at.desc(), hits.c.id.desc())
     return [(r[0], r[1]) for r in await conn.execute(stmt)]
 
@@ -388,9 +417,17 @@ async def tally(
         return out
     ekeys = [getattr(E.c, k) for k in by]
     if not q.counted_by_rollups:
+        common = await _common(conn) if _indexed_search(conn, q) else _Common()
         await no_jit(conn)
         stmt = _select(
-            conn, q, *ekeys, func.count(), literal(0), func.max(E.c.created_at), messages=False
+            conn,
+            q,
+            *ekeys,
+            func.count(),
+            literal(0),
+            func.max(E.c.created_at),
+            messages=False,
+            common=common,
         )
         if ekeys:
             stmt = stmt.group_by(*ekeys)
@@ -459,12 +496,13 @@ async def buckets(
             .limit(size)
         )
         return [(r[0], int(r[1])) for r in await conn.execute(stmt)]
+    common = await _common(conn) if _indexed_search(conn, q) else _Common()
     await no_jit(conn)
     column = {"recipient": func.lower(E.c.recipient), "message-id": E.c.message_id}[field]
     value = column.label("key")
     cnt = func.count().label("n")
     rows = await conn.execute(
-        _select(conn, q, value, cnt, messages=False)
+        _select(conn, q, value, cnt, messages=False, common=common)
         .where(value.is_not(None))
         .group_by(value)
         .order_by(cnt.desc(), value)
