@@ -95,6 +95,9 @@ async def test_narrowed_searches_find_what_the_plain_search_finds(services: Serv
         common = await trigrams.common_trigrams(conn, "events", eventlog.EVENT_SEARCH)
         assert common is not None and {"use", "ser", "com", "exa"} <= common
         assert trigrams.index_pattern("user1234@company34.example", common) is not None
+        # A sample that fails is no sample, and the transaction goes on.
+        assert await trigrams.common_trigrams(conn, "no_such_table", "x") is None
+        assert (await conn.execute(text("SELECT 1"))).scalar() == 1
         for query in (
             "user1234@company34.example",
             "User1234@Company34",

@@ -105,18 +105,26 @@ async def common_trigrams(
 
 async def _sample(conn: AsyncConnection, table: str, expr: str) -> frozenset[str] | None:
     from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
-    if not (await conn.execute(text(HAS_TRIGRAMS))).scalar():
-        return None
-    rows = float((await conn.execute(text(ESTIMATED_ROWS), {"table": table})).scalar() or 0)
-    # SYSTEM samples whole pages: ask for twice the rows wanted, LIMIT keeps SAMPLE_ROWS.
-    percent = 100.0 if rows <= SAMPLE_ROWS else max(0.001, 200.0 * SAMPLE_ROWS / rows)
     started = time.perf_counter()
-    found = await conn.execute(
-        text(COMMON.format(expr=expr, table=table, percent=f"{percent:.6f}", rows=SAMPLE_ROWS)),
-        {"share": COMMON_SHARE},
-    )
-    common = frozenset(str(r[0]) for r in found)
+    try:
+        # A savepoint: a sample that fails (pg_trgm outside the search path) leaves the
+        # caller's transaction usable, and the search goes on with the whole text.
+        async with conn.begin_nested():
+            if not (await conn.execute(text(HAS_TRIGRAMS))).scalar():
+                return None
+            rows = float((await conn.execute(text(ESTIMATED_ROWS), {"table": table})).scalar() or 0)
+            # SYSTEM samples whole pages: twice the rows wanted, LIMIT keeps SAMPLE_ROWS.
+            percent = 100.0 if rows <= SAMPLE_ROWS else max(0.001, 200.0 * SAMPLE_ROWS / rows)
+            statement = COMMON.format(
+                expr=expr, table=table, percent=f"{percent:.6f}", rows=SAMPLE_ROWS
+            )
+            found = await conn.execute(text(statement), {"share": COMMON_SHARE})
+            common = frozenset(str(r[0]) for r in found)
+    except DBAPIError as exc:
+        log.warning("search trigrams not sampled", table=table, error=str(exc)[:200])
+        return None
     log.info(
         "search trigrams sampled",
         table=table,
