@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,10 +53,22 @@ class Delivery:
     domain: str
 
 
+_SECONDS: dict[int, str] = {}  # formatted whole seconds: events come in bursts of the same
+
+
 def iso_utc(ts: float) -> str:
-    """ISO 8601 in UTC with milliseconds and ``Z``."""
-    moment = dt.datetime.fromtimestamp(ts, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """ISO 8601 in UTC with milliseconds and ``Z`` (microseconds rounded as datetime does)."""
+    second = math.floor(ts)
+    micro = round((ts - second) * 1_000_000)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        moment = dt.datetime.fromtimestamp(second, dt.UTC)
+        text = _SECONDS[second] = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{text}{micro // 1000:03d}Z"
 
 
 def _event_data(raw: Any) -> dict[str, Any]:

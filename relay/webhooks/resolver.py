@@ -14,6 +14,7 @@ for their DNS TTL, at most ``MAX_CACHE`` seconds; refusals and failures for ``NE
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
@@ -41,8 +42,13 @@ class NoAddress(OSError):
     """The host does not resolve (NXDOMAIN, no A/AAAA, timeout, server failure)."""
 
 
+# The verdict depends on the address and the exemptions only: asked once per pair (a webhook
+# URL with an address literal is checked before every POST).
+_refused = functools.lru_cache(maxsize=4096)(is_refused)
+
+
 def check_address(ip: Address, allow: tuple[Network, ...], host: str = "") -> None:
-    if is_refused(ip, allow):
+    if _refused(ip, allow):
         where = f"{host} resolves to {ip}" if host and host != str(ip) else str(ip)
         raise AddressRefused(f"{where}, which is not a public address")
 
