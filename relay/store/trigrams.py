@@ -12,9 +12,9 @@ is rare (``LIKE '%2944943%109%'``), and the whole text is then checked on the ro
 (``strpos``): the same rows, from far fewer index pages. A trigram is common when more than
 ``COMMON_SHARE`` of a sample of rows hold it. The sample (``TABLESAMPLE``, at most
 ``SAMPLE_ROWS`` rows) is taken per process and table at the first search, and again after
-``SAMPLE_TTL``. When no sample can be taken (no pg_trgm), or the text has no rare stretch of
-three characters (``has shipped``: every trigram common), the whole text goes to the index,
-as before.
+``SAMPLE_TTL``. When no sample can be taken (no pg_trgm), or the text has fewer than
+``MIN_RARE_TRIGRAMS`` rare trigrams in such stretches (``has shipped``: every trigram common),
+the whole text goes to the index, as before.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 log = structlog.get_logger("relay.store")
 
 COMMON_SHARE = 0.01
+# Fewer rare trigrams than this and the rows holding them may be many (each is in up to 1 %
+# of the rows): the whole text, common trigrams and all, prunes better.
+MIN_RARE_TRIGRAMS = 3
 SAMPLE_ROWS = 20_000
 SAMPLE_TTL = 3600.0
 
@@ -74,7 +77,7 @@ def index_pattern(text: str, common: frozenset[str]) -> str | None:
                 chunks.append(w[start : j + 2])
                 end = j + 2
             i = j
-    if not chunks:
+    if sum(len(c) - 2 for c in chunks) < MIN_RARE_TRIGRAMS:
         return None
     return "%" + "%".join(chunks) + "%"
 
