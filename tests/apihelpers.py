@@ -7,9 +7,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sqlalchemy import select
+
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewEvent, NewMessage
 from relay.services import Services
+from relay.store import schema as t
 from tests.conftest import Api
 from tests.provision import Account, make_account, make_domain, make_user
 
@@ -94,3 +97,11 @@ def outcome(
             created_at=at,
         )
     )
+
+
+async def suppressed(services: Services) -> list[tuple[str, str]]:
+    """(email, source) of every suppression, by email."""
+    s = t.suppressions
+    async with services.db.read() as conn:
+        rows = await conn.execute(select(s.c.email, s.c.source).order_by(s.c.email))
+        return [(r.email, r.source) for r in rows]

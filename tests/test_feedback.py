@@ -13,6 +13,7 @@ from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
 from relay.services import Services
 from relay.store import schema as t
+from tests.apihelpers import suppressed
 
 
 async def _queue(services: Services, mid: str, rcpts: list[str]) -> None:
@@ -137,10 +138,7 @@ async def test_a_batch_records_in_item_order_with_each_suppression_after_its_eve
         {"source": "bounce"},
         {"source": "complaint"},
     ]
-    s = t.suppressions
-    async with services.db.read() as conn:
-        found = (await conn.execute(select(s.c.email, s.c.source).order_by(s.c.email))).all()
-    assert [tuple(r) for r in found] == [
+    assert await suppressed(services) == [
         ("gone@example.net", "complaint"),
         ("ünï@example.net", "bounce"),
     ]

@@ -36,6 +36,7 @@ from mta.powermta.records import (
 )
 from relay.services import Services
 from relay.store import schema as t
+from tests.apihelpers import suppressed
 from tests.provision import wait_until
 from tests.relayfix import RunningRelay, start_relay, stop_relay
 from tests.sink import Sink
@@ -419,10 +420,7 @@ async def test_pipe_records_each_record_once_and_suppresses(
         assert (summary["recorded"], summary["not_recorded"]) == (10, 1 + 11)
         assert (summary["malformed"], summary["ignored"], summary["lines"]) == (1, 2, 25)
 
-        s = t.suppressions
-        async with services.db.read() as conn:
-            rows = (await conn.execute(select(s.c.email, s.c.source).order_by(s.c.email))).all()
-        assert [tuple(r) for r in rows] == [
+        assert await suppressed(services) == [
             ("dave@no-such-domain.example", "bounce"),
             ("frank@example.com", "complaint"),
             ("grace@example.net", "bounce"),
