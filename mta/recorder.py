@@ -14,7 +14,7 @@ address from then on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -24,7 +24,7 @@ from relay.cache import LocalBus
 from relay.directory import Topics
 from relay.queue.backend import QueueBackend
 from relay.queue.groupcommit import GroupCommit
-from relay.queue.model import DeliveryOutcome
+from relay.queue.model import FINAL_STATES, DeliveryOutcome
 
 log = structlog.get_logger("mta.recorder")
 
@@ -33,10 +33,18 @@ RETRY_DELAYS = (0.2, 1.0, 3.0)
 
 class OutcomeRecorder:
     def __init__(
-        self, queue: QueueBackend, bus: LocalBus | None = None, *, max_batch: int = 1000
+        self,
+        queue: QueueBackend,
+        bus: LocalBus | None = None,
+        *,
+        max_batch: int = 1000,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self.queue = queue
         self.bus = bus
+        # Called after a commit that scheduled a retry: the worker looks again when the next
+        # recipient comes due (it may be sooner than its poll).
+        self.on_retry = on_retry
         self._group: GroupCommit[DeliveryOutcome, None] = GroupCommit(
             self._commit,
             name="delivery-recorder",
@@ -84,6 +92,8 @@ class OutcomeRecorder:
             if o.suppress:
                 metrics.DELIVERY_SUPPRESSIONS.inc()
                 suppressed.add(f"{o.user_id}:{o.rcpt.lower()}")
+        if self.on_retry is not None and any(o.state not in FINAL_STATES for o in outcomes):
+            self.on_retry()
         if self.bus is not None:
             for key in sorted(suppressed):
                 await self.bus.publish(Topics.SUPPRESSION, key)

@@ -4,9 +4,10 @@ One claim loop leases due recipients (``QueueBackend.claim``) only while there i
 ``delivery.concurrency`` messages in flight, and starts one task per message. It wakes at once
 when this node's queue writer commits (``services.on_enqueued``), on PostgreSQL also when any
 node commits (``QueueBackend.listen``: LISTEN on the channel the group commit NOTIFYs), when
-the earliest scheduled recipient comes due (``QueueBackend.next_scheduled``, asked when it goes
-idle: a message scheduled on any node, or before a restart, goes out on time without polling
-faster), and otherwise every ``poll_interval`` for retries that came due. Outcomes go
+the earliest pending recipient comes due (``QueueBackend.next_scheduled``, asked when it goes
+idle, and again after each commit of a deferral: a message scheduled on any node, or before a
+restart, and a retry sooner than the poll go out on time without polling faster), and
+otherwise every ``poll_interval``. Outcomes go
 through a group commit (``OutcomeRecorder``). Storage errors (``mta.errors.STORAGE_ERRORS``) are
 retried on both backends, never fatal.
 
@@ -56,7 +57,7 @@ class DeliveryService:
         # One connection to the queue for claims, loads, outcomes and releases.
         self.queue = open_backend(services.db, "delivery")
         self.router = Router(services.directory)
-        self.recorder = OutcomeRecorder(self.queue, services.bus)
+        self.recorder = OutcomeRecorder(self.queue, services.bus, on_retry=self.wake)
         # VERP MAIL FROM and the delivery servers' From rules (mta/returnpath.py).
         self.return_path = ReturnPath(
             services.db, services.box, services.settings, services.directory

@@ -19,6 +19,7 @@ from relay.queue import control
 from relay.queue.backend import QueueBackend, open_backend
 from relay.queue.ingest import QueueWriter
 from relay.queue.model import (
+    DEFERRED,
     DELIVERED,
     SCHEDULED,
     DeliveryOutcome,
@@ -139,6 +140,23 @@ async def test_next_scheduled_is_the_earliest_scheduled_time_still_ahead(
     assert await queue.next_scheduled(now) == now + 100
     assert await queue.next_scheduled(now + 100) == now + 200  # the first is due: claimed next
     assert await queue.next_scheduled(now + 200) is None
+    # A deferral's next attempt is a time to wake for too (a retry sooner than the poll).
+    (first,) = await queue.claim("node", 1, 30, now)
+    retry = DeliveryOutcome(
+        recipient_id=first.id,
+        message_id=first.message_id,
+        user_id=7,
+        domain_id=3,
+        rcpt=first.rcpt,
+        state=DEFERRED,
+        event=events.DEFERRED,
+        attempts=1,
+        next_attempt_at=now + 50,
+        code=451,
+        response="451 4.3.0 try later",
+    )
+    await queue.record_outcomes([retry])
+    assert await queue.next_scheduled(now) == now + 50
 
 
 async def test_a_not_before_in_the_past_means_at_once(

@@ -76,8 +76,9 @@ class QueueBackend(Protocol):
         ...
 
     async def next_scheduled(self, now: float) -> float | None:
-        """When the earliest scheduled recipient comes due, if any is due after ``now``
-        (the delivery worker sleeps until then instead of polling)."""
+        """When the earliest pending recipient (a scheduled message's, or a deferral's next
+        attempt) comes due, if any is due after ``now`` (the delivery worker sleeps until then
+        instead of polling)."""
         ...
 
     async def record_feedback(self, rows: Sequence[FeedbackRow]) -> list[Recorded]:

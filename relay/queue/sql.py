@@ -122,10 +122,11 @@ SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
        (SELECT count(*) FROM recipients WHERE {HELD})
 """
 
-# The earliest time a scheduled recipient comes due (the delivery worker's timer): the first
-# entry of ix_recipients_scheduled after now.
+# The earliest time a pending recipient comes due after now (the delivery worker's timer): a
+# scheduled message, or a deferral's next attempt. The first entry of ix_recipients_due after
+# now.
 SQLITE_NEXT_SCHEDULED = f"""
-SELECT min(next_attempt_at) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > ?
+SELECT min(next_attempt_at) FROM recipients WHERE {PENDING} AND next_attempt_at > ?
 """
 
 # Feedback (relay/queue/feedback.py): an item is recorded only when its message and recipient
@@ -267,7 +268,7 @@ SELECT (SELECT count(*) FROM recipients WHERE {PENDING}),
        (SELECT count(*) FROM recipients WHERE {HELD})
 """
 PG_NEXT_SCHEDULED = f"""
-SELECT min(next_attempt_at) FROM recipients WHERE {SCHEDULED} AND next_attempt_at > $1
+SELECT min(next_attempt_at) FROM recipients WHERE {PENDING} AND next_attempt_at > $1
 """
 
 PG_FEEDBACK = f"""
