@@ -322,6 +322,12 @@ class WebhookWorker:
         time keeps the multiprocess metric files (a lock and a write per change) off the
         per-POST path, which they had been a tenth of."""
         await self.store.record(self.owner, items)
+        try:
+            self._count(items)
+        except Exception:  # never a reason to write the batch again (the recorder would)
+            log.exception("webhook metrics not counted")
+
+    def _count(self, items: list[Recorded]) -> None:
         metrics.WEBHOOK_IN_FLIGHT.set(len(self._sending))
         results = Counter(item.attempted.result for item in items)
         for result, n in results.items():
@@ -330,7 +336,7 @@ class WebhookWorker:
             metrics.WEBHOOK_ATTEMPT_SECONDS.observe(item.attempted.latency)
         finished = Counter(item.state for item in items if item.state != PENDING)
         for state, n in finished.items():
-            metrics.WEBHOOK_DELIVERIES.labels(outcome=FINISHED_OUTCOME[state]).inc(n)
+            metrics.WEBHOOK_DELIVERIES.labels(outcome=FINISHED_OUTCOME.get(state, state)).inc(n)
 
     def _slow(self, ep: _Endpoint, slot: _Slot) -> None:
         slot.release()
