@@ -177,7 +177,7 @@ class Item:
     feedback: Feedback
     source: str
     line: int
-    row: FeedbackRow = (0, "", "", "", None, None, None, None, None, None, 0.0)
+    row: FeedbackRow  # what the writer commits (relay.queue.feedback.prepare)
 
 
 @dataclass
@@ -200,9 +200,9 @@ class RecordParser:
             log.warning("accounting line skipped", source=source.name, line=line, reason=why)
 
     def parse(self, source: _Source, records: list[tuple[int, str]]) -> list[Item]:
-        items: list[Item] = []
+        found: list[tuple[Feedback, int]] = []
         if not records:
-            return items
+            return []
         try:
             rows: list[list[str] | None] = list(csv.reader([text for _, text in records]))
         except csv.Error:  # one bad record spoils the batch: parse them one by one
@@ -231,8 +231,13 @@ class RecordParser:
             if feedback is None:
                 self.counts.ignored += 1
                 continue
-            items.append(Item(feedback, source.name, line))
-        return items
+            found.append((feedback, line))
+        # The rows the writer commits are built here, in the reader's thread.
+        prepared = prepare([feedback for feedback, _ in found])
+        return [
+            Item(feedback, source.name, line, row)
+            for (feedback, line), row in zip(found, prepared, strict=True)
+        ]
 
 
 def _one_row(text: str) -> list[str] | None:
@@ -392,11 +397,7 @@ class AccountingReader:
             self.parser.malformed(source, line, "line too long or unterminated quote")
         splitter.dropped.clear()
         try:
-            items = self.parser.parse(source, records)
-            # The rows the writer commits, built here in the reader's thread.
-            for item, row in zip(items, prepare([i.feedback for i in items]), strict=True):
-                item.row = row
-            return items
+            return self.parser.parse(source, records)
         except Exception:  # a bug: lose these records, not the stream
             log.exception("accounting records skipped", source=source.name, records=len(records))
             self.counts.malformed += len(records)

@@ -147,7 +147,11 @@ class _Common:
     messages: frozenset[str] | None = None
 
 
-async def _common(conn: AsyncConnection) -> _Common:
+async def _common(conn: AsyncConnection, q: EventQuery) -> _Common:
+    """What ``_select`` and ``_hits`` need for ``q``: the samples when it is an indexed text
+    search, nothing otherwise."""
+    if not _indexed_search(conn, q):
+        return _Common()
     return _Common(
         await trigrams.common_trigrams(conn, "events", eventlog.EVENT_SEARCH),
         await trigrams.common_trigrams(conn, MESSAGE_SEARCH_TABLE, "search"),
@@ -295,7 +299,7 @@ async def chunks(
 
 async def _hit_keys(conn: AsyncConnection, q: EventQuery) -> list[tuple[float, int]]:
     """(created_at, id) of every event a text search matches, newest first."""
-    common = await _common(conn)
+    common = await _common(conn, q)
     await no_jit(conn, custom_plan=True)
     hits = _hits(q, common)
     stmt = select(hits.c.created_at, hits.c.id).order_by(hits.c.created_at.desc(), hits.c.id.desc())
@@ -417,7 +421,7 @@ async def tally(
         return out
     ekeys = [getattr(E.c, k) for k in by]
     if not q.counted_by_rollups:
-        common = await _common(conn) if _indexed_search(conn, q) else _Common()
+        common = await _common(conn, q)
         await no_jit(conn)
         stmt = _select(
             conn,
@@ -496,7 +500,7 @@ async def buckets(
             .limit(size)
         )
         return [(r[0], int(r[1])) for r in await conn.execute(stmt)]
-    common = await _common(conn) if _indexed_search(conn, q) else _Common()
+    common = await _common(conn, q)
     await no_jit(conn)
     column = {"recipient": func.lower(E.c.recipient), "message-id": E.c.message_id}[field]
     value = column.label("key")
