@@ -3,26 +3,20 @@ signature, and the driver's options reach the load it borrows from bench/relay_b
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
 
 from bench import webhooks
-from bench.webhook_receiver import Counter
+from bench.webhook_receiver import Counter, listen
 from relay.webhooks import keys
 
 
 async def test_receiver_counts_once_and_checks_signatures() -> None:
-    from aiohttp import web
-
     counter = Counter()
     counter.reset("SECRETKEY")
-    server = web.Server(counter.handle)
-    runner = web.ServerRunner(server)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server, port = await listen(counter)
     body = b'{"type":"delivered","data":{}}'
     ts = int(time.time())
     good = keys.signature(b"SECRETKEY", "msg_1", ts, body)
@@ -34,10 +28,18 @@ async def test_receiver_counts_once_and_checks_signatures() -> None:
                     "webhook-timestamp": str(ts),
                     "webhook-signature": signature,
                 }
-                async with http.post(f"http://127.0.0.1:{port}/h", data=body, headers=headers):
-                    pass
+                async with http.post(
+                    f"http://127.0.0.1:{port}/h", data=body, headers=headers
+                ) as resp:
+                    assert resp.status == 204
+            # A request that is not HTTP is answered 400 and the connection closed.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+            assert (await reader.read()).startswith(b"HTTP/1.1 400 ")
+            writer.close()
     finally:
-        await runner.cleanup()
+        server.close()
+        await server.wait_closed()
     tally = counter.tally
     assert (tally.posts, tally.distinct, tally.duplicates) == (3, 2, 1)
     # msg_2 carries msg_1's signature: refused.
