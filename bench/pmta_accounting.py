@@ -1,6 +1,6 @@
 """Records per second of ``relay pmta-accounting``.
 
-    python -m bench.pmta_accounting [--records 100000] [--recipients 10]
+    python -m bench.pmta_accounting [--records 100000] [--recipients 10] [--connections 2]
                                     [--database sqlite|postgres|both] [--pg-url URL]
 
 Queues ``2 x records / recipients`` messages of ``--recipients`` recipients each (directly
@@ -122,15 +122,18 @@ async def queue_messages(
     return jobs
 
 
-async def run(database: str, url: str, records: int, recipients: int) -> None:
-    from mta.powermta.accounting import COMMIT_BATCH, AccountingReader
+async def run(database: str, url: str, records: int, recipients: int, connections: int) -> None:
+    from mta.powermta.accounting import AccountingReader, writers
     from relay import config
-    from relay.queue.feedback import FeedbackWriter
     from relay.services import Services
     from relay.store import migrate
 
     work = Path(tempfile.mkdtemp(prefix="pmta-bench-"))
-    env = {"RELAY_DATA_DIR": str(work / "var"), "RELAY_LOG_LEVEL": "warning"}
+    env = {
+        "RELAY_DATA_DIR": str(work / "var"),
+        "RELAY_LOG_LEVEL": "warning",
+        "RELAY_POWERMTA_ACCOUNTING_CONNECTIONS": str(connections),
+    }
     if url:
         env["RELAY_DATABASE_URL"] = url
     settings = config.load(None, env=env)
@@ -148,12 +151,17 @@ async def run(database: str, url: str, records: int, recipients: int) -> None:
     total = messages * recipients
 
     for label, path in (("in-process", first), ("replay", first)):
-        writer = FeedbackWriter(services.db, services.bus, max_batch=COMMIT_BATCH)
-        writer.start()
-        reader = AccountingReader(writer, [str(path)], ["bad-mailbox"])
+        # As `relay pmta-accounting` makes them (powermta.accounting_connections).
+        feedback = writers(services.db, services.bus, connections)
+        for writer in feedback:
+            writer.start()
+        reader = AccountingReader(
+            feedback[0], [str(path)], ["bad-mailbox"], parallel_writers=feedback[1:]
+        )
         t0 = time.monotonic()
         counts = await reader.run()
-        await writer.stop()
+        for writer in feedback:
+            await writer.stop()
         took = time.monotonic() - t0
         assert counts.lines == total and counts.malformed == 0, counts
         print(
@@ -189,6 +197,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--recipients", type=int, default=10)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=2,
+        help="powermta.accounting_connections: batches committed at once on PostgreSQL (2)",
+    )
     parser.add_argument("--database", default="sqlite", choices=("sqlite", "postgres", "both"))
     parser.add_argument(
         "--pg-url",
@@ -204,7 +218,7 @@ def main() -> int:
         if database == "postgres":
             url = asyncio.run(_fresh_pg(args.pg_url))
         try:
-            asyncio.run(run(database, url, args.records, args.recipients))
+            asyncio.run(run(database, url, args.records, args.recipients, args.connections))
         finally:
             if url:
                 asyncio.run(_drop_pg(args.pg_url, url))

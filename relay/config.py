@@ -265,6 +265,9 @@ class PowerMtaSettings:
     bounce_domains_file: str = "relay-bounce-domains.conf"
     reload_command: str = "pmta reload"
     reload_timeout: float = 60.0
+    # relay pmta-accounting on PostgreSQL: batches committed at once, each on a connection of
+    # its own (SQLite has one writer: always 1 there).
+    accounting_connections: int = 2
 
 
 @dataclass
@@ -663,6 +666,8 @@ def _validate_mx_powermta(s: Settings) -> list[str]:
             problems.append(f"powermta.{name}: a file name inside powermta.include_dir")
     if s.powermta.reload_timeout <= 0:
         problems.append("powermta.reload_timeout: must be more than 0")
+    if not 1 <= s.powermta.accounting_connections <= 16:
+        problems.append("powermta.accounting_connections: 1 to 16")
     return problems
 
 

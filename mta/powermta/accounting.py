@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import csv
 import gzip
+import itertools
 import os
 import select
 import stat
@@ -37,9 +38,10 @@ from typing import IO, Any
 import structlog
 
 from mta.powermta.records import Columns, Malformed, is_header, to_feedback
+from relay.cache import LocalBus
 from relay.queue.feedback import Feedback, FeedbackWriter, prepare
 from relay.queue.model import FeedbackRow
-from relay.store.db import StorageUnavailable
+from relay.store.db import Database, StorageUnavailable
 
 log = structlog.get_logger("mta.powermta.accounting")
 
@@ -265,13 +267,28 @@ def _open(name: str) -> tuple[IO[bytes] | gzip.GzipFile | None, int, int]:
     return fh, fh.fileno(), FILE_CHUNK
 
 
+def writers(db: Database, bus: LocalBus | None, connections: int) -> list[FeedbackWriter]:
+    """The feedback writers of one accounting reader (not started): ``connections`` of them
+    on PostgreSQL (``powermta.accounting_connections``), one on SQLite, whose single writer
+    would only make them take turns."""
+    count = 1 if db.is_sqlite else max(connections, 1)
+    return [FeedbackWriter(db, bus, max_batch=COMMIT_BATCH) for _ in range(count)]
+
+
 @dataclass
 class AccountingReader:
-    """Reads ``sources`` into ``writer`` (``run``); ``stop`` ends it early (signals)."""
+    """Reads ``sources`` into ``writer`` (``run``); ``stop`` ends it early (signals).
+
+    ``parallel_writers``: more writers, each with a connection of its own; batches go to
+    ``writer`` and to them in turn, so PostgreSQL commits several at once (one connection's
+    statements run on one core). Their locks are taken in a fixed order (keys, first events
+    and suppressions sorted in the statement), so concurrent batches wait for each other at
+    worst, never deadlock; what one of them records the others see as recorded before."""
 
     writer: FeedbackWriter
     sources: list[str]
     suppressing: Sequence[str]
+    parallel_writers: Sequence[FeedbackWriter] = ()
     max_in_flight: int = 4
     summary_interval: float = 300.0
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -283,6 +300,7 @@ class AccountingReader:
         self._slots = asyncio.Semaphore(self.max_in_flight)
         self._stop = asyncio.Event()
         self._unmatched_log = _Sampler()
+        self._writers = itertools.cycle([self.writer, *self.parallel_writers])
 
     def stop(self) -> None:
         self._stop.set()
@@ -406,7 +424,7 @@ class AccountingReader:
     # -- the event loop ----------------------------------------------------------------------
 
     async def _commit_batch(self, batch: list[Item]) -> None:
-        done = await self._commit([i.row for i in batch])
+        done = await self._commit([i.row for i in batch], next(self._writers))
         for item, recorded in zip(batch, done, strict=True):
             if recorded is True:
                 self.counts.recorded += 1
@@ -430,12 +448,12 @@ class AccountingReader:
                     job=item.feedback.message_id[:64],
                 )
 
-    async def _commit(self, items: list[FeedbackRow]) -> list[bool | None]:
+    async def _commit(self, items: list[FeedbackRow], writer: FeedbackWriter) -> list[bool | None]:
         """Per item True/False as FeedbackWriter.record says; None: not storable."""
         failures = 0
         while True:
             try:
-                return list(await self.writer.record_prepared(items))
+                return list(await writer.record_prepared(items))
             except StorageUnavailable as exc:
                 failures += 1
                 # The database answers, yet this keeps failing: something in it cannot be
@@ -444,7 +462,9 @@ class AccountingReader:
                     if len(items) == 1:
                         return [None]
                     half = len(items) // 2
-                    return await self._commit(items[:half]) + await self._commit(items[half:])
+                    return await self._commit(items[:half], writer) + await self._commit(
+                        items[half:], writer
+                    )
                 if self._stop.is_set() and failures >= 3:
                     log.error("accounting records not committed at stop", records=len(items))
                     return [None] * len(items)

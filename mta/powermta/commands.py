@@ -48,20 +48,23 @@ async def _services(settings: Settings) -> Services:
 
 async def accounting(settings: Settings, files: list[str]) -> int:
     """Read the files (or standard input) to their end; 0, or 1 if a file was unreadable."""
-    from mta.powermta.accounting import COMMIT_BATCH, AccountingReader
-    from relay.queue.feedback import FeedbackWriter
+    from mta.powermta.accounting import AccountingReader, writers
 
     services = await _services(settings)
-    writer = FeedbackWriter(services.db, services.bus, max_batch=COMMIT_BATCH)
-    writer.start()
-    reader = AccountingReader(writer, files or ["-"], settings.powermta.suppress_categories)
+    first, *more = writers(services.db, services.bus, settings.powermta.accounting_connections)
+    for writer in (first, *more):
+        writer.start()
+    reader = AccountingReader(
+        first, files or ["-"], settings.powermta.suppress_categories, parallel_writers=more
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, reader.stop)
     try:
         counts = await reader.run()
     finally:
-        await writer.stop()
+        for writer in (first, *more):
+            await writer.stop()
         await services.close()
     return 1 if counts.unreadable else 0
 

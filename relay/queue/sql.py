@@ -284,8 +284,10 @@ WITH f AS (
         WHERE recipients.message_id = f.mid AND lower(recipients.rcpt) = lower(f.rcpt)
         LIMIT 1) r
 ), k AS (
+    -- In key order: concurrent batches (relay pmta-accounting's parallel writers) that share
+    -- keys then lock them in the same order and wait for each other, never deadlock.
     INSERT INTO feedback_keys (key, created_at)
-    SELECT key, ts FROM m WHERE key IS NOT NULL
+    SELECT key, ts FROM m WHERE key IS NOT NULL ORDER BY key
     ON CONFLICT (key) DO NOTHING
     RETURNING key
 ), ok AS (
