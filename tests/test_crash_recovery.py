@@ -104,9 +104,11 @@ async def test_survivor_delivers_a_dead_nodes_leased_mail(
     pg_url: str,
 ) -> None:
     """Two nodes share one PostgreSQL database; the one holding deliveries in flight dies for
-    good. Its leases are short and no longer renewed: the survivor delivers within 60 s."""
+    good. Its leases (8 s here; renewed every third while held) are no longer renewed: the
+    survivor delivers once they expire, within 60 s."""
     sink = await make_sink()
-    a = Node(tmp_path, tmp_path / "a", RELAY_DATABASE_URL=pg_url, RELAY_SERVER_NODE_ID="node-a")
+    short = {"RELAY_DATABASE_URL": pg_url, "RELAY_DELIVERY_LEASE_SECONDS": "8"}
+    a = Node(tmp_path, tmp_path / "a", RELAY_SERVER_NODE_ID="node-a", **short)
     nodes.append(a)
     await asyncio.to_thread(a.wait_for, "READY=1")
     cred = await asyncio.to_thread(a.new_sender, "two@example.com")
@@ -118,7 +120,7 @@ async def test_survivor_delivers_a_dead_nodes_leased_mail(
     await wait_until(lambda: sink.in_data == len(rcpts), timeout=30, what="all held by node a")
 
     # The survivor starts now, so node a holds every lease; node b only ever sees them leased.
-    b = Node(tmp_path, tmp_path / "b", RELAY_DATABASE_URL=pg_url, RELAY_SERVER_NODE_ID="node-b")
+    b = Node(tmp_path, tmp_path / "b", RELAY_SERVER_NODE_ID="node-b", **short)
     nodes.append(b)
     await asyncio.to_thread(b.wait_for, "READY=1")
     conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
