@@ -51,11 +51,14 @@ async def accounting(settings: Settings, files: list[str]) -> int:
     from mta.powermta.accounting import AccountingReader, writers
 
     services = await _services(settings)
-    first, *more = writers(services.db, services.bus, settings.powermta.accounting_connections)
-    for writer in (first, *more):
+    feedback = writers(services.db, services.bus, settings.powermta.accounting_connections)
+    for writer in feedback:
         writer.start()
     reader = AccountingReader(
-        first, files or ["-"], settings.powermta.suppress_categories, parallel_writers=more
+        feedback[0],
+        files or ["-"],
+        settings.powermta.suppress_categories,
+        parallel_writers=feedback[1:],
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,7 +66,7 @@ async def accounting(settings: Settings, files: list[str]) -> int:
     try:
         counts = await reader.run()
     finally:
-        for writer in (first, *more):
+        for writer in feedback:
             await writer.stop()
         await services.close()
     return 1 if counts.unreadable else 0
