@@ -45,9 +45,18 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[smtp]\nmax_recipients = "many"\nlisten = ["nohost"]\n[nosuch]\nx = 1\n')
     with pytest.raises(config.ConfigError) as err:
-        config.load(bad, env={"RELAY_DATABASE_URL": "mysql://x"})
+        config.load(
+            bad,
+            env={"RELAY_DATABASE_URL": "mysql://x", "RELAY_POWERMTA_ACCOUNTING_CONNECTIONS": "0"},
+        )
     text = str(err.value)
-    for needle in ("max_recipients", "missing port", "unknown section", "database.url"):
+    for needle in (
+        "max_recipients",
+        "missing port",
+        "unknown section",
+        "database.url",
+        "powermta.accounting_connections: 1 to 16",
+    ):
         assert needle in text
 
 
