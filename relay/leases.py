@@ -55,4 +55,18 @@ def stale(found: str, mine: str) -> bool:
         return True
     except PermissionError:  # another user's process: alive
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but was not yet reaped still answers ``kill(pid, 0)``. A
+    killed relay's children are reaped by PID 1 only, which in a container may do so late or
+    never; such a process holds nothing (Linux: its state in /proc/<pid>/stat is Z)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:  # no /proc (not Linux), or gone meanwhile
+        return False
+    # The state follows the command name, which is in parentheses and may hold any byte.
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state in (b"Z", b"X")

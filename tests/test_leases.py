@@ -49,6 +49,26 @@ def test_owner_ids_and_which_are_stale() -> None:
     assert not leases.stale("node-a:notapid:abcdef", mine)
 
 
+def test_an_exited_process_not_yet_reaped_is_stale() -> None:
+    """A killed relay's children are reaped by PID 1, which in a container may do it late or
+    never: until then kill(pid, 0) still finds them, but they hold nothing."""
+    mine = leases.owner_id("node-a")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Exited, and left unreaped: WNOWAIT waits for the exit without collecting it.
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        os.kill(child.pid, 0)  # still there, as a zombie
+        assert leases.stale(f"node-a:{child.pid}:abcdef", mine)
+    finally:
+        child.wait()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not leases.stale(f"node-a:{sleeper.pid}:abcdef", mine)  # running: alive
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 async def test_restart_releases_only_earlier_incarnations_of_this_node(
     api: Api,
     services: Services,
