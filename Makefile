@@ -25,8 +25,10 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
+# Two worker processes (pytest-xdist): most tests wait on servers and timers, not the CPU.
+PYTEST_WORKERS ?= 2
 pytest: $(BIN)/.installed
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Relay vs a bare Python SMTP sink vs Postfix, on loopback (docs/benchmarks.md). Options go in
 # BENCH_ARGS, e.g. make bench BENCH_ARGS="--database sqlite,postgres --duration 5".

@@ -32,7 +32,18 @@ if TYPE_CHECKING:
 PG_ADMIN_URL = os.environ.get(
     "RELAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+def _redis_url() -> str:
+    """Each pytest-xdist worker flushes a Redis database of its own: 15, 14, ..."""
+    url = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    base, _, db = url.rpartition("/")
+    if not worker.startswith("gw") or not db.isdigit():
+        return url
+    return f"{base}/{(int(db) - int(worker[2:])) % 16}"
+
+
+REDIS_URL = _redis_url()
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ADMIN_KEY = "adm_test_0123456789abcdef"  # one value however conftest gets imported
 
