@@ -33,6 +33,7 @@ PG_ADMIN_URL = os.environ.get(
     "RELAY_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 
+
 def _redis_url() -> str:
     """Each pytest-xdist worker flushes a Redis database of its own: 15, 14, ..."""
     url = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
