@@ -48,6 +48,11 @@ from relay.services import Services
 
 log = structlog.get_logger("mta.worker")
 
+# After a failed claim: 0.5 s, doubling while it keeps failing, at most ``poll_interval``. Not
+# the poll interval itself: that is how long an idle node may go without asking, and one
+# "database is locked" must not make it miss a scheduled message by that long.
+FIRST_RETRY = 0.5
+
 
 class DeliveryService:
     def __init__(self, services: Services) -> None:
@@ -228,6 +233,7 @@ class DeliveryService:
         # Claim again only when a quarter of the slots is free: fewer, larger claims.
         threshold = max(1, min(s.concurrency, s.batch_size) // 4)
         next_gauge = 0.0
+        failures = 0
         while True:
             if time.monotonic() >= next_gauge:
                 await self._update_gauge()
@@ -244,7 +250,8 @@ class DeliveryService:
             except STORAGE_ERRORS as exc:
                 metrics.STORAGE_ERRORS.labels(operation="claim").inc()
                 log.warning("claiming failed; retrying", error=repr(exc))
-                await self._idle(s.poll_interval)
+                failures += 1
+                await self._idle(_retry_after(failures, s.poll_interval))
                 continue
             if claimed:
                 deadline = time.monotonic() + s.attempt_timeout
@@ -255,10 +262,12 @@ class DeliveryService:
                     log.warning("loading claimed messages failed", error=repr(exc))
                     with contextlib.suppress(*STORAGE_ERRORS):
                         await self.queue.release(self.owner, [c.id for c in claimed])
-                    await self._idle(s.poll_interval)
+                    failures += 1
+                    await self._idle(_retry_after(failures, s.poll_interval))
                     continue
                 for message in messages:
                     self._spawn(message, deadline)
+            failures = 0
             if len(claimed) < limit:
                 await self._idle(await self._idle_seconds())
 
@@ -344,3 +353,8 @@ def _loop_time(monotonic_deadline: float) -> float:
     """A time.monotonic() deadline on the event loop's clock (they may differ)."""
     loop = asyncio.get_running_loop()
     return loop.time() + (monotonic_deadline - time.monotonic())
+
+
+def _retry_after(failures: int, poll_interval: float) -> float:
+    """Seconds to wait after the ``failures``-th failed claim in a row."""
+    return min(FIRST_RETRY * 2 ** min(failures - 1, 16), poll_interval)

@@ -562,7 +562,9 @@ async def test_a_storage_error_during_a_claim_is_retried_not_fatal(
     api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
 ) -> None:
     """The database fails under the claim (here: its table is gone for a while). On both
-    backends the worker reports it and keeps claiming; the mail goes out once it is back."""
+    backends the worker reports it and keeps claiming, soon (backing off from 0.5 s), not after
+    its poll interval (600 s here, nothing else wakes it): the mail goes out once it is back."""
+    services.settings.delivery.poll_interval = 600
     account = await make_account(api)
     await route_to(api, sink.port)
     msg = await submit(writer, account, ["patient@example.net"])
