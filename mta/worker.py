@@ -283,7 +283,7 @@ class DeliveryService:
         except STORAGE_ERRORS as exc:
             metrics.STORAGE_ERRORS.labels(operation="next_scheduled").inc()
             log.warning("next scheduled time unavailable", error=repr(exc))
-            return poll
+            return _retry_after(1, poll)  # not the poll: a scheduled message may be due sooner
         return poll if due is None else min(poll, max(0.0, due - now))
 
     async def _idle(self, seconds: float) -> None:

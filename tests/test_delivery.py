@@ -26,6 +26,7 @@ from relay.queue.ingest import QueueWriter
 from relay.queue.model import NewMessage
 from relay.services import Services
 from relay.store import schema as t
+from relay.store.db import StorageUnavailable
 from tests.conftest import Api, free_port, make_settings
 from tests.provision import Account, assign, make_account, route_to, wait_until
 from tests.sink import Sink
@@ -582,6 +583,34 @@ async def test_a_storage_error_during_a_claim_is_retried_not_fatal(
             await conn.exec_driver_sql("ALTER TABLE recipients_away RENAME TO recipients")
     await wait_states(services, msg.id, {"patient@example.net": "delivered"})
     assert service.error is None
+
+
+async def test_a_storage_error_asking_for_the_next_scheduled_time_does_not_make_it_late(
+    api: Api, services: Services, sink: Sink, writer: QueueWriter, delivery: Any
+) -> None:
+    """The worker idles until the earliest scheduled time; when asking for it fails, it asks
+    again soon, not after its poll interval (600 s here), which would make the message late."""
+    services.settings.delivery.poll_interval = 600
+    account = await make_account(api)
+    await route_to(api, sink.port)
+    service = await delivery()
+    asked = service.queue.next_scheduled
+    failures = 0
+
+    async def failing_once(now: float) -> float | None:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise StorageUnavailable("database is locked")
+        return await asked(now)
+
+    service.queue.next_scheduled = failing_once  # type: ignore[method-assign]
+    not_before = time.time() + 2
+    msg = await submit(writer, account, ["later@example.net"], not_before=not_before)
+    await wait_states(services, msg.id, {"later@example.net": "delivered"}, timeout=30)
+    (received,) = sink.messages
+    assert failures == 1
+    assert not_before <= received.received_at < not_before + 2
 
 
 # -- leases, restarts, several nodes ----------------------------------------------------------
