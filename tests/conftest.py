@@ -41,7 +41,10 @@ def _redis_url() -> str:
     base, _, db = url.rpartition("/")
     if not worker.startswith("gw") or not db.isdigit():
         return url
-    return f"{base}/{(int(db) - int(worker[2:])) % 16}"
+    number = int(db) - int(worker[2:])
+    if number < 0:  # never wrap around onto databases below the configured one
+        raise RuntimeError(f"more pytest-xdist workers than Redis databases {db}..0")
+    return f"{base}/{number}"
 
 
 REDIS_URL = _redis_url()
